@@ -1,0 +1,35 @@
+# The README's two commands are `make up` and `make test`; everything else is optional.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+
+.PHONY: up test lint bench install clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+# Reinstall only when pyproject.toml changes, so a warm `make up` starts at once.
+$(STAMP): pyproject.toml | $(PY)
+	rm -f $(VENV)/.installed-*
+	$(PY) -m pip install --quiet -e '.[test,lint]'
+	touch $@
+
+install: $(STAMP)
+
+up: $(STAMP)
+	$(VENV)/bin/runbookd up
+
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check server workers tests bench
+	$(VENV)/bin/mypy server workers
+
+bench: $(STAMP)
+	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

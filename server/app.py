@@ -1,0 +1,45 @@
+"""create_app(): routers, middleware, exception handlers, lifespan."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from server import health
+from server.audit.routes import router as audit_router
+from server.auth.routes import router as tokens_router
+from server.db import make_engine
+from server.errors import install_error_handlers
+from server.middleware import BodyLimitMiddleware, RequestContextMiddleware
+from server.redis_client import make_redis
+from server.settings import Settings, get_settings
+
+ROUTERS = [health.router, tokens_router, audit_router]
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.engine = make_engine(settings.effective_database_url)
+        app.state.redis = make_redis(settings) if settings.redis_url else None
+        try:
+            yield
+        finally:
+            if app.state.redis is not None:
+                app.state.redis.close()
+            app.state.engine.dispose()
+
+    app = FastAPI(title="runbookd", version="0.1.0", lifespan=lifespan,
+                  description="Debugging automation: runbooks, flags, log levels, incident history.")
+    app.state.settings = settings
+    install_error_handlers(app)
+    for router in ROUTERS:
+        app.include_router(router)
+    # Added last so it runs first: every response, errors from the body limit included, gets a request id.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestContextMiddleware)
+    return app

@@ -1,0 +1,217 @@
+"""The `runbookd` command: processes (up, api, worker, beat, migrate) and operator commands."""
+
+from __future__ import annotations
+
+import getpass
+import importlib
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import orjson
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from server.settings import get_settings
+
+app = typer.Typer(help="runbookd: debugging automation for on-call engineers.", no_args_is_help=True,
+                  pretty_exceptions_enable=False)
+token_app = typer.Typer(help="Create, list and revoke API tokens (works on the database directly).",
+                        no_args_is_help=True)
+audit_app = typer.Typer(help="Verify and export the tamper-evident audit log.", no_args_is_help=True)
+app.add_typer(token_app, name="token")
+app.add_typer(audit_app, name="audit")
+console = Console()
+err = Console(stderr=True)
+
+
+def _cli_actor() -> object:
+    from server.auth.models import Actor, Role, Source
+
+    return Actor(name=f"cli:{getpass.getuser()}", role=Role.admin, source=Source.cli)
+
+
+# -- processes -------------------------------------------------------------------------------------
+@app.command()
+def up() -> None:
+    """Start the embedded stack: private redis, migrations, api, worker and beat. Ctrl-C stops it all."""
+    from server.stack import run_stack
+
+    raise typer.Exit(run_stack(get_settings()))
+
+
+@app.command()
+def api() -> None:
+    """Run the HTTP API (uvicorn) on RUNBOOKD_HOST:RUNBOOKD_PORT."""
+    import uvicorn
+
+    from server.app import create_app
+    from server.logs import configure_logging
+
+    settings = get_settings()
+    configure_logging(settings.log_level, settings.log_format)
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_config=None,
+                access_log=False, server_header=False)
+
+
+def _celery_app() -> object:
+    # The entry point is the one place that starts the workers package; the server never imports it.
+    return importlib.import_module("workers.celery_app").app
+
+
+@app.command()
+def worker(
+    queues: Annotated[
+        str | None, typer.Option(help="Comma-separated Celery queues; default RUNBOOKD_DEFAULT_QUEUE.")
+    ] = None,
+    concurrency: Annotated[
+        int | None, typer.Option(help="Worker processes; default RUNBOOKD_WORKER_CONCURRENCY.")
+    ] = None,
+    hostname: Annotated[str | None, typer.Option(help="Celery node name, e.g. runbookd@db-host-1.")] = None,
+) -> None:
+    """Run a Celery worker that executes runs and steps."""
+    settings = get_settings()
+    argv = ["worker", f"--queues={queues or settings.default_queue}",
+            f"--concurrency={concurrency or settings.worker_concurrency}",
+            f"--loglevel={settings.log_level}", "--without-gossip", "--without-mingle"]
+    if hostname:
+        argv.append(f"--hostname={hostname}")
+    _celery_app().worker_main(argv)  # type: ignore[attr-defined]
+
+
+@app.command()
+def beat() -> None:
+    """Run Celery beat: timed reverts, the reaper of dead runs, retention. Run exactly one."""
+    settings = get_settings()
+    settings.home.mkdir(parents=True, exist_ok=True)
+    _celery_app().start(["beat", f"--loglevel={settings.log_level}",  # type: ignore[attr-defined]
+                         f"--schedule={settings.home / 'celerybeat-schedule'}"])
+
+
+@app.command()
+def migrate(revision: Annotated[str, typer.Argument(help="Target revision.")] = "head") -> None:
+    """Apply database migrations (Alembic) up to REVISION."""
+    from server.migrate import upgrade
+
+    upgrade(get_settings().effective_database_url, revision)
+    err.print(f"database migrated to {revision}")
+
+
+# -- tokens ----------------------------------------------------------------------------------------
+@token_app.command("create")
+def token_create(
+    name: Annotated[str, typer.Option(help="Unique name; shows as the actor in the audit log.")],
+    role: Annotated[str, typer.Option(help="client, viewer, operator or admin.")] = "viewer",
+    expires_in_days: Annotated[int | None, typer.Option(help="Expire after this many days.")] = None,
+) -> None:
+    """Create a token and print it once; only its SHA-256 hash is stored."""
+    from pydantic import ValidationError
+
+    from server.auth import service
+    from server.auth.models import TokenCreate
+    from server.db import session_scope
+    from server.errors import DomainError
+
+    try:
+        body = TokenCreate(name=name, role=role, expires_in_days=expires_in_days)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = "; ".join(f"--{'-'.join(map(str, e['loc'])).replace('_', '-')}: {e['msg']}" for e in exc.errors())
+        err.print(f"[red]error:[/] {problems}")
+        raise typer.Exit(2) from None
+    try:
+        with session_scope() as session:
+            _t, raw = service.create_token(session, name=body.name, role=body.role, actor=_cli_actor(),  # type: ignore[arg-type]
+                                           expires_in_days=body.expires_in_days)
+    except DomainError as exc:
+        err.print(f"[red]error:[/] {exc.message}")
+        raise typer.Exit(1) from None
+    err.print(f"token {body.name!r} ({body.role.value}) created; it is shown only this once:")
+    print(raw)
+
+
+@token_app.command("list")
+def token_list(include_revoked: Annotated[bool, typer.Option("--all", help="Include revoked tokens.")] = False) -> None:
+    """List tokens (never their secrets)."""
+    from server.auth import service
+    from server.db import session_scope
+
+    table = Table("id", "name", "role", "prefix", "created", "expires", "last used", "revoked")
+    with session_scope() as session:
+        for t in service.list_tokens(session, include_revoked=include_revoked):
+            table.add_row(str(t.id), t.name, t.role, t.prefix + "...", _when(t.created_at), _when(t.expires_at),
+                          _when(t.last_used_at), _when(t.revoked_at))
+    console.print(table)
+
+
+@token_app.command("revoke")
+def token_revoke(ref: Annotated[str, typer.Argument(help="Token id or name.")]) -> None:
+    """Revoke a token at once."""
+    from server.auth import service
+    from server.db import session_scope
+    from server.errors import DomainError
+
+    try:
+        with session_scope() as session:
+            token = service.revoke_token(session, ref=ref, actor=_cli_actor())  # type: ignore[arg-type]
+            name = token.name
+    except DomainError as exc:
+        err.print(f"[red]error:[/] {exc.message}")
+        raise typer.Exit(1) from None
+    err.print(f"token {name!r} revoked")
+
+
+def _when(value: object) -> str:
+    return "-" if value is None else str(value)[:19]
+
+
+# -- audit -----------------------------------------------------------------------------------------
+@audit_app.command("verify")
+def audit_verify() -> None:
+    """Recompute the hash chain; exit 1 naming the first event that was altered or removed."""
+    from server.audit import service
+    from server.db import session_scope
+
+    with session_scope() as session:
+        result = service.verify(session)
+    if result.ok:
+        err.print(f"[green]audit log intact[/]: {result.checked} events verified")
+        return
+    err.print(f"[bold red]audit log tampered[/]: {result.problem} ({result.checked} events verified before it)")
+    raise typer.Exit(1)
+
+
+@audit_app.command("export")
+def audit_export(
+    format: Annotated[str, typer.Option("--format", help="Only jsonl for now.")] = "jsonl",
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="File to write; default stdout.")] = None,
+) -> None:
+    """Write every audit event, oldest first, one JSON object a line."""
+    from server.audit import service
+    from server.audit.models import AuditEventPublic
+    from server.db import session_scope
+
+    if format != "jsonl":
+        err.print(f"[red]error:[/] unsupported --format {format!r}; use jsonl")
+        raise typer.Exit(2)
+    out = output.open("wb") if output else sys.stdout.buffer
+    written = 0
+    try:
+        with session_scope() as session:
+            for event in service.iter_events(session):
+                public = AuditEventPublic.model_validate(event, from_attributes=True)
+                out.write(orjson.dumps(public.model_dump(mode="json")))
+                out.write(b"\n")
+                written += 1
+    finally:
+        if output:
+            out.close()
+    err.print(f"{written} events exported")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

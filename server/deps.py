@@ -1,0 +1,54 @@
+"""Request dependencies: who is calling, and whether their role allows it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from server.auth import service as auth
+from server.auth.models import Actor, Role, Source
+from server.db import SessionDep
+from server.errors import Forbidden, Unauthorized
+
+
+def _presented_token(request: Request) -> str:
+    header = request.headers.get("authorization")
+    if header:
+        scheme, _, value = header.partition(" ")
+        if scheme.lower() != "bearer" or not value.strip():
+            raise Unauthorized("Authorization header must be 'Bearer <token>'",
+                               headers={"WWW-Authenticate": "Bearer"})
+        return value.strip()
+    api_key = request.headers.get("x-api-key")
+    if api_key:
+        return api_key.strip()
+    raise Unauthorized("missing API token: send 'Authorization: Bearer <token>'",
+                       headers={"WWW-Authenticate": "Bearer"})
+
+
+def current_actor(request: Request, session: SessionDep) -> Actor:
+    token = auth.authenticate(session, raw=_presented_token(request))
+    actor = Actor(name=token.name, role=Role(token.role), source=Source.api, token_id=token.id)
+    request.state.actor = actor
+    return actor
+
+
+CurrentActor = Annotated[Actor, Depends(current_actor)]
+
+
+def require_role(needed: Role) -> Callable[[Actor], Actor]:
+    """A dependency that lets through callers whose role is at least `needed`."""
+
+    def check(actor: CurrentActor) -> Actor:
+        if not actor.role.allows(needed):
+            raise Forbidden(f"this needs the {needed.value} role; token {actor.name!r} has {actor.role.value}")
+        return actor
+
+    return check
+
+
+Viewer = Annotated[Actor, Depends(require_role(Role.viewer))]
+Operator = Annotated[Actor, Depends(require_role(Role.operator))]
+Admin = Annotated[Actor, Depends(require_role(Role.admin))]

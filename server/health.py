@@ -1,0 +1,64 @@
+"""Probes and metrics of the server itself."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy import text
+from starlette.concurrency import run_in_threadpool
+
+from server.context import request_id_var
+
+router = APIRouter(tags=["health"])
+log = logging.getLogger(__name__)
+
+
+@router.get("/healthz")
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+def _check_database(request: Request) -> str | None:
+    try:
+        with request.app.state.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+    except Exception as exc:
+        return f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+    return None
+
+
+def _check_redis(request: Request) -> str | None:
+    client = request.app.state.redis
+    if client is None:
+        return "RUNBOOKD_REDIS_URL is not set"
+    try:
+        client.ping()
+    except Exception as exc:
+        return f"{type(exc).__name__}: {str(exc)[:200]}"
+    return None
+
+
+@router.get("/readyz")
+async def readyz(request: Request) -> JSONResponse:
+    checks: dict[str, Any] = {
+        "database": await run_in_threadpool(_check_database, request),
+        "redis": await run_in_threadpool(_check_redis, request),
+    }
+    failing = {name: problem for name, problem in checks.items() if problem}
+    if failing:
+        log.warning("not ready", extra={"failing": failing})
+        names = ", ".join(failing)
+        body = {"error": {"code": "not_ready", "message": f"not ready: {names} unreachable",
+                          "details": failing, "request_id": request_id_var.get()},
+                "checks": {name: problem or "ok" for name, problem in checks.items()}}
+        return JSONResponse(body, status_code=503)
+    return JSONResponse({"status": "ready", "checks": {name: "ok" for name in checks}})
+
+
+@router.get("/metrics")
+async def metrics() -> Response:
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,6 @@
+"""Imports every domain's tables so that Alembic and create_all see them all."""
+
+from server.audit.models import AuditEvent, AuditHead
+from server.auth.models import ApiToken
+
+__all__ = ["ApiToken", "AuditEvent", "AuditHead"]

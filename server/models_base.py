@@ -1,0 +1,37 @@
+"""Column helpers shared by every domain's tables."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from pydantic import AfterValidator
+from sqlalchemy import JSON, DateTime
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlmodel import Column, Field
+
+JSONType = JSON().with_variant(JSONB(), "postgresql")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def as_utc(value: datetime) -> datetime:
+    """SQLite hands back naive datetimes; everything we store is UTC."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+UTCDateTime = Annotated[datetime, AfterValidator(as_utc)]
+"""A datetime that public schemas always show in UTC with its offset, whatever the database returned."""
+
+
+def json_field(default: Any = None, nullable: bool = True) -> Any:
+    return Field(default=default, sa_column=Column(JSONType, nullable=nullable))
+
+
+def ts_field(*, nullable: bool = False, index: bool = False, default_now: bool = False) -> Any:
+    return Field(
+        default_factory=utcnow if default_now else None,
+        sa_column=Column(DateTime(timezone=True), nullable=nullable, index=index),
+    )

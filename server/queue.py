@@ -1,0 +1,63 @@
+"""Celery configuration shared by the api (which only sends, by task name) and the workers."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from celery import Celery
+from celery.signals import before_task_publish
+
+from server.context import request_id_var
+from server.settings import Settings, get_settings
+
+PING_TASK = "runbookd.ping"
+HEARTBEAT_TASK = "runbookd.beat_heartbeat"
+
+
+def make_celery(settings: Settings, *, include: list[str] | None = None) -> Celery:
+    app = Celery("runbookd", broker=settings.redis_url or "redis://unset-RUNBOOKD_REDIS_URL", include=include or [])
+    app.conf.update(
+        # Every broker key lives under our prefix, so runbookd can share a Redis and tests never collide.
+        broker_transport_options={"global_keyprefix": settings.redis_prefix, "visibility_timeout": 3600},
+        broker_connection_retry_on_startup=True,
+        task_default_queue=settings.default_queue,
+        task_serializer="json",
+        accept_content=["json"],
+        task_ignore_result=True,
+        # A run is acknowledged only when done, and redelivered if its worker dies mid-way.
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        worker_hijack_root_logger=False,
+        worker_concurrency=settings.worker_concurrency,
+        enable_utc=True,
+        beat_schedule_filename=str(settings.home / "celerybeat-schedule"),
+        beat_schedule={
+            "beat-heartbeat": {"task": HEARTBEAT_TASK, "schedule": timedelta(seconds=15)},
+        },
+    )
+    return app
+
+
+_sender: Celery | None = None
+
+
+def sender() -> Celery:
+    """The api's Celery client: it sends tasks by name and never imports the workers package."""
+    global _sender
+    if _sender is None:
+        _sender = make_celery(get_settings())
+    return _sender
+
+
+def send(task_name: str, *args: Any, queue: str | None = None, **kwargs: Any) -> str:
+    result = sender().send_task(task_name, args=args, kwargs=kwargs, queue=queue)
+    return str(result.id)
+
+
+@before_task_publish.connect
+def _stamp_request_id(headers: dict[str, Any] | None = None, **_: Any) -> None:
+    """Carry the caller's request id to the worker, whose log lines then carry it too."""
+    if headers is not None and "request_id" not in headers:
+        headers["request_id"] = request_id_var.get()

@@ -1,0 +1,69 @@
+"""Every setting is an environment variable with the RUNBOOKD_ prefix; the README lists them all."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+SHIPPED_RUNBOOKS_DIR = Path(__file__).resolve().parent.parent / "runbooks"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RUNBOOKD_", extra="ignore")
+
+    home: Path = Field(Path(".runbookd"), description="Data directory of the embedded stack: SQLite, Redis, logs.")
+    host: str = Field("127.0.0.1", description="Address the api listens on.")
+    port: int = Field(8000, ge=1, le=65535, description="Port the api listens on.")
+    public_url: str | None = Field(None, description="URL users reach the api at, for links; default http://HOST:PORT.")
+    database_url: str | None = Field(
+        None, description="SQLAlchemy URL; default SQLite at $RUNBOOKD_HOME/runbookd.sqlite3."
+    )
+    redis_url: str | None = Field(
+        None, description="Redis URL; `runbookd up` starts a private redis-server when it is unset."
+    )
+    redis_prefix: str = Field(
+        "runbookd:", description="Prefix of every Redis key and channel runbookd uses, broker queues included."
+    )
+    log_level: str = Field("INFO", description="Level of the server's own loggers.")
+    log_format: Literal["json", "text"] = Field("json", description="json: one object a line; text: for humans.")
+    max_body_bytes: int = Field(
+        1024 * 1024, ge=1024, description="Largest accepted request body, in bytes (default 1 MiB)."
+    )
+    runbooks_dir: Path = Field(SHIPPED_RUNBOOKS_DIR, description="Directory of *.yaml runbooks.")
+    artifacts_dir: Path | None = Field(None, description="Large step outputs; default $RUNBOOKD_HOME/artifacts.")
+    worker_concurrency: int = Field(2, ge=1, description="Processes per `runbookd worker`.")
+    default_queue: str = Field("runbookd", description="Celery queue that steps without `on:` run on.")
+    slack_signing_secret: SecretStr | None = Field(None, description="Slack app signing secret.")
+    mattermost_token: SecretStr | None = Field(None, description="Mattermost slash-command token.")
+
+    @model_validator(mode="after")
+    def _derive_paths(self) -> Settings:
+        self.home = self.home.expanduser().absolute()
+        if self.artifacts_dir is None:
+            self.artifacts_dir = self.home / "artifacts"
+        return self
+
+    @property
+    def effective_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.home / 'runbookd.sqlite3'}"
+
+    @property
+    def effective_public_url(self) -> str:
+        return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
+
+    def require_redis_url(self) -> str:
+        if not self.redis_url:
+            raise RuntimeError(
+                "RUNBOOKD_REDIS_URL is not set: set it to redis://HOST:PORT/DB, or use `runbookd up`, "
+                "which starts a private redis-server"
+            )
+        return self.redis_url
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -105,6 +105,10 @@ def test_default_values_render_valid_kubernetes_manifests(chart: Any) -> None:
     assert names(docs, "ServiceAccount") == {"rb-runbookd"}
     for kind in ("Ingress", "HorizontalPodAutoscaler", "NetworkPolicy", "DaemonSet"):
         assert names(docs, kind) == set(), f"{kind} is opt-in"
+    for name in ("rb-runbookd-postgresql", "rb-runbookd-redis"):
+        claim = find(docs, "StatefulSet", name)["spec"]["volumeClaimTemplates"][0]
+        # The PVCs outlive the release; the uninstall docs find them by this label.
+        assert claim["metadata"]["labels"]["app.kubernetes.io/instance"] == RELEASE
 
 
 def test_default_values_pass_helm_lint() -> None:

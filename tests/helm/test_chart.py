@@ -358,6 +358,37 @@ def test_network_policies_fence_the_bundled_services(chart: Any) -> None:
     assert postgres["ingress"][0]["ports"] == [{"port": 5432, "protocol": "TCP"}]
 
 
+def test_optional_knobs_render_valid_manifests(chart: Any) -> None:
+    docs = render(chart, {
+        "extraEnv": [{"name": "RUNBOOKD_API_TOKEN", "valueFrom": {"secretKeyRef": {"name": "t", "key": "k"}}}],
+        "extraEnvFrom": [{"secretRef": {"name": "more-settings"}}],
+        "imagePullSecrets": [{"name": "regcred"}],
+        "podLabels": {"team": "sre"}, "podAnnotations": {"prometheus.io/scrape": "true"},
+        "serviceAccount": {"create": False, "name": "runbookd-irsa"},
+        "dataVolume": {"existingClaim": "runbookd-data"},
+        "config": {"extraEnv": {"RUNBOOKD_REDIS_PREFIX": "rbd:", "RUNBOOKD_MAX_BODY_BYTES": 2048}},
+        "service": {"type": "LoadBalancer", "annotations": {"a": "b"}},
+        "ingress": {"enabled": True},
+        "beat": {"enabled": False}, "migrations": {"enabled": False},
+        "api": {"podDisruptionBudget": {"enabled": False}, "autoscaling": {"enabled": True}},
+        "workers": {"pools": {"default": None, "io": {"queues": ["io"]}}},
+    })
+    assert_valid_kubernetes(docs)
+    assert names(docs, "ServiceAccount") == set()
+    assert names(docs, "Job") == set()
+    assert names(docs, "Deployment") == {"rb-runbookd-api", "rb-runbookd-worker-io"}
+    assert names(docs, "PodDisruptionBudget") == set(), "a pool added in values has no PDB unless it asks"
+    io = find(docs, "Deployment", "rb-runbookd-worker-io")
+    pod = io["spec"]["template"]
+    assert io["spec"]["replicas"] == 1
+    assert pod["spec"]["containers"][0]["args"] == ["worker", "--queues", "io"]
+    assert pod["spec"]["serviceAccountName"] == "runbookd-irsa"
+    assert pod["metadata"]["labels"]["team"] == "sre"
+    assert {"name": "data", "persistentVolumeClaim": {"claimName": "runbookd-data"}} in pod["spec"]["volumes"]
+    config = find(docs, "ConfigMap", "rb-runbookd-config")["data"]
+    assert config["RUNBOOKD_MAX_BODY_BYTES"] == "2048"
+
+
 # --- invalid values fail clearly ---
 
 
@@ -455,6 +486,9 @@ def test_every_values_field_is_documented() -> None:
         if is_leaf(path) and not any(path[:i] in documented for i in range(1, len(path) + 1))
     ]
     assert undocumented == [], "values without a helm-docs `# --` comment"
+    table = (CHART / "README.md").read_text()
+    missing = [".".join(path) for path in documented if f"| {'.'.join(path)} |" not in table]
+    assert missing == [], "the values table in helm/runbookd/README.md is out of date"
 
 
 def test_values_schema_accepts_the_defaults_and_the_production_file(chart: Any, production_values: dict) -> None:

@@ -193,7 +193,13 @@ filesystem is read-only), plus the merged runbooks dir when values add runbooks.
 */}}
 {{- define "runbookd.volumes" -}}
 - name: data
-  {{- toYaml .Values.dataVolume | nindent 2 }}
+  {{- with .Values.dataVolume.existingClaim }}
+  persistentVolumeClaim:
+    claimName: {{ . }}
+  {{- else }}
+  emptyDir:
+    sizeLimit: {{ .Values.dataVolume.sizeLimit }}
+  {{- end }}
 - name: tmp
   emptyDir: {}
 {{- if .Values.runbooks }}

@@ -56,7 +56,7 @@ def render(chart: Any, values: dict[str, Any] | None = None) -> list[dict[str, A
 
 def find(docs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
     matches = [d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name]
-    assert len(matches) == 1, f"expected one {kind} {name}, got {[d['metadata']['name'] for d in docs if d['kind'] == kind]}"
+    assert len(matches) == 1, f"expected one {kind} {name}, got {sorted(names(docs, kind))}"
     return matches[0]
 
 
@@ -215,8 +215,7 @@ def test_production_worker_pools_consume_their_queues(chart: Any, production_val
 def test_production_connections_come_from_existing_secrets(chart: Any, production_values: dict) -> None:
     docs = render(chart, production_values)
     for workload, pod in pod_templates(docs):
-        app = [c for c in pod["spec"]["containers"]]
-        env = env_of(app[0])
+        env = env_of(pod["spec"]["containers"][0])
         assert env["RUNBOOKD_DATABASE_URL"]["valueFrom"]["secretKeyRef"] == {
             "name": "runbookd-connections", "key": "database-url"}, workload["metadata"]["name"]
         if workload["kind"] != "Job":
@@ -288,11 +287,12 @@ def test_every_resource_carries_the_standard_labels(any_docs: list[dict[str, Any
 
 def test_app_pods_restart_when_config_or_secrets_change(chart: Any) -> None:
     def checksums(values: dict[str, Any] | None) -> dict[str, dict[str, str]]:
-        return {
-            w["metadata"]["name"]: {k: v for k, v in pod["metadata"]["annotations"].items() if k.startswith("checksum/")}
-            for w, pod in pod_templates(render(chart, values)) if w["kind"] in {"Deployment", "DaemonSet"}
-            and w["metadata"]["labels"]["app.kubernetes.io/component"] in APP_COMPONENTS
-        }
+        sums = {}
+        for workload, pod in pod_templates(render(chart, values)):
+            if workload["metadata"]["labels"]["app.kubernetes.io/component"] in APP_COMPONENTS - {"migrate"}:
+                annotations = pod["metadata"]["annotations"]
+                sums[workload["metadata"]["name"]] = {k: v for k, v in annotations.items() if k.startswith("checksum/")}
+        return sums
 
     base = checksums(None)
     assert set(base) == {"rb-runbookd-api", "rb-runbookd-worker-default", "rb-runbookd-beat"}
@@ -343,7 +343,8 @@ def test_inline_external_urls_reach_the_pre_install_migration(chart: Any) -> Non
     job = find(docs, "Job", "rb-runbookd-migrate")
     assert job["metadata"]["annotations"]["helm.sh/hook"] == "pre-install,pre-upgrade"
     env = env_of(job["spec"]["template"]["spec"]["containers"][0])
-    assert env["RUNBOOKD_DATABASE_URL"]["valueFrom"]["secretKeyRef"] == {"name": "rb-runbookd-migrate", "key": "database-url"}
+    assert env["RUNBOOKD_DATABASE_URL"]["valueFrom"]["secretKeyRef"] == {
+        "name": "rb-runbookd-migrate", "key": "database-url"}
     api = env_of(find(docs, "Deployment", "rb-runbookd-api")["spec"]["template"]["spec"]["containers"][0])
     assert api["RUNBOOKD_DATABASE_URL"]["valueFrom"]["secretKeyRef"] == {"name": "rb-runbookd", "key": "database-url"}
 

@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from server.auth.models import Actor, Role, Source
 from server.settings import get_settings
 
 app = typer.Typer(help="runbookd: debugging automation for on-call engineers.", no_args_is_help=True,
@@ -22,13 +23,12 @@ token_app = typer.Typer(help="Create, list and revoke API tokens (works on the d
 audit_app = typer.Typer(help="Verify and export the tamper-evident audit log.", no_args_is_help=True)
 app.add_typer(token_app, name="token")
 app.add_typer(audit_app, name="audit")
-console = Console()
-err = Console(stderr=True)
+# soft_wrap: messages stay on one line when piped, so scripts and logs can grep them.
+console = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
 
 
-def _cli_actor() -> object:
-    from server.auth.models import Actor, Role, Source
-
+def _cli_actor() -> Actor:
     return Actor(name=f"cli:{getpass.getuser()}", role=Role.admin, source=Source.cli)
 
 
@@ -90,7 +90,9 @@ def beat() -> None:
 
 
 @app.command()
-def migrate(revision: Annotated[str, typer.Argument(help="Target revision.")] = "head") -> None:
+def migrate(
+    revision: Annotated[str, typer.Argument(help="Target revision (default: every head).")] = "heads",
+) -> None:
     """Apply database migrations (Alembic) up to REVISION."""
     from server.migrate import upgrade
 
@@ -114,14 +116,14 @@ def token_create(
     from server.errors import DomainError
 
     try:
-        body = TokenCreate(name=name, role=role, expires_in_days=expires_in_days)  # type: ignore[arg-type]
+        body = TokenCreate.model_validate({"name": name, "role": role, "expires_in_days": expires_in_days})
     except ValidationError as exc:
         problems = "; ".join(f"--{'-'.join(map(str, e['loc'])).replace('_', '-')}: {e['msg']}" for e in exc.errors())
         err.print(f"[red]error:[/] {problems}")
         raise typer.Exit(2) from None
     try:
         with session_scope() as session:
-            _t, raw = service.create_token(session, name=body.name, role=body.role, actor=_cli_actor(),  # type: ignore[arg-type]
+            _t, raw = service.create_token(session, name=body.name, role=body.role, actor=_cli_actor(),
                                            expires_in_days=body.expires_in_days)
     except DomainError as exc:
         err.print(f"[red]error:[/] {exc.message}")
@@ -153,7 +155,7 @@ def token_revoke(ref: Annotated[str, typer.Argument(help="Token id or name.")]) 
 
     try:
         with session_scope() as session:
-            token = service.revoke_token(session, ref=ref, actor=_cli_actor())  # type: ignore[arg-type]
+            token = service.revoke_token(session, ref=ref, actor=_cli_actor())
             name = token.name
     except DomainError as exc:
         err.print(f"[red]error:[/] {exc.message}")

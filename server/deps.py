@@ -18,14 +18,12 @@ def _presented_token(request: Request) -> str:
     if header:
         scheme, _, value = header.partition(" ")
         if scheme.lower() != "bearer" or not value.strip():
-            raise Unauthorized("Authorization header must be 'Bearer <token>'",
-                               headers={"WWW-Authenticate": "Bearer"})
+            raise Unauthorized("Authorization header must be 'Bearer <token>'")
         return value.strip()
     api_key = request.headers.get("x-api-key")
     if api_key:
         return api_key.strip()
-    raise Unauthorized("missing API token: send 'Authorization: Bearer <token>'",
-                       headers={"WWW-Authenticate": "Bearer"})
+    raise Unauthorized("missing API token: send 'Authorization: Bearer <token>'")
 
 
 def current_actor(request: Request, session: SessionDep) -> Actor:

@@ -5,7 +5,6 @@ Services raise these; routes never build HTTPException themselves.
 
 from __future__ import annotations
 
-import logging
 from http import HTTPStatus
 from typing import Any
 
@@ -15,8 +14,6 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from server.context import request_id_var
-
-log = logging.getLogger(__name__)
 
 
 class DomainError(Exception):
@@ -38,6 +35,10 @@ class InvalidInput(DomainError):
 class Unauthorized(DomainError):
     status_code = 401
     code = "unauthorized"
+
+    def __init__(self, message: str, *, details: Any = None, headers: dict[str, str] | None = None) -> None:
+        # RFC 9110: a 401 always says which scheme would be accepted.
+        super().__init__(message, details=details, headers={"WWW-Authenticate": "Bearer", **(headers or {})})
 
 
 class Forbidden(DomainError):
@@ -104,13 +105,7 @@ async def _http_error(_request: Request, exc: Exception) -> JSONResponse:
     return error_response(exc.status_code, code, message, headers=getattr(exc, "headers", None))
 
 
-async def _unhandled(_request: Request, exc: Exception) -> JSONResponse:
-    log.exception("unhandled error", exc_info=exc)
-    return error_response(500, "internal_error", "Internal server error; the request id locates it in the logs.")
-
-
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(DomainError, _domain_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
-    app.add_exception_handler(Exception, _unhandled)

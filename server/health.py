@@ -11,7 +11,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
 
-from server.context import request_id_var
+from server.errors import error_response
 
 router = APIRouter(tags=["health"])
 log = logging.getLogger(__name__)
@@ -52,10 +52,8 @@ async def readyz(request: Request) -> JSONResponse:
     if failing:
         log.warning("not ready", extra={"failing": failing})
         names = ", ".join(failing)
-        body = {"error": {"code": "not_ready", "message": f"not ready: {names} unreachable",
-                          "details": failing, "request_id": request_id_var.get()},
-                "checks": {name: problem or "ok" for name, problem in checks.items()}}
-        return JSONResponse(body, status_code=503)
+        details = {name: problem or "ok" for name, problem in checks.items()}
+        return error_response(503, "not_ready", f"not ready: {names} unreachable", details)
     return JSONResponse({"status": "ready", "checks": {name: "ok" for name in checks}})
 
 

@@ -7,12 +7,14 @@ import time
 
 from prometheus_client import Counter, Histogram
 from starlette.datastructures import MutableHeaders
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server.context import accept_request_id, request_id_var
 from server.errors import PayloadTooLarge, error_response
 
 access_log = logging.getLogger("runbookd.access")
+log = logging.getLogger(__name__)
 
 HTTP_REQUESTS = Counter("runbookd_http_requests_total", "HTTP requests", ["method", "route", "status"])
 HTTP_LATENCY = Histogram(
@@ -37,16 +39,25 @@ class RequestContextMiddleware:
         token = request_id_var.set(request_id)
         started = time.perf_counter()
         status = 500
+        started = False
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, started
             if message["type"] == "http.response.start":
-                status = message["status"]
+                status, started = message["status"], True
                 MutableHeaders(scope=message)["X-Request-ID"] = request_id
             await send(message)
 
         try:
             await self.app(scope, receive, send_with_id)
+        except Exception:
+            # Handled here rather than by Starlette's outermost ServerErrorMiddleware, so the 500 still
+            # carries the request id, is logged once, and never shows a stack trace.
+            log.exception("unhandled error", extra={"method": scope["method"], "path": scope["path"]})
+            if status == 500 and not started:
+                response = error_response(500, "internal_error",
+                                          "Internal server error; the request id locates it in the logs.")
+                await response(scope, receive, send_with_id)
         finally:
             elapsed = time.perf_counter() - started
             route = getattr(scope.get("route"), "path", "unmatched")
@@ -78,17 +89,31 @@ class BodyLimitMiddleware:
             await response(scope, receive, send)
             return
         received = 0
+        rejected = False
 
         async def limited_receive() -> Message:
-            nonlocal received
+            # Past the limit, answer 413 ourselves and tell the app the client went away: raising here
+            # would be swallowed by FastAPI's body parsing and turned into a 400.
+            nonlocal received, rejected
             message = await receive()
-            if message["type"] == "http.request":
+            if message["type"] == "http.request" and not rejected:
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
-                    raise PayloadTooLarge(self._message(received))
+                    rejected = True
+                    response = error_response(413, PayloadTooLarge.code, self._message(received))
+                    await response(scope, receive, send)
+                    return {"type": "http.disconnect"}
             return message
 
-        await self.app(scope, limited_receive, send)
+        async def guarded_send(message: Message) -> None:
+            if not rejected:
+                await send(message)
+
+        try:
+            await self.app(scope, limited_receive, guarded_send)
+        except ClientDisconnect:
+            if not rejected:
+                raise
 
     def _message(self, size: int) -> str:
         return f"request body of {size} bytes exceeds the limit of {self.max_bytes} bytes (RUNBOOKD_MAX_BODY_BYTES)"

@@ -40,19 +40,22 @@ def make_celery(settings: Settings, *, include: list[str] | None = None) -> Cele
     return app
 
 
-_sender: Celery | None = None
+_senders: dict[tuple[str | None, str], Celery] = {}
 
 
-def sender() -> Celery:
+def sender(settings: Settings | None = None) -> Celery:
     """The api's Celery client: it sends tasks by name and never imports the workers package."""
-    global _sender
-    if _sender is None:
-        _sender = make_celery(get_settings())
-    return _sender
+    settings = settings or get_settings()
+    cache_key = (settings.redis_url, settings.redis_prefix)
+    if cache_key not in _senders:
+        _senders[cache_key] = make_celery(settings)
+    return _senders[cache_key]
 
 
-def send(task_name: str, *args: Any, queue: str | None = None, **kwargs: Any) -> str:
-    result = sender().send_task(task_name, args=args, kwargs=kwargs, queue=queue)
+def send(task_name: str, *args: Any, settings: Settings | None = None, queue: str | None = None,
+         **kwargs: Any) -> str:
+    """Enqueue a task by name; call only after the commit the task depends on."""
+    result = sender(settings).send_task(task_name, args=args, kwargs=kwargs, queue=queue)
     return str(result.id)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import fcntl
+import json
 import os
 import signal
 import socket
@@ -28,7 +29,7 @@ from server.settings import Settings
 
 STOP_TIMEOUT = 20.0
 READY_TIMEOUT = 90.0
-console = Console(stderr=True, highlight=False)
+console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 class StackError(RuntimeError):
@@ -201,8 +202,17 @@ class Stack:
             child.start(self._child_env(redis_url))
             self.children.append(child)
         url = f"http://{self.settings.host}:{self.settings.port}"
+        self._write_state(url, redis_url)
         self._wait_ready(url)
         return url, token
+
+    def _write_state(self, url: str, redis_url: str) -> None:
+        """stack.json tells scripts (and the tests) what is running: the pids and the addresses."""
+        pids = {child.name: child.process.pid for child in self.children if child.process}
+        if self.redis is not None and self.redis.process is not None:
+            pids["redis"] = self.redis.process.pid
+        state = {"pid": os.getpid(), "url": url, "redis_url": redis_url, "children": pids}
+        (self.home / "stack.json").write_text(json.dumps(state, indent=2) + "\n")
 
     def _wait_ready(self, url: str) -> None:
         deadline = time.monotonic() + READY_TIMEOUT
@@ -244,6 +254,7 @@ class Stack:
             # Last, so the workers can still acknowledge; SIGTERM makes redis fsync its append-only file.
             self.redis.terminate()
             self.redis.wait_or_kill(time.monotonic() + STOP_TIMEOUT)
+        (self.home / "stack.json").unlink(missing_ok=True)
         if self._lock is not None:
             self._lock.close()
 

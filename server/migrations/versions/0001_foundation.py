@@ -8,7 +8,6 @@ Create Date: 2026-11-25 19:51:34.320513
 from __future__ import annotations
 
 import sqlalchemy as sa
-import sqlmodel
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
@@ -21,11 +20,11 @@ depends_on = None
 def upgrade() -> None:
     op.create_table('api_tokens',
     sa.Column('id', sa.Integer(), nullable=False),
-    sa.Column('name', sqlmodel.sql.sqltypes.AutoString(length=100), nullable=False),
-    sa.Column('role', sqlmodel.sql.sqltypes.AutoString(length=16), nullable=False),
-    sa.Column('token_hash', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
-    sa.Column('prefix', sqlmodel.sql.sqltypes.AutoString(length=12), nullable=False),
-    sa.Column('created_by', sqlmodel.sql.sqltypes.AutoString(length=200), nullable=False),
+    sa.Column('name', sa.String(length=100), nullable=False),
+    sa.Column('role', sa.String(length=16), nullable=False),
+    sa.Column('token_hash', sa.String(length=64), nullable=False),
+    sa.Column('prefix', sa.String(length=12), nullable=False),
+    sa.Column('created_by', sa.String(length=200), nullable=False),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
     sa.Column('expires_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('last_used_at', sa.DateTime(timezone=True), nullable=True),
@@ -39,18 +38,18 @@ def upgrade() -> None:
     op.create_table('audit_events',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('ts', sa.DateTime(timezone=True), nullable=False),
-    sa.Column('actor', sqlmodel.sql.sqltypes.AutoString(length=200), nullable=False),
-    sa.Column('source', sqlmodel.sql.sqltypes.AutoString(length=16), nullable=False),
-    sa.Column('action', sqlmodel.sql.sqltypes.AutoString(length=100), nullable=False),
-    sa.Column('target_type', sqlmodel.sql.sqltypes.AutoString(length=50), nullable=False),
-    sa.Column('target_id', sqlmodel.sql.sqltypes.AutoString(length=200), nullable=True),
+    sa.Column('actor', sa.String(length=200), nullable=False),
+    sa.Column('source', sa.String(length=16), nullable=False),
+    sa.Column('action', sa.String(length=100), nullable=False),
+    sa.Column('target_type', sa.String(length=50), nullable=False),
+    sa.Column('target_id', sa.String(length=200), nullable=True),
     sa.Column('before', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), nullable=True),
     sa.Column('after', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), nullable=True),
-    sa.Column('reason', sqlmodel.sql.sqltypes.AutoString(length=2000), nullable=True),
-    sa.Column('incident_id', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=True),
-    sa.Column('request_id', sqlmodel.sql.sqltypes.AutoString(length=128), nullable=True),
-    sa.Column('prev_hash', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
-    sa.Column('hash', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
+    sa.Column('reason', sa.String(length=2000), nullable=True),
+    sa.Column('incident_id', sa.String(length=64), nullable=True),
+    sa.Column('request_id', sa.String(length=128), nullable=True),
+    sa.Column('prev_hash', sa.String(length=64), nullable=False),
+    sa.Column('hash', sa.String(length=64), nullable=False),
     sa.PrimaryKeyConstraint('id')
     )
     with op.batch_alter_table('audit_events', schema=None) as batch_op:
@@ -63,9 +62,9 @@ def upgrade() -> None:
     op.create_table('audit_head',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('last_id', sa.Integer(), nullable=False),
-    sa.Column('last_hash', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
+    sa.Column('last_hash', sa.String(length=64), nullable=False),
     sa.Column('checkpoint_id', sa.Integer(), nullable=False),
-    sa.Column('checkpoint_hash', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
+    sa.Column('checkpoint_hash', sa.String(length=64), nullable=False),
     sa.PrimaryKeyConstraint('id')
     )
     # The one head row exists from the start, so the first writers lock it instead of racing to insert it.

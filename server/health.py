@@ -8,10 +8,10 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
 
 from server.errors import error_response
+from server.migrate import pending_migrations
 
 router = APIRouter(tags=["health"])
 log = logging.getLogger(__name__)
@@ -23,12 +23,12 @@ async def healthz() -> dict[str, str]:
 
 
 def _check_database(request: Request) -> str | None:
+    # Ready means migrated too: a pod that answers before `runbookd migrate` ran would fail every request.
     try:
         with request.app.state.engine.connect() as conn:
-            conn.execute(text("SELECT 1"))
+            return pending_migrations(conn, request.app.state.migration_heads)
     except Exception as exc:
         return f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
-    return None
 
 
 def _check_redis(request: Request) -> str | None:
@@ -51,9 +51,8 @@ async def readyz(request: Request) -> JSONResponse:
     failing = {name: problem for name, problem in checks.items() if problem}
     if failing:
         log.warning("not ready", extra={"failing": failing})
-        names = ", ".join(failing)
         details = {name: problem or "ok" for name, problem in checks.items()}
-        return error_response(503, "not_ready", f"not ready: {names} unreachable", details)
+        return error_response(503, "not_ready", "not ready: " + "; ".join(f"{name}: {problem}" for name, problem in failing.items()), details)
     return JSONResponse({"status": "ready", "checks": {name: "ok" for name in checks}})
 
 

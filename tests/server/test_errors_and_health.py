@@ -89,7 +89,7 @@ def test_readyz_names_what_is_unreachable(settings: Settings):
         response = client.get("/readyz")
     error = _assert_error_shape(response, 503, "not_ready")
     assert response.status_code == 503
-    assert error["message"] == "not ready: redis unreachable"
+    assert error["message"].startswith("not ready: redis: ConnectionError")
     assert error["details"]["database"] == "ok"
     assert "ConnectionError" in error["details"]["redis"]
 
@@ -100,3 +100,12 @@ def test_metrics_are_prometheus_text(base_url):
         response = client.get("/metrics")
     assert response.headers["content-type"].startswith("text/plain")
     assert 'runbookd_http_requests_total{method="GET",route="/healthz",status="200"}' in response.text
+
+
+def test_readyz_is_503_until_the_database_is_migrated(settings: Settings, tmp_path):
+    unmigrated = settings.model_copy(update={"database_url": f"sqlite:///{tmp_path / 'empty.sqlite3'}"})
+    with serve(create_app(unmigrated)) as url, http(url) as client:
+        response = client.get("/readyz")
+    error = _assert_error_shape(response, 503, "not_ready")
+    assert "runbookd migrate" in error["details"]["database"]
+    assert error["details"]["redis"] == "ok"

@@ -1,0 +1,87 @@
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import subprocess
+import threading
+import time
+from typing import IO, Any
+
+from server.runbooks.kinds import ShellInputs
+from workers.steps.base import Step, StepContext, StepFailed, StepInterrupted, register
+
+# What one stream may hold in memory; the engine moves anything over the per-step cap to an artifact.
+STREAM_LIMIT = 8 * 1024 * 1024
+TERM_GRACE_S = 0.5
+
+
+def _pump(stream: IO[bytes], sink: list[bytes], ctx: StepContext, prefix: str) -> None:
+    size = 0
+    for raw in iter(stream.readline, b""):
+        if size < STREAM_LIMIT:
+            sink.append(raw[: STREAM_LIMIT - size])
+            size += len(raw)
+        ctx.emit(prefix + raw.decode(errors="replace").rstrip("\n"))
+    stream.close()
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    """TERM the whole process group, then KILL what is left: children of the program die with it."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(TERM_GRACE_S)
+            # The leader is gone; KILL stragglers that ignored TERM in the same group.
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (subprocess.TimeoutExpired, ProcessLookupError):
+            continue
+        return
+
+
+@register("shell")
+class Shell(Step[ShellInputs]):
+    def run(self, inputs: ShellInputs, ctx: StepContext) -> dict[str, Any]:
+        argv = inputs.argv if inputs.argv is not None else shlex.split(inputs.command or "")
+        env = {**os.environ, **inputs.env}
+        deadline = ctx.deadline
+        if inputs.timeout is not None:
+            own = time.monotonic() + inputs.timeout.total_seconds()
+            deadline = own if deadline is None else min(deadline, own)
+        try:
+            proc = subprocess.Popen(argv, cwd=inputs.cwd, env=env, stdin=subprocess.DEVNULL,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+        except OSError as exc:
+            raise StepFailed(f"cannot start {argv[0]!r}: {exc.strerror or exc}") from None
+        out: list[bytes] = []
+        err: list[bytes] = []
+        assert proc.stdout is not None and proc.stderr is not None
+        pumps = [threading.Thread(target=_pump, args=(proc.stdout, out, ctx, ""), daemon=True),
+                 threading.Thread(target=_pump, args=(proc.stderr, err, ctx, "stderr: "), daemon=True)]
+        for pump in pumps:
+            pump.start()
+        interrupted: str | None = None
+        while proc.poll() is None:
+            if ctx.cancelled.wait(0.05):
+                interrupted = "cancelled"
+            elif deadline is not None and time.monotonic() >= deadline:
+                interrupted = "timed out"
+            if interrupted:
+                _kill_group(proc)
+                break
+        proc.wait()
+        for pump in pumps:
+            pump.join(2)
+        stderr = b"".join(err).decode(errors="replace")
+        outputs: dict[str, Any] = {"exit_code": proc.returncode, "stdout": b"".join(out).decode(errors="replace"),
+                                   "stderr": stderr}
+        if interrupted:
+            raise StepInterrupted(interrupted)
+        if proc.returncode != 0 and proc.returncode not in inputs.allow_exit_codes:
+            tail = stderr.strip().splitlines()[-1:] or [""]
+            raise StepFailed(f"{argv[0]} exited with {proc.returncode}" + (f": {tail[0][:300]}" if tail[0] else ""),
+                             outputs)
+        return outputs

@@ -211,6 +211,35 @@ def audit_export(
     err.print(f"{written} events exported")
 
 
+@audit_app.command("prune")
+def audit_prune(
+    older_than: Annotated[str, typer.Option(help="Age of the events to remove, e.g. 90d.")],
+    archive_dir: Annotated[Path | None, typer.Option(help="Default: $RUNBOOKD_HOME/audit-archive.")] = None,
+) -> None:
+    """Archive events older than --older-than to gzipped JSONL, then remove them (the chain stays verifiable)."""
+    from server.audit.retention import prune
+    from server.db import session_scope
+    from server.durations import parse_duration
+    from server.errors import DomainError
+
+    try:
+        age = parse_duration(older_than)
+    except ValueError as exc:
+        err.print(f"[red]error:[/] --older-than: {exc}")
+        raise typer.Exit(2) from None
+    try:
+        with session_scope() as session:
+            result = prune(session, older_than=age, actor=_cli_actor(),
+                           archive_dir=archive_dir or get_settings().home / "audit-archive")
+    except DomainError as exc:
+        err.print(f"[red]error:[/] {exc.message}")
+        raise typer.Exit(1) from None
+    if result.removed:
+        err.print(f"{result.removed} events through id {result.through_id} archived to {result.archive} and removed")
+    else:
+        err.print("nothing older than that")
+
+
 def main() -> None:
     app()
 

@@ -52,7 +52,8 @@ async def readyz(request: Request) -> JSONResponse:
     if failing:
         log.warning("not ready", extra={"failing": failing})
         details = {name: problem or "ok" for name, problem in checks.items()}
-        return error_response(503, "not_ready", "not ready: " + "; ".join(f"{name}: {problem}" for name, problem in failing.items()), details)
+        summary = "; ".join(f"{name}: {problem}" for name, problem in failing.items())
+        return error_response(503, "not_ready", f"not ready: {summary}", details)
     return JSONResponse({"status": "ready", "checks": {name: "ok" for name in checks}})
 
 

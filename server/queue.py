@@ -13,6 +13,8 @@ from server.settings import Settings, get_settings
 
 PING_TASK = "runbookd.ping"
 HEARTBEAT_TASK = "runbookd.beat_heartbeat"
+AUDIT_RETENTION_TASK = "runbookd.audit_retention"
+LOGLEVEL_EXPIRE_TASK = "runbookd.loglevels.expire"
 
 
 def make_celery(settings: Settings, *, include: list[str] | None = None) -> Celery:
@@ -35,6 +37,11 @@ def make_celery(settings: Settings, *, include: list[str] | None = None) -> Cele
         beat_schedule_filename=str(settings.home / "celerybeat-schedule"),
         beat_schedule={
             "beat-heartbeat": {"task": HEARTBEAT_TASK, "schedule": timedelta(seconds=15)},
+            "audit-retention": {"task": AUDIT_RETENTION_TASK, "schedule": timedelta(hours=1)},
+            # Every second, so an expired log-level override is written down (and audited) at most ~2 s late;
+            # `expires` drops sweeps that waited in the queue, since the next one does the same work.
+            "loglevels-expire": {"task": LOGLEVEL_EXPIRE_TASK, "schedule": timedelta(seconds=1),
+                                 "options": {"expires": 5}},
         },
     )
     return app

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from server.durations import Duration
 
 SHIPPED_RUNBOOKS_DIR = Path(__file__).resolve().parent.parent / "runbooks"
 
@@ -37,8 +40,21 @@ class Settings(BaseSettings):
     artifacts_dir: Path | None = Field(None, description="Large step outputs; default $RUNBOOKD_HOME/artifacts.")
     worker_concurrency: int = Field(2, ge=1, description="Processes per `runbookd worker`.")
     default_queue: str = Field("runbookd", description="Celery queue that steps without `on:` run on.")
+    audit_retention_days: int | None = Field(
+        None, ge=1, description="Archive (JSONL) and remove audit events older than this; unset keeps them all."
+    )
     slack_signing_secret: SecretStr | None = Field(None, description="Slack app signing secret.")
     mattermost_token: SecretStr | None = Field(None, description="Mattermost slash-command token.")
+    flag_environment: str = Field("production", description="Flag environment of evaluations that name none.")
+    flag_cache_check_seconds: float = Field(
+        1.0, gt=0, description="How often each api process checks that it missed no flag change notice."
+    )
+    auth_cache_seconds: float = Field(
+        5.0, ge=0, description="How long OFREP evaluation trusts a checked token; revocation lags by this much."
+    )
+    loglevel_max_duration: Duration = Field(
+        timedelta(hours=4), description="Longest temporary log-level override (issue 4's safety rail)."
+    )
 
     @model_validator(mode="after")
     def _derive_paths(self) -> Settings:

@@ -6,7 +6,7 @@ import logging
 import time
 from typing import Any
 
-from server.queue import HEARTBEAT_TASK, PING_TASK
+from server.queue import AUDIT_RETENTION_TASK, HEARTBEAT_TASK, PING_TASK
 from server.redis_client import key, make_redis
 from workers.celery_app import app, settings
 
@@ -28,3 +28,22 @@ def beat_heartbeat() -> None:
         client.set(key(settings, "beat", "last"), str(time.time()))
     finally:
         client.close()
+
+
+@app.task(name=AUDIT_RETENTION_TASK)
+def audit_retention() -> None:
+    """Archive and remove audit events older than RUNBOOKD_AUDIT_RETENTION_DAYS (when set)."""
+    if not settings.audit_retention_days:
+        return
+    from datetime import timedelta
+
+    from server.audit.retention import prune
+    from server.auth.models import Actor
+    from server.db import session_scope
+
+    with session_scope() as session:
+        result = prune(session, older_than=timedelta(days=settings.audit_retention_days), actor=Actor.system(),
+                       archive_dir=settings.home / "audit-archive")
+    if result.removed:
+        log.info("audit events archived", extra={"removed": result.removed, "through_id": result.through_id,
+                                                  "archive": str(result.archive)})

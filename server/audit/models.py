@@ -21,6 +21,8 @@ class AuditEvent(SQLModel, table=True):
         Index("ix_audit_action_id", "action", "id"),
         Index("ix_audit_target_id", "target_type", "target_id", "id"),
         Index("ix_audit_incident_id", "incident_id", "id"),
+        # Never reuse an id on SQLite (it would after retention empties the table): the chain is ordered by id.
+        {"sqlite_autoincrement": True},
     )
 
     id: int | None = Field(default=None, primary_key=True)

@@ -32,7 +32,7 @@ def event_hash(event: AuditEvent, prev_hash: str) -> str:
     return hashlib.sha256(prev_hash.encode() + b"\n" + canonical).hexdigest()
 
 
-def _locked_head(session: Session) -> AuditHead:
+def locked_head(session: Session) -> AuditHead:
     # FOR UPDATE serialises writers on PostgreSQL, so ids, commit order and the chain agree;
     # SQLite transactions already hold the write lock (BEGIN IMMEDIATE, see server.db).
     head = session.exec(select(AuditHead).where(AuditHead.id == 1).with_for_update()).one_or_none()
@@ -56,7 +56,7 @@ def record(
     incident_id: str | None = None,
 ) -> AuditEvent:
     """Append one event to the chain in the caller's transaction; secrets in before/after are masked."""
-    head = _locked_head(session)
+    head = locked_head(session)
     event = AuditEvent(
         ts=utcnow(),
         actor=actor.name,

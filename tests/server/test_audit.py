@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import gzip
 import itertools
 import json
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 
+import pytest
 from sqlalchemy import text
 
 from server.audit import service as audit
+from server.audit.retention import prune
 from server.auth import service as auth
-from server.auth.models import Role
+from server.auth.models import Actor, Role
 from server.db import make_engine, session_scope
+from server.errors import Conflict
+from server.models_base import utcnow
 from tests.conftest import TEST_ACTOR
 from tests.support import http
 
@@ -141,3 +147,36 @@ def test_export_writes_jsonl_in_chain_order(fresh_database_url, tmp_path):
     assert all(later["prev_hash"] == earlier["hash"] for earlier, later in itertools.pairwise(events))
     unsupported = _cli(fresh_database_url, "audit", "export", "--format", "csv")
     assert unsupported.returncode == 2 and "jsonl" in unsupported.stderr
+
+
+def test_prune_refuses_to_remove_events_that_fail_verification(fresh_database_url, tmp_path):
+    _seed(fresh_database_url, 6)
+    engine = make_engine(fresh_database_url)
+    with engine.begin() as conn:  # backdating the first four events also breaks their hashes
+        conn.execute(text("UPDATE audit_events SET ts = :old WHERE id <= 4"), {"old": utcnow() - timedelta(days=100)})
+    with session_scope(engine) as session, pytest.raises(Conflict, match="event 1 fails verification"):
+        prune(session, older_than=timedelta(days=90), archive_dir=tmp_path, actor=Actor.system())
+    engine.dispose()
+    # Nothing was removed: the rows are all still there.
+    engine = make_engine(fresh_database_url)
+    with session_scope(engine) as session:
+        assert audit.count(session) == 6
+    engine.dispose()
+
+
+def test_prune_then_verify_starts_from_the_checkpoint(fresh_database_url, tmp_path):
+    _seed(fresh_database_url, 6)
+    engine = make_engine(fresh_database_url)
+    with session_scope(engine) as session:
+        # "older than 0 seconds" from a moment in the future: everything so far is old.
+        result = prune(session, older_than=timedelta(seconds=1), archive_dir=tmp_path, actor=Actor.system(),
+                       now=utcnow() + timedelta(seconds=5))
+    assert result.removed == 6 and result.through_id == 6
+    archived = [json.loads(line) for line in gzip.open(result.archive).read().splitlines()]
+    assert [e["id"] for e in archived] == [1, 2, 3, 4, 5, 6]
+    with session_scope(engine) as session:
+        auth.create_token(session, name="after-prune", role=Role.viewer, actor=TEST_ACTOR)
+    engine.dispose()
+    ok = _cli(fresh_database_url, "audit", "verify")
+    assert ok.returncode == 0, ok.stderr
+    assert "2 events verified" in ok.stderr  # the audit.prune event and the token made after it

@@ -15,6 +15,9 @@ PING_TASK = "runbookd.ping"
 HEARTBEAT_TASK = "runbookd.beat_heartbeat"
 AUDIT_RETENTION_TASK = "runbookd.audit_retention"
 LOGLEVEL_EXPIRE_TASK = "runbookd.loglevels.expire"
+RUN_EXECUTE_TASK = "runbookd.runs.execute"
+RUN_RELAY_TASK = "runbookd.runs.relay"
+RUN_REAP_TASK = "runbookd.runs.reap"
 
 
 def make_celery(settings: Settings, *, include: list[str] | None = None) -> Celery:
@@ -42,6 +45,10 @@ def make_celery(settings: Settings, *, include: list[str] | None = None) -> Cele
             # `expires` drops sweeps that waited in the queue, since the next one does the same work.
             "loglevels-expire": {"task": LOGLEVEL_EXPIRE_TASK, "schedule": timedelta(seconds=1),
                                  "options": {"expires": 5}},
+            # Runs: send queued runs the api could not enqueue (Redis was down), and fail runs whose
+            # worker vanished; each sweep is idempotent, so a sweep that waited too long is dropped.
+            "runs-relay": {"task": RUN_RELAY_TASK, "schedule": timedelta(seconds=5), "options": {"expires": 10}},
+            "runs-reap": {"task": RUN_REAP_TASK, "schedule": timedelta(seconds=10), "options": {"expires": 20}},
         },
     )
     return app

@@ -40,6 +40,14 @@ class Settings(BaseSettings):
     artifacts_dir: Path | None = Field(None, description="Large step outputs; default $RUNBOOKD_HOME/artifacts.")
     worker_concurrency: int = Field(2, ge=1, description="Processes per `runbookd worker`.")
     default_queue: str = Field("runbookd", description="Celery queue that steps without `on:` run on.")
+    run_heartbeat_interval: float = Field(5.0, gt=0, description="Seconds between a running run's heartbeats.")
+    run_reap_grace: float = Field(
+        60.0, gt=0, description="A running run without a heartbeat for this many seconds is failed by the reaper."
+    )
+    run_default_timeout: float = Field(3600.0, gt=0, description="Run timeout, in seconds, when a runbook sets none.")
+    step_output_cap: int = Field(
+        64 * 1024, ge=1024, description="Step outputs larger than this many bytes go to an artifact file."
+    )
     audit_retention_days: int | None = Field(
         None, ge=1, description="Archive (JSONL) and remove audit events older than this; unset keeps them all."
     )

@@ -1,0 +1,84 @@
+"""The runbook format as pydantic models: the structure half of validation (validation.py does the rest)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from server.durations import Duration
+
+ID_PATTERN = r"^[a-z0-9]+(-[a-z0-9]+)*$"
+STEP_ID_PATTERN = r"^[a-z0-9][a-z0-9_-]*$"
+PARAM_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
+
+ParamType = Literal["string", "integer", "number", "boolean", "duration", "enum", "list"]
+Phase = Literal["reproduce", "observe", "hypothesize", "test", "fix", "verify"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class ParamSpec(_Strict):
+    type: ParamType = "string"
+    description: str | None = None
+    required: bool | None = Field(None, description="Default: required unless it has a default.")
+    default: Any = None
+    pattern: str | None = Field(None, description="Regular expression a string must match in full.")
+    minimum: float | None = None
+    maximum: float | None = None
+    choices: list[Any] | None = Field(None, description="The allowed values of an enum.")
+    secret: bool = Field(False, description="Masked as *** wherever it could be shown or stored.")
+
+    @property
+    def is_required(self) -> bool:
+        return self.required if self.required is not None else self.default is None
+
+    @model_validator(mode="after")
+    def _enum_has_choices(self) -> ParamSpec:
+        if self.type == "enum" and not self.choices:
+            raise ValueError("an enum param needs choices: [a, b, ...]")
+        if self.choices is not None and self.type != "enum":
+            raise ValueError("choices only apply to type: enum")
+        if self.pattern is not None and self.type not in ("string", "list"):
+            raise ValueError("pattern only applies to string (or list of strings) params")
+        return self
+
+
+class RetrySpec(_Strict):
+    attempts: int = Field(1, ge=1, le=20, description="Total tries, the first one included.")
+    backoff: Duration = Field(1.0, description="Wait before the second try; doubles after each failure.")  # type: ignore[assignment]
+
+
+class StepSpec(_Strict):
+    id: str = Field(pattern=STEP_ID_PATTERN, max_length=64)
+    title: str | None = None
+    phase: Phase | None = None
+    uses: str
+    with_: dict[str, Any] = Field(default_factory=dict, alias="with")
+    if_: str | bool | None = Field(None, alias="if")
+    retry: RetrySpec = Field(default_factory=RetrySpec)
+    timeout: Duration | None = None
+    continue_on_error: bool = False
+    on: str | None = Field(None, pattern=r"^[A-Za-z0-9_.@-]+$", description="Celery queue of the host to run on.")
+    approval: Literal["required"] | None = None
+
+
+class Runbook(_Strict):
+    id: str = Field(pattern=ID_PATTERN, max_length=100)
+    title: str
+    description: str | None = None
+    tags: list[str] = Field(default_factory=list)
+    params: dict[str, ParamSpec] = Field(default_factory=dict)
+    timeout: Duration | None = None
+    concurrency: int | None = Field(None, ge=1)
+    on_failure: Literal["stop", "rollback", "continue"] = "stop"
+    steps: list[StepSpec] = Field(min_length=1)
+    outputs: dict[str, Any] = Field(default_factory=dict)
+
+    def step(self, step_id: str) -> StepSpec:
+        return next(s for s in self.steps if s.id == step_id)
+
+    def secret_params(self) -> set[str]:
+        return {name for name, spec in self.params.items() if spec.secret}

@@ -1,0 +1,57 @@
+"""Run events: stored in run_events (so a late follower gets the history) and published on Redis live."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import orjson
+import redis
+from sqlmodel import Session, col, select
+
+from server.models_base import as_utc
+from server.redis_client import key
+from server.runs.models import RunEvent
+from server.settings import Settings
+
+log = logging.getLogger("runbookd.runs")
+
+
+def channel(settings: Settings, run_id: int) -> str:
+    return key(settings, "runs", str(run_id), "events")
+
+
+def cancel_key(settings: Settings, run_id: int) -> str:
+    return key(settings, "runs", str(run_id), "cancel")
+
+
+def record(session: Session, *, run_id: int, type: str, step_id: str | None = None,
+           data: dict[str, Any] | None = None) -> RunEvent:
+    """Add an event to the caller's transaction; publish it after the commit."""
+    event = RunEvent(run_id=run_id, type=type, step_id=step_id, data=data)
+    session.add(event)
+    return event
+
+
+def as_message(event: RunEvent) -> dict[str, Any]:
+    return {"id": event.id, "run_id": event.run_id, "ts": as_utc(event.ts).isoformat(), "type": event.type,
+            "step_id": event.step_id, "data": event.data}
+
+
+def publish(client: redis.Redis | None, settings: Settings, run_id: int, messages: list[dict[str, Any]]) -> None:
+    """Best effort: followers fall back to the stored history, so a Redis hiccup loses nothing for good."""
+    if client is None or not messages:
+        return
+    try:
+        pipe = client.pipeline(transaction=False)
+        for message in messages:
+            pipe.publish(channel(settings, run_id), orjson.dumps(message))
+        pipe.execute()
+    except redis.RedisError as exc:
+        log.warning("run event not published", extra={"run_id": run_id, "error": str(exc)})
+
+
+def history(session: Session, *, run_id: int, after_id: int = 0, limit: int = 1000) -> list[RunEvent]:
+    stmt = (select(RunEvent).where(RunEvent.run_id == run_id, col(RunEvent.id) > after_id)
+            .order_by(col(RunEvent.id)).limit(limit))
+    return list(session.exec(stmt))

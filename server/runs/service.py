@@ -1,0 +1,204 @@
+"""Runs as the API sees them: create (idempotent), list, show, cancel, approve or reject, rerun."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import orjson
+from sqlalchemy import update
+from sqlmodel import Session, col, select
+
+from server.audit import service as audit
+from server.auth.models import Actor
+from server.errors import Conflict, InvalidInput, NotFound
+from server.models_base import as_utc, utcnow
+from server.runbooks import params as param_rules
+from server.runbooks.validation import Checked, check_text
+from server.runs import events
+from server.runs.models import FINISHED_STEP, Run, RunStatus, StepRun, StepStatus
+from server.settings import Settings
+
+log = logging.getLogger("runbookd.runs")
+
+
+def request_hash(body: dict[str, Any]) -> str:
+    return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def find_idempotent(session: Session, *, key: str, body_hash: str) -> Run | None:
+    """The run an earlier request with this Idempotency-Key made; 409 when its body was different."""
+    run = session.exec(select(Run).where(Run.idempotency_key == key)).one_or_none()
+    if run is not None and run.request_hash != body_hash:
+        raise Conflict("this Idempotency-Key was already used with a different request body; use a new key",
+                       details={"run_id": run.id})
+    return run
+
+
+def create_run(session: Session, *, checked: Checked, given: dict[str, Any], actor: Actor, settings: Settings,
+               incident_id: str | None = None, dry_run: bool = False, idempotency_key: str | None = None,
+               body_hash: str | None = None, rerun_of: int | None = None) -> Run:
+    """Write a queued Run, its pending steps, an event and the audit record; the caller commits, then dispatches."""
+    runbook = checked.runbook
+    assert runbook is not None
+    values, problems = param_rules.coerce(runbook, given)
+    if problems:
+        names = ", ".join(p["field"].removeprefix("params.") for p in problems)
+        raise InvalidInput(f"invalid params for runbook {runbook.id!r}: {names}", details=problems)
+    secret_names = runbook.secret_params()
+    first_queue = runbook.steps[0].on or settings.default_queue
+    run = Run(runbook_id=runbook.id, runbook_hash=checked.content_hash, definition=checked.text,
+              params=param_rules.mask(secret_names, values),
+              secrets={k: v for k, v in values.items() if k in secret_names and v is not None} or None,
+              actor=actor.name, incident_id=incident_id, dry_run=dry_run, idempotency_key=idempotency_key,
+              request_hash=body_hash, rerun_of=rerun_of, queue=first_queue,
+              deadline_at=None)
+    session.add(run)
+    session.flush()
+    assert run.id is not None
+    for position, step in enumerate(runbook.steps):
+        session.add(StepRun(run_id=run.id, step_id=step.id, position=position, uses=step.uses, phase=step.phase,
+                            incident_id=incident_id))
+    events.record(session, run_id=run.id, type="run.queued", data={"runbook": runbook.id, "actor": actor.name})
+    audit.record(session, actor=actor, action="run.create", target_type="run", target_id=run.id,
+                 after={"runbook": runbook.id, "runbook_hash": run.runbook_hash, "params": run.params,
+                        "dry_run": dry_run, "rerun_of": rerun_of},
+                 incident_id=incident_id)
+    return run
+
+
+def get_run(session: Session, *, run_id: int) -> Run:
+    run = session.get(Run, run_id)
+    if run is None:
+        raise NotFound(f"run {run_id} does not exist")
+    return run
+
+
+def steps_of(session: Session, *, run_id: int) -> list[StepRun]:
+    return list(session.exec(select(StepRun).where(StepRun.run_id == run_id).order_by(col(StepRun.position))))
+
+
+@dataclass
+class RunFilter:
+    runbook: str | None = None
+    status: str | None = None
+    actor: str | None = None
+    incident_id: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+
+def list_runs(session: Session, *, filters: RunFilter, before_id: int | None, limit: int) -> list[Run]:
+    """Newest first, paged by id."""
+    stmt = select(Run)
+    if filters.runbook:
+        stmt = stmt.where(Run.runbook_id == filters.runbook)
+    if filters.status:
+        stmt = stmt.where(col(Run.status).in_(filters.status.split(",")))
+    if filters.actor:
+        stmt = stmt.where(Run.actor == filters.actor)
+    if filters.incident_id:
+        stmt = stmt.where(Run.incident_id == filters.incident_id)
+    if filters.since:
+        stmt = stmt.where(col(Run.created_at) >= filters.since)
+    if filters.until:
+        stmt = stmt.where(col(Run.created_at) < filters.until)
+    if before_id is not None:
+        stmt = stmt.where(col(Run.id) < before_id)
+    return list(session.exec(stmt.order_by(col(Run.id).desc()).limit(limit)))
+
+
+def _lock(session: Session, run_id: int) -> Run:
+    run = session.exec(select(Run).where(Run.id == run_id).with_for_update()).one_or_none()
+    if run is None:
+        raise NotFound(f"run {run_id} does not exist")
+    return run
+
+
+def finish_unstarted(session: Session, *, run: Run, status: RunStatus, error: str | None) -> None:
+    """End a run that no worker holds right now (queued or waiting for approval): its steps end too."""
+    assert run.id is not None
+    step_status = StepStatus.timed_out if status == RunStatus.timed_out else StepStatus.cancelled
+    session.execute(update(StepRun).where(col(StepRun.run_id) == run.id,
+                                          col(StepRun.status).in_([StepStatus.pending, StepStatus.running]))
+                    .values(status=step_status.value, finished_at=utcnow()))
+    run.status, run.finished_at, run.error, run.secrets = status.value, utcnow(), error, None
+    session.add(run)
+    events.record(session, run_id=run.id, type="run.finished", data={"status": status.value, "error": error})
+
+
+def cancel(session: Session, *, run_id: int, actor: Actor, reason: str | None) -> Run:
+    """Cancel now when no worker holds the run; else flag it and the worker stops within a moment."""
+    run = _lock(session, run_id)
+    if RunStatus(run.status).finished:
+        raise Conflict(f"run {run_id} already finished ({run.status}); nothing to cancel")
+    before = run.status
+    run.cancel_requested_at, run.cancelled_by = utcnow(), actor.name
+    if run.status in (RunStatus.queued, RunStatus.waiting_approval):
+        finish_unstarted(session, run=run, status=RunStatus.cancelled, error=f"cancelled by {actor.name}")
+    else:
+        session.add(run)
+        events.record(session, run_id=run_id, type="run.cancel_requested", data={"by": actor.name})
+    audit.record(session, actor=actor, action="run.cancel", target_type="run", target_id=run_id,
+                 before={"status": before}, after={"status": run.status}, reason=reason, incident_id=run.incident_id)
+    return run
+
+
+def decide(session: Session, *, run_id: int, step_id: str, actor: Actor, approve: bool, reason: str | None) -> Run:
+    """Approve or reject the step a run waits on; the run is queued again and the worker takes it from there."""
+    run = _lock(session, run_id)
+    step = session.exec(select(StepRun).where(StepRun.run_id == run_id, StepRun.step_id == step_id)).one_or_none()
+    if step is None:
+        raise NotFound(f"run {run_id} has no step {step_id!r}")
+    if run.status != RunStatus.waiting_approval or step.approval != "waiting":
+        waiting = session.exec(select(StepRun.step_id).where(StepRun.run_id == run_id,
+                                                            StepRun.approval == "waiting")).first()
+        hint = f"; it waits on step {waiting!r}" if waiting else ""
+        raise Conflict(f"step {step_id!r} of run {run_id} is not waiting for approval (run is {run.status}){hint}")
+    if not approve and not reason:
+        raise InvalidInput("a rejection needs a reason", details=[{"field": "reason", "message": "required"}])
+    verdict = "approved" if approve else "rejected"
+    step.approval, step.approval_by, step.approval_reason = verdict, actor.name, reason
+    run.status = RunStatus.queued.value
+    run.dispatched_at = None
+    session.add_all([step, run])
+    events.record(session, run_id=run_id, type=f"step.{verdict}", step_id=step_id,
+                  data={"by": actor.name, "reason": reason})
+    audit.record(session, actor=actor, action=f"run.step.{'approve' if approve else 'reject'}", target_type="run",
+                 target_id=run_id, before={"step": step_id, "approval": "waiting"},
+                 after={"step": step_id, "approval": verdict}, reason=reason, incident_id=run.incident_id)
+    return run
+
+
+def rerun(session: Session, *, run_id: int, actor: Actor, overrides: dict[str, Any], settings: Settings) -> Run:
+    """A new run of the same definition (the text that ran, not today's file) with the same params."""
+    old = get_run(session, run_id=run_id)
+    checked = check_text(old.definition, f"run {run_id}")
+    if checked.runbook is None:
+        raise Conflict(f"run {run_id}'s runbook no longer validates: {checked.errors[0]}")
+    given = {k: v for k, v in old.params.items() if k not in checked.runbook.secret_params()}
+    given.update(overrides)
+    return create_run(session, checked=checked, given=given, actor=actor, settings=settings,
+                      incident_id=old.incident_id, dry_run=old.dry_run, rerun_of=run_id)
+
+
+def mark_dispatched(session: Session, *, run_id: int) -> None:
+    session.execute(update(Run).where(col(Run.id) == run_id, col(Run.status) == RunStatus.queued.value)
+                    .values(dispatched_at=utcnow()))
+
+
+def duration_s(start: datetime | None, end: datetime | None) -> float | None:
+    if start is None:
+        return None
+    return round((as_utc(end or utcnow()) - as_utc(start)).total_seconds(), 3)
+
+
+def stale_before(seconds: float) -> datetime:
+    return utcnow() - timedelta(seconds=seconds)
+
+
+def unfinished_steps(steps: list[StepRun]) -> list[StepRun]:
+    return [s for s in steps if s.status not in FINISHED_STEP]

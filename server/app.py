@@ -12,12 +12,17 @@ from server.audit.routes import router as audit_router
 from server.auth.routes import router as tokens_router
 from server.db import make_engine
 from server.errors import install_error_handlers
+from server.flags.ofrep import router as ofrep_router
+from server.flags.routes import environments_router as flag_environments_router
+from server.flags.routes import router as flags_router
+from server.flags.runtime import start_flags
 from server.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from server.migrate import code_heads
 from server.redis_client import make_redis
 from server.settings import Settings, get_settings
 
 ROUTERS = [health.router, tokens_router, audit_router]
+ROUTERS += [flags_router, flag_environments_router, ofrep_router]
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -27,9 +32,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.engine = make_engine(settings.effective_database_url)
         app.state.redis = make_redis(settings) if settings.redis_url else None
+        app.state.flag_cache = start_flags(app, settings)
         try:
             yield
         finally:
+            app.state.flag_cache.stop()
             if app.state.redis is not None:
                 app.state.redis.close()
             app.state.engine.dispose()

@@ -9,6 +9,7 @@ from fastapi import Depends, Request
 
 from server.auth import service as auth
 from server.auth.models import Actor, Role, Source
+from server.auth.token_cache import TokenCache
 from server.db import SessionDep
 from server.errors import Forbidden, Unauthorized
 
@@ -34,6 +35,20 @@ def current_actor(request: Request, session: SessionDep) -> Actor:
 
 
 CurrentActor = Annotated[Actor, Depends(current_actor)]
+
+
+async def cached_actor(request: Request) -> Actor:
+    """current_actor for the hot evaluation path: no database round trip per request.
+
+    Tokens are remembered for RUNBOOKD_AUTH_CACHE_SECONDS (server.auth.token_cache), so a revocation
+    reaches this path within that time; every other endpoint checks the database each time.
+    """
+    state = request.app.state
+    if getattr(state, "token_cache", None) is None:
+        state.token_cache = TokenCache(state.settings.auth_cache_seconds)
+    actor: Actor = await state.token_cache.actor(state.engine, _presented_token(request))
+    request.state.actor = actor
+    return actor
 
 
 def require_role(needed: Role) -> Callable[[Actor], Actor]:

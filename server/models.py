@@ -2,5 +2,7 @@
 
 from server.audit.models import AuditEvent, AuditHead
 from server.auth.models import ApiToken
+from server.flags.models import Flag, FlagEnvironment, FlagExpiry, FlagVersion
 
-__all__ = ["ApiToken", "AuditEvent", "AuditHead"]
+__all__ = ["ApiToken", "AuditEvent", "AuditHead",
+           "Flag", "FlagEnvironment", "FlagExpiry", "FlagVersion"]

@@ -19,6 +19,9 @@ ENDPOINT_CLASSES = [
     ("GET", "/api/v1/audit", None, Role.viewer),
     ("GET", "/api/v1/tokens", None, Role.admin),
     ("POST", "/api/v1/tokens", {"role": "viewer"}, Role.admin),
+    ("GET", "/api/v1/flags", None, Role.viewer),
+    ("GET", "/api/v1/flag-environments", None, Role.viewer),
+    ("POST", "/ofrep/v1/evaluate/flags", {"context": {}}, Role.client),
 ]
 
 

@@ -1,0 +1,226 @@
+"""Each api process's in-memory flag configuration, kept fresh from Redis, so evaluation never reads the database.
+
+Writers commit, then publish_change(): INCR a generation counter and PUBLISH {key, version, generation}.
+A background thread here reloads the named flag on each message; when a generation was skipped (a message
+lost while disconnected) or the counter moved without a message reaching us (checked every
+RUNBOOKD_FLAG_CACHE_CHECK_SECONDS), it reloads everything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import redis
+from sqlalchemy import Engine
+from sqlmodel import Session, col, select
+
+from server.flags.evaluation import CompiledFlag, compile_flag
+from server.flags.models import Flag, FlagEnvironment, FlagSpec
+from server.redis_client import key as redis_key
+from server.redis_client import make_redis
+from server.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def channel(settings: Settings) -> str:
+    return redis_key(settings, "flags", "changes")
+
+
+def generation_key(settings: Settings) -> str:
+    return redis_key(settings, "flags", "generation")
+
+
+def publish_change(settings: Settings, client: redis.Redis | None, *, key: str | None, version: int) -> None:
+    """Tell every api process that a flag (key None: the environments) changed; call after the commit.
+
+    Never raises: a lost notice is caught up by the periodic generation check."""
+    if client is None:
+        return
+    try:
+        generation = int(client.incr(generation_key(settings)))
+        client.publish(channel(settings), orjson.dumps({"key": key, "version": version, "generation": generation}))
+    except redis.RedisError as exc:
+        log.warning("could not publish a flag change; api processes catch up at their next version check",
+                    extra={"flag": key, "version": version, "error": str(exc)})
+
+
+def publish_with_new_client(settings: Settings, *, key: str | None, version: int) -> None:
+    """publish_change for code without a Redis client of its own (workers, the CLI, step kinds)."""
+    if not settings.redis_url:
+        return
+    client = make_redis(settings)
+    try:
+        publish_change(settings, client, key=key, version=version)
+    finally:
+        client.close()
+
+
+@dataclass
+class Listener:
+    loop: asyncio.AbstractEventLoop
+    queue: asyncio.Queue[dict[str, Any]]
+
+
+class FlagCache:
+    """Compiled flags by key; swapped whole or one key at a time, read without locks (dict ops are atomic)."""
+
+    def __init__(self, settings: Settings, engine: Engine) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.flags: dict[str, CompiledFlag] = {}
+        self.environments: frozenset[str] = frozenset()
+        self.generation = 0  # the Redis generation this cache reflects
+        self.config_digest = ""
+        self.reloads = 0
+        self.hits = 0
+        self.misses = 0
+        self.last_refresh = 0.0
+        self._listeners: list[Listener] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+
+    # -- loading -----------------------------------------------------------------------------------
+    def load_all(self) -> None:
+        """Replace the whole configuration from the database."""
+        with Session(self.engine) as session:
+            rows = list(session.exec(select(Flag).where(col(Flag.deleted).is_(False))))
+            environments = frozenset(session.exec(select(FlagEnvironment.name)))
+        flags = {}
+        for row in rows:
+            try:
+                flags[row.key] = compile_flag(FlagSpec.model_validate(row.spec), row.version)
+            except Exception:
+                log.exception("flag %s version %s does not compile; keeping it out of evaluation", row.key,
+                              row.version)
+        self.flags, self.environments = flags, environments
+        self._after_change()
+
+    def load_one(self, key: str) -> None:
+        with Session(self.engine) as session:
+            row = session.get(Flag, key)
+        if row is None or row.deleted:
+            self.flags.pop(key, None)
+        else:
+            self.flags[key] = compile_flag(FlagSpec.model_validate(row.spec), row.version)
+        self._after_change()
+
+    def _after_change(self) -> None:
+        # The ETag of bulk evaluations starts from this: the same configuration gives the same digest in
+        # every api process, so a load balancer may send a client's next request anywhere.
+        pairs = ",".join(f"{k}:{f.version}" for k, f in sorted(self.flags.items()))
+        self.config_digest = hashlib.sha256(pairs.encode()).hexdigest()[:16]
+        self.reloads += 1
+        self.last_refresh = time.time()
+
+    # -- change notices for SSE followers -----------------------------------------------------------
+    def subscribe(self) -> Listener:
+        listener = Listener(loop=asyncio.get_running_loop(), queue=asyncio.Queue(maxsize=100))
+        self._listeners.append(listener)
+        return listener
+
+    def unsubscribe(self, listener: Listener) -> None:
+        if listener in self._listeners:
+            self._listeners.remove(listener)
+
+    def _notify(self, notice: dict[str, Any]) -> None:
+        for listener in list(self._listeners):
+            try:
+                listener.loop.call_soon_threadsafe(_offer, listener.queue, notice)
+            except RuntimeError:  # its loop is closed
+                self.unsubscribe(listener)
+
+    # -- the refresher thread ----------------------------------------------------------------------
+    def start(self) -> None:
+        self._stop.clear()
+        if not self.settings.redis_url:
+            # Without Redis there is no change feed: this process sees its own database snapshot only.
+            try:
+                self.load_all()
+            except Exception:
+                log.exception("flag cache could not load flags")
+            return
+        self._thread = threading.Thread(target=self._run, name="flag-cache", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(10):
+            log.warning("flag cache did not reach Redis in 10 s; it keeps trying in the background")
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+
+    def _current_generation(self, client: redis.Redis) -> int:
+        return int(client.get(generation_key(self.settings)) or 0)
+
+    def _run(self) -> None:
+        interval = self.settings.flag_cache_check_seconds
+        while not self._stop.is_set():
+            client = make_redis(self.settings, timeout=max(5.0, interval * 2))
+            pubsub = client.pubsub(ignore_subscribe_messages=True)
+            try:
+                pubsub.subscribe(channel(self.settings))
+                # Subscribed first, loaded second: a change committed in between arrives as a message.
+                self.generation = self._current_generation(client)
+                try:
+                    self.load_all()
+                except Exception:
+                    # An unmigrated database, say: serve nothing yet and retry at the next version check.
+                    log.exception("flag cache could not load flags; retrying")
+                    self.generation = -1
+                finally:
+                    self._ready.set()
+                next_check = time.monotonic() + interval
+                while not self._stop.is_set():
+                    message = pubsub.get_message(timeout=min(interval, 0.5))
+                    if message is not None:
+                        self._on_message(message)
+                    if time.monotonic() >= next_check:
+                        next_check = time.monotonic() + interval
+                        current = self._current_generation(client)
+                        if current != self.generation:
+                            log.info("flag cache missed a change notice; reloading every flag",
+                                     extra={"seen": self.generation, "current": current})
+                            self.generation = current
+                            self.load_all()
+                            self._notify({"generation": current})
+            except (redis.RedisError, OSError) as exc:
+                log.warning("flag cache lost Redis; retrying", extra={"error": str(exc)})
+                self._stop.wait(1)
+            except Exception:
+                log.exception("flag cache refresh failed; retrying")
+                self._stop.wait(1)
+            finally:
+                pubsub.close()
+                client.close()
+
+    def _on_message(self, message: dict[str, Any]) -> None:
+        notice = orjson.loads(message["data"])
+        generation = int(notice.get("generation", 0))
+        if generation > self.generation + 1 or notice.get("key") is None:  # a gap, or an environment change
+            self.generation = generation
+            self.load_all()
+        else:
+            self.generation = max(self.generation, generation)
+            self.load_one(str(notice["key"]))
+        self._notify(notice)
+
+    def stats(self) -> dict[str, Any]:
+        """For /debug/state."""
+        return {"flags": len(self.flags), "generation": self.generation, "config_digest": self.config_digest,
+                "reloads": self.reloads, "hits": self.hits, "misses": self.misses,
+                "last_refresh": self.last_refresh}
+
+
+def _offer(queue: asyncio.Queue[dict[str, Any]], notice: dict[str, Any]) -> None:
+    # A follower that stopped reading must not grow memory without bound; it only needs "something changed".
+    if not queue.full():
+        queue.put_nowait(notice)

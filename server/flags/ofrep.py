@@ -1,0 +1,151 @@
+"""OpenFeature Remote Evaluation Protocol (open-feature/protocol service/openapi.yaml) and its SSE change stream.
+
+The hot path: raw body -> orjson -> in-memory cache -> orjson. No database, no pydantic, no threadpool; the
+token check is answered from server.auth.token_cache.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import StreamingResponse
+
+from server.auth.models import Actor
+from server.deps import cached_actor
+from server.errors import Forbidden
+from server.flags.cache import FlagCache
+from server.flags.evaluation import EvaluationError, check_context, resolution
+
+router = APIRouter(prefix="/ofrep/v1", tags=["ofrep"])
+JSON = "application/json"
+KEEPALIVE_SECONDS = 15.0
+
+
+def _failure(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(body), status_code=status, media_type=JSON, headers=headers)
+
+
+async def _parse(request: Request) -> dict[str, Any]:
+    raw = await request.body()
+    if not raw.strip():
+        return {}
+    try:
+        payload = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise EvaluationError("PARSE_ERROR", f"request body is not JSON: {exc}") from None
+    if not isinstance(payload, dict):
+        raise EvaluationError("PARSE_ERROR", "request body must be a JSON object like {\"context\": {...}}")
+    return check_context(payload.get("context"))
+
+
+def environment_of(actor: Actor, context: dict[str, Any], cache: FlagCache, default: str) -> str:
+    """A token named NAME@ENV evaluates in ENV only; other tokens take context.environment, else the default."""
+    scoped = actor.name.rpartition("@")[2] if "@" in actor.name else None
+    asked = context.get("environment")
+    if scoped is not None and scoped in cache.environments:
+        if asked is not None and asked != scoped:
+            raise Forbidden(f"token {actor.name!r} evaluates in environment {scoped!r} only, not {asked!r}")
+        return scoped
+    if asked is None:
+        return default
+    if not isinstance(asked, str) or asked not in cache.environments:
+        raise EvaluationError("INVALID_CONTEXT",
+                              f"unknown environment {asked!r}; environments are {sorted(cache.environments)}")
+    return asked
+
+
+@router.post("/evaluate/flags/{key}", summary="OFREP single flag evaluation")
+async def evaluate_flag(key: str, request: Request) -> Response:
+    actor = await cached_actor(request)
+    cache: FlagCache = request.app.state.flag_cache
+    try:
+        context = await _parse(request)
+        environment = environment_of(actor, context, cache, request.app.state.settings.flag_environment)
+        flag = cache.flags.get(key)
+        if flag is None:
+            cache.misses += 1
+            return _failure(404, {"key": key, "errorCode": "FLAG_NOT_FOUND",
+                                  "errorDetails": f"flag {key!r} does not exist (or was deleted)"})
+        cache.hits += 1
+        return Response(orjson.dumps(resolution(flag, environment, context)), media_type=JSON)
+    except EvaluationError as exc:
+        return _failure(400, {"key": key, "errorCode": exc.code, "errorDetails": exc.details})
+
+
+def _etag(cache: FlagCache, environment: str, context: dict[str, Any], request: Request) -> str:
+    # Configuration, context and credential: a client must not get a 304 for another token's answers.
+    credential = request.headers.get("authorization") or request.headers.get("x-api-key") or ""
+    material = b"|".join([cache.config_digest.encode(), environment.encode(),
+                          orjson.dumps(context, option=orjson.OPT_SORT_KEYS),
+                          hashlib.sha256(credential.encode()).digest()])
+    return '"' + hashlib.sha256(material).hexdigest()[:32] + '"'
+
+
+def _matches(if_none_match: str | None, etag: str) -> bool:
+    if not if_none_match:
+        return False
+    candidates = {c.strip().removeprefix("W/") for c in if_none_match.split(",")}
+    return etag in candidates or "*" in candidates
+
+
+def _events_url(request: Request) -> str:
+    public = request.app.state.settings.public_url
+    base = public.rstrip("/") if public else str(request.base_url).rstrip("/")
+    return f"{base}/ofrep/v1/events"
+
+
+@router.post("/evaluate/flags", summary="OFREP bulk evaluation")
+async def evaluate_all(request: Request) -> Response:
+    actor = await cached_actor(request)
+    cache: FlagCache = request.app.state.flag_cache
+    try:
+        context = await _parse(request)
+        environment = environment_of(actor, context, cache, request.app.state.settings.flag_environment)
+    except EvaluationError as exc:
+        return _failure(400, {"errorCode": exc.code, "errorDetails": exc.details})
+    etag = _etag(cache, environment, context, request)
+    if _matches(request.headers.get("if-none-match"), etag):
+        return Response(status_code=304, headers={"ETag": etag})
+    results = []
+    for flag in list(cache.flags.values()):
+        try:
+            results.append(resolution(flag, environment, context))
+        except EvaluationError as exc:
+            results.append({"key": flag.key, "errorCode": exc.code, "errorDetails": exc.details})
+    cache.hits += len(results)
+    body = {"flags": results,
+            "metadata": {"environment": environment, "configVersion": cache.config_digest},
+            "eventStreams": [{"type": "sse", "url": _events_url(request), "inactivityDelaySec": 120}]}
+    return Response(orjson.dumps(body), media_type=JSON, headers={"ETag": etag})
+
+
+@router.get("/events", summary="SSE stream of flag change notices (OFREP refetchEvaluation events)")
+async def events(request: Request) -> StreamingResponse:
+    await cached_actor(request)
+    cache: FlagCache = request.app.state.flag_cache
+    listener = cache.subscribe()
+
+    async def stream() -> AsyncIterator[bytes]:
+        try:
+            yield b"retry: 2000\n: connected\n\n"
+            while True:
+                try:
+                    notice = await asyncio.wait_for(listener.queue.get(), KEEPALIVE_SECONDS)
+                except TimeoutError:
+                    yield b": keep-alive\n\n"
+                    continue
+                data = {"type": "refetchEvaluation", "etag": cache.config_digest, "lastModified": int(time.time()),
+                        "flag": notice.get("key"), "version": notice.get("version")}
+                yield b"id: %d\nevent: message\ndata: %s\n\n" % (int(notice.get("generation") or 0),
+                                                                  orjson.dumps(data))
+        finally:
+            cache.unsubscribe(listener)
+
+    return StreamingResponse(stream(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

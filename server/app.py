@@ -11,17 +11,21 @@ from server import health
 from server.audit.routes import router as audit_router
 from server.auth.routes import router as tokens_router
 from server.db import make_engine
+from server.debug.routes import router as debug_router
 from server.errors import install_error_handlers
 from server.flags.ofrep import router as ofrep_router
 from server.flags.routes import environments_router as flag_environments_router
 from server.flags.routes import router as flags_router
 from server.flags.runtime import start_flags
+from server.loglevels.routes import debug_router as loggers_router
+from server.loglevels.routes import router as loglevels_router
+from server.loglevels.sync import OwnLoggerSync
 from server.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from server.migrate import code_heads
 from server.redis_client import make_redis
 from server.settings import Settings, get_settings
 
-ROUTERS = [health.router, tokens_router, audit_router]
+ROUTERS = [health.router, tokens_router, audit_router, loglevels_router, loggers_router, debug_router]
 ROUTERS += [flags_router, flag_environments_router, ofrep_router]
 
 
@@ -33,10 +37,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.engine = make_engine(settings.effective_database_url)
         app.state.redis = make_redis(settings) if settings.redis_url else None
         app.state.flag_cache = start_flags(app, settings)
+        # Applies overrides of runbookd's own loggers made through any process (needs Redis for the news).
+        app.state.loglevel_sync = (
+            OwnLoggerSync(settings, app.state.engine).start() if app.state.redis is not None else None
+        )
         try:
             yield
         finally:
             app.state.flag_cache.stop()
+            if app.state.loglevel_sync is not None:
+                app.state.loglevel_sync.stop()
             if app.state.redis is not None:
                 app.state.redis.close()
             app.state.engine.dispose()

@@ -1,0 +1,119 @@
+"""/api/v1/loglevels (other services' overrides) and /debug/loggers (runbookd's own, Actuator-shaped)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
+from fastapi.responses import JSONResponse
+
+from server.auth.models import Actor, Role
+from server.db import SessionDep
+from server.deps import Admin, Operator, Viewer, require_role
+from server.loglevels import service as svc
+from server.loglevels.levels import LEVELS, ROOT, get_logger, to_name
+from server.loglevels.models import (
+    LOGGER_PATTERN,
+    SERVER_SERVICE,
+    SERVICE_PATTERN,
+    ActuatorLevel,
+    OverrideCreate,
+    OverridePublic,
+    ServiceLevels,
+)
+from server.loglevels.sync import publish
+
+router = APIRouter(prefix="/api/v1/loglevels", tags=["loglevels"])
+debug_router = APIRouter(prefix="/debug/loggers", tags=["debug"])
+# A service's agent reads its own overrides with the lowest role there is (the one flag clients use).
+Client = Annotated[Actor, Depends(require_role(Role.client))]
+
+
+def _after_commit(request: Request, services: set[str]) -> None:
+    if request.app.state.redis is not None and services:
+        publish(request.app.state.redis, request.app.state.settings, services)
+    sync = getattr(request.app.state, "loglevel_sync", None)
+    if sync is not None and SERVER_SERVICE in services:
+        sync.refresh()  # this process answers with the new level at once; the others follow the message
+
+
+@router.post("", status_code=201, response_model=OverridePublic)
+def create_override(body: OverrideCreate, request: Request, session: SessionDep, actor: Operator) -> OverridePublic:
+    row = svc.raise_level(session, service=body.service, logger=body.logger, level=body.level,
+                              duration=body.for_, actor=actor, reason=body.reason, incident_id=body.incident_id,
+                              max_duration=request.app.state.settings.loglevel_max_duration)
+    session.commit()
+    _after_commit(request, {row.service})
+    return svc.public(row, effective=True)
+
+
+@router.get("", response_model=list[OverridePublic])
+def list_overrides(session: SessionDep, _actor: Viewer, service: str | None = None, active: bool = True,
+                   incident_id: str | None = None, limit: int = 200) -> list[OverridePublic]:
+    """Active overrides by default; active=false includes ended ones. service=_runbookd shows runbookd's own."""
+    return svc.list_overrides(session, service=service, active=active or None, incident_id=incident_id,
+                              limit=max(1, min(limit, 1000)))
+
+
+@router.get("/overrides/{override_id}", response_model=OverridePublic)
+def get_override(override_id: int, session: SessionDep, _actor: Viewer) -> OverridePublic:
+    row = svc.get_override(session, override_id=override_id)
+    listed = svc.list_overrides(session, service=row.service, active=True)
+    return svc.public(row, effective=any(o.id == row.id and o.effective for o in listed))
+
+
+@router.delete("/overrides/{override_id}", response_model=OverridePublic)
+def end_override(override_id: int, request: Request, session: SessionDep, actor: Operator,
+                 reason: Annotated[str | None, Query(max_length=2000)] = None) -> OverridePublic:
+    """End an override early; the logger goes back to the next older live override, or its own level."""
+    row = svc.end_override(session, override_id=override_id, actor=actor, reason=reason)
+    session.commit()
+    _after_commit(request, {row.service})
+    return svc.public(row)
+
+
+@router.get("/{service_name}", response_model=ServiceLevels)
+def service_levels(service_name: Annotated[str, Path(pattern=SERVICE_PATTERN)], session: SessionDep, _actor: Client,
+                   if_none_match: Annotated[str | None, Header()] = None) -> Response:
+    levels = svc.effective_levels(session, service=service_name)
+    etag = svc.levels_etag(levels)
+    headers = {"ETag": etag, "Cache-Control": "no-cache"}
+    if if_none_match and etag in {tag.strip() for tag in if_none_match.split(",")}:
+        return Response(status_code=304, headers=headers)
+    return JSONResponse(levels.model_dump(mode="json"), headers=headers)
+
+
+# -- runbookd's own loggers, in the shape of Spring Boot Actuator's /actuator/loggers -----------------------
+def _describe(name: str) -> dict[str, Any]:
+    target = get_logger(name)
+    return {"configuredLevel": to_name(target.level), "effectiveLevel": to_name(target.getEffectiveLevel())}
+
+
+@debug_router.get("")
+def all_loggers(_actor: Admin) -> dict[str, Any]:
+    names = sorted(n for n, lg in logging.Logger.manager.loggerDict.items() if isinstance(lg, logging.Logger))
+    return {"levels": list(LEVELS), "loggers": {name: _describe(name) for name in [ROOT, *names]}, "groups": {}}
+
+
+@debug_router.get("/{name}")
+def one_logger(name: Annotated[str, Path(pattern=LOGGER_PATTERN)], session: SessionDep,
+               _actor: Admin) -> dict[str, Any]:
+    overrides = [o for o in svc.list_overrides(session, service=SERVER_SERVICE) if o.logger == name]
+    effective = next((o for o in overrides if o.effective), None)
+    return {**_describe(name), "override": effective.model_dump(mode="json") if effective else None}
+
+
+@debug_router.post("/{name}", status_code=204)
+def set_logger(name: Annotated[str, Path(pattern=LOGGER_PATTERN)], body: ActuatorLevel, request: Request,
+               session: SessionDep, actor: Admin) -> Response:
+    if body.configuredLevel is None:
+        # Actuator's reset: the logger goes back to its own configuration in every process.
+        svc.end_logger(session, service=SERVER_SERVICE, logger=name, actor=actor, reason=body.reason)
+    else:
+        svc.raise_level(session, service=SERVER_SERVICE, logger=name, level=body.configuredLevel,
+                            duration=body.for_, actor=actor, reason=body.reason, incident_id=body.incident_id,
+                            max_duration=request.app.state.settings.loglevel_max_duration)
+    session.commit()
+    _after_commit(request, {SERVER_SERVICE})
+    return Response(status_code=204)

@@ -1,0 +1,85 @@
+"""Per-process housekeeping of workers: runbookd's own log levels, the expiry sweep, heartbeats."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from typing import Any
+
+from celery.signals import worker_process_init, worker_ready, worker_shutdown
+
+from server.db import make_engine
+from server.debug.service import WORKER_HEARTBEAT_SECONDS, write_worker_heartbeat
+from server.loglevels.sync import OwnLoggerSync, sweep_expired
+from server.queue import LOGLEVEL_EXPIRE_TASK
+from server.redis_client import key, make_redis
+from workers.celery_app import app, settings
+
+log = logging.getLogger("runbookd.worker")
+_state: dict[str, Any] = {}
+
+
+@app.task(name=LOGLEVEL_EXPIRE_TASK)
+def expire_loglevels() -> int:
+    """Beat's once-a-second sweep: end, audit and announce every override whose time is up."""
+    engine = _state.get("engine")
+    if engine is None:
+        engine = _state["engine"] = make_engine(settings.effective_database_url)
+    client = _state.get("redis")
+    if client is None:
+        client = _state["redis"] = make_redis(settings)
+    return sweep_expired(engine, settings, client)
+
+
+def _start_sync(*, sweep: bool) -> None:
+    # An engine of its own: one inherited through fork() must never be used by a child.
+    _state["engine"] = make_engine(settings.effective_database_url)
+    _state.pop("redis", None)
+    _state["sync"] = OwnLoggerSync(settings, _state["engine"], sweep_at_start=sweep).start()
+
+
+@worker_process_init.connect
+def _child_started(**_: Any) -> None:
+    """Each pool process runs tasks and logs on its own, so each applies runbookd's log levels itself."""
+    _start_sync(sweep=False)
+
+
+def _heartbeat(hostname: str, queues: list[str], stop: threading.Event) -> None:
+    client = make_redis(settings)
+    started = time.time()
+    while not stop.is_set():
+        try:
+            write_worker_heartbeat(client, settings, hostname=hostname, pid=os.getpid(), queues=queues,
+                                   started_at=started)
+        except Exception:
+            log.warning("could not write the worker heartbeat", exc_info=True)
+        stop.wait(WORKER_HEARTBEAT_SECONDS)
+    try:
+        client.delete(key(settings, "worker", hostname))
+    finally:
+        client.close()
+
+
+@worker_ready.connect
+def _worker_ready(sender: Any = None, **_: Any) -> None:
+    """The main process: apply log levels, sweep expiries missed while nothing ran, start the heartbeat."""
+    _start_sync(sweep=True)
+    hostname = getattr(sender, "hostname", None) or f"worker@{os.uname().nodename}"
+    consumer = getattr(sender, "task_consumer", None)
+    queues = sorted(q.name for q in getattr(consumer, "queues", []) or [])
+    stop = threading.Event()
+    _state["heartbeat_stop"] = stop
+    _state["heartbeat"] = threading.Thread(target=_heartbeat, args=(hostname, queues, stop),
+                                           name="runbookd-worker-heartbeat", daemon=True)
+    _state["heartbeat"].start()
+
+
+@worker_shutdown.connect
+def _worker_shutdown(**_: Any) -> None:
+    if "heartbeat_stop" in _state:
+        _state["heartbeat_stop"].set()
+        _state["heartbeat"].join(5)
+    if "sync" in _state:
+        _state["sync"].stop()

@@ -153,3 +153,8 @@ register_kind("notify", NotifyInputs, "Post a message to a Slack- or Mattermost-
               outputs=("status",))
 
 # -- kinds from other domains: one register_kind line each, below this comment -----------------------
+from server.loglevels.steps import LogLevelRaiseInputs  # noqa: E402 (the catalog must exist first)
+
+register_kind("loglevel.raise", LogLevelRaiseInputs, "Raise one logger of one service for a while; "
+              "rollback ends the override early.", compensates=True,
+              outputs=("override_id", "service", "logger", "level", "expires_at"))

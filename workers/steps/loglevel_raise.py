@@ -1,0 +1,48 @@
+"""loglevel.raise: raise one logger of one service for a while; compensation ends the override early."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from server.db import session_scope
+from server.errors import DomainError
+from server.loglevels import service
+from server.loglevels.sync import publish
+from server.redis_client import make_redis
+from server.runbooks.kinds import LogLevelRaiseInputs
+from server.settings import Settings
+from workers.steps.base import Step, StepContext, StepFailed, register
+
+
+def _announce(settings: Settings, name: str) -> None:
+    client = make_redis(settings)
+    try:
+        publish(client, settings, {name})
+    finally:
+        client.close()
+
+
+@register("loglevel.raise")
+class LogLevelRaise(Step[LogLevelRaiseInputs]):
+    def run(self, inputs: LogLevelRaiseInputs, ctx: StepContext) -> dict[str, Any]:
+        reason = inputs.reason or f"run {ctx.run_id}, step {ctx.step_id}"
+        try:
+            with session_scope(ctx.engine) as session:
+                row = service.raise_level(session, service=inputs.service, logger=inputs.logger,
+                                          level=inputs.level, duration=inputs.for_, actor=ctx.actor, reason=reason,
+                                          incident_id=ctx.incident_id,
+                                          max_duration=ctx.settings.loglevel_max_duration)
+        except DomainError as exc:
+            raise StepFailed(exc.message) from None
+        _announce(ctx.settings, inputs.service)
+        return {"override_id": row.id, "service": row.service, "logger": row.logger, "level": row.level,
+                "expires_at": row.expires_at.isoformat() if row.expires_at else None}
+
+    def compensate(self, inputs: LogLevelRaiseInputs, outputs: dict[str, Any], ctx: StepContext) -> None:
+        override_id = outputs.get("override_id")
+        if override_id is None:
+            return  # run() never got as far as creating it
+        with session_scope(ctx.engine) as session:
+            row = service.end_override(session, override_id=int(override_id), actor=ctx.actor,
+                                       reason=f"rollback of run {ctx.run_id} (step {ctx.step_id})")
+        _announce(ctx.settings, row.service)

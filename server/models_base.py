@@ -31,7 +31,7 @@ def json_field(default: Any = None, nullable: bool = True) -> Any:
 
 
 def ts_field(*, nullable: bool = False, index: bool = False, default_now: bool = False) -> Any:
-    return Field(
-        default_factory=utcnow if default_now else None,
-        sa_column=Column(DateTime(timezone=True), nullable=nullable, index=index),
-    )
+    column = Column(DateTime(timezone=True), nullable=nullable, index=index)
+    if default_now:
+        return Field(default_factory=utcnow, sa_column=column)
+    return Field(default=None, sa_column=column)

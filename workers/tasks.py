@@ -3,11 +3,25 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from typing import Any
 
-from server.queue import AUDIT_RETENTION_TASK, HEARTBEAT_TASK, PING_TASK
+import redis
+from celery.signals import worker_ready
+
+from server.db import get_engine, make_engine
+from server.queue import (
+    AUDIT_RETENTION_TASK,
+    CHAT_FOLLOWUPS_TASK,
+    HEARTBEAT_TASK,
+    PING_TASK,
+    RUN_EXECUTE_TASK,
+    RUN_REAP_TASK,
+    RUN_RELAY_TASK,
+)
 from server.redis_client import key, make_redis
+from server.runs import sweeps
 from workers.celery_app import app, settings
 
 log = logging.getLogger("runbookd.worker")
@@ -47,3 +61,58 @@ def audit_retention() -> None:
     if result.removed:
         log.info("audit events archived", extra={"removed": result.removed, "through_id": result.through_id,
                                                   "archive": str(result.archive)})
+
+
+# -- runs ------------------------------------------------------------------------------------------
+_clients: dict[int, redis.Redis] = {}
+
+
+def _redis() -> redis.Redis:
+    # One client per process: prefork children must not share the parent's sockets.
+    pid = os.getpid()
+    if pid not in _clients:
+        _clients[pid] = make_redis(settings, timeout=5.0)
+    return _clients[pid]
+
+
+@app.task(name=RUN_EXECUTE_TASK)
+def execute_run(run_id: int, queue: str | None = None) -> str:
+    """Execute (or resume) a run; acks late, so a worker killed mid-run gets it redelivered."""
+    from workers.engine import execute
+
+    outcome = execute(run_id, queue or settings.default_queue, settings=settings, engine=get_engine(),
+                      client=_redis())
+    log.info("run task done", extra={"run_id": run_id, "outcome": outcome})
+    return outcome
+
+
+@app.task(name=RUN_RELAY_TASK)
+def relay_runs() -> int:
+    """Send runs that were committed as queued while the broker was unreachable."""
+    return sweeps.relay(get_engine(), settings)
+
+
+@app.task(name=RUN_REAP_TASK)
+def reap_runs() -> int:
+    """No run stays running forever: fail those whose worker vanished without a redelivery."""
+    return sweeps.reap(get_engine(), settings, _redis())
+
+
+@worker_ready.connect
+def _relay_at_start(**_: Any) -> None:
+    """A worker that starts sends what the api could not; its own engine, so children never inherit one."""
+    engine = make_engine(settings.effective_database_url)
+    try:
+        sweeps.relay(engine, settings)
+    except Exception as exc:  # a worker must start even when the database is briefly unreachable
+        log.warning("relay at start failed", extra={"error": str(exc)})
+    finally:
+        engine.dispose()
+
+
+@app.task(name=CHAT_FOLLOWUPS_TASK)
+def chat_followups() -> None:
+    """Post approval prompts and final summaries of runs started from chat to their response URLs."""
+    from server.chat.followups import post_due
+
+    post_due(get_engine(), settings)

@@ -1,0 +1,198 @@
+from __future__ import annotations
+
+import contextlib
+import re
+from typing import Annotated
+
+import redis
+from fastapi import APIRouter, Header, Query, Request
+from fastapi.responses import FileResponse, JSONResponse
+from sqlalchemy.exc import IntegrityError
+from sse_starlette.sse import EventSourceResponse
+
+from server.db import SessionDep
+from server.deps import Operator, Viewer
+from server.errors import InvalidInput, NotFound
+from server.runbooks import service as runbooks
+from server.runs import events, service, stream, sweeps, views
+from server.runs.models import (
+    CancelRequest,
+    DecisionRequest,
+    RerunRequest,
+    Run,
+    RunCreate,
+    RunPage,
+    RunPublic,
+    RunStatus,
+)
+from server.settings import Settings
+
+router = APIRouter(prefix="/api/v1/runs", tags=["runs"])
+ARTIFACT_NAME = re.compile(r"^[A-Za-z0-9._-]+$")
+
+
+def _settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def _publish_history(request: Request, session: SessionDep, run_id: int, after_id: int) -> None:
+    stored = events.history(session, run_id=run_id, after_id=after_id)
+    events.publish(request.app.state.redis, _settings(request), run_id, [events.as_message(e) for e in stored])
+
+
+def _last_event_id(session: SessionDep, run_id: int) -> int:
+    stored = events.history(session, run_id=run_id, after_id=0, limit=100_000)
+    return stored[-1].id or 0 if stored else 0
+
+
+def _dispatch(request: Request, run: Run) -> None:
+    assert run.id is not None
+    sweeps.dispatch(request.app.state.engine, _settings(request), run.id, run.queue)
+
+
+def _response(request: Request, session: SessionDep, run: Run, status_code: int) -> JSONResponse:
+    assert run.id is not None
+    body = views.public(run, service.steps_of(session, run_id=run.id), _settings(request))
+    return JSONResponse(body.model_dump(mode="json"), status_code=status_code)
+
+
+@router.post("", status_code=202, response_model=RunPublic)
+def create_run(body: RunCreate, request: Request, session: SessionDep, actor: Operator,
+               idempotency_key: Annotated[str | None, Header(max_length=200)] = None) -> JSONResponse:
+    body_hash = service.request_hash(body.model_dump(mode="json"))
+    if idempotency_key:
+        existing = service.find_idempotent(session, key=idempotency_key, body_hash=body_hash)
+        if existing is not None:
+            return _response(request, session, existing, 202)
+    settings = _settings(request)
+    entry = runbooks.get_runbook(session, store=runbooks.store_for(settings.runbooks_dir), runbook_id=body.runbook)
+    run = service.create_run(session, checked=entry.checked, given=body.params, actor=actor, settings=settings,
+                             incident_id=body.incident_id, dry_run=body.dry_run, idempotency_key=idempotency_key,
+                             body_hash=body_hash)
+    try:
+        session.commit()
+    except IntegrityError:
+        # Two requests with one Idempotency-Key raced: the other one won, answer with its run.
+        session.rollback()
+        existing = service.find_idempotent(session, key=idempotency_key or "", body_hash=body_hash)
+        if existing is None:
+            raise
+        return _response(request, session, existing, 202)
+    assert run.id is not None
+    _publish_history(request, session, run.id, 0)
+    _dispatch(request, run)
+    session.refresh(run)
+    return _response(request, session, run, 202)
+
+
+@router.get("", response_model=RunPage)
+def list_runs(
+    session: SessionDep, _actor: Viewer,
+    runbook: str | None = None,
+    status: Annotated[str | None, Query(description="one status or several, comma-separated")] = None,
+    actor: str | None = None, incident_id: str | None = None,
+    since: Annotated[str | None, Query(description="ISO 8601 time")] = None,
+    until: Annotated[str | None, Query(description="ISO 8601 time")] = None,
+    cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+) -> RunPage:
+    from datetime import datetime
+
+    if status:
+        bad = [s for s in status.split(",") if s not in RunStatus.__members__]
+        if bad:
+            raise InvalidInput(f"unknown status {bad[0]!r}; use one of {', '.join(RunStatus)}",
+                               details=[{"field": "status", "message": "unknown status"}])
+    if cursor is not None and not cursor.isdigit():
+        raise InvalidInput("cursor must be the next_cursor of a previous page",
+                           details=[{"field": "cursor", "message": "not a cursor"}])
+    try:
+        window = [datetime.fromisoformat(v) if v else None for v in (since, until)]
+    except ValueError as exc:
+        raise InvalidInput(f"since/until must be ISO 8601 times: {exc}",
+                           details=[{"field": "since", "message": str(exc)}]) from None
+    filters = service.RunFilter(runbook=runbook, status=status, actor=actor, incident_id=incident_id,
+                                since=window[0], until=window[1])
+    runs = service.list_runs(session, filters=filters, before_id=int(cursor) if cursor else None, limit=limit + 1)
+    page = runs[:limit]
+    return RunPage(items=[views.summary(r) for r in page],
+                   next_cursor=str(page[-1].id) if len(runs) > limit else None)
+
+
+@router.get("/{run_id}", response_model=RunPublic)
+def get_run(run_id: int, request: Request, session: SessionDep, _actor: Viewer) -> RunPublic:
+    run = service.get_run(session, run_id=run_id)
+    return views.public(run, service.steps_of(session, run_id=run_id), _settings(request))
+
+
+@router.post("/{run_id}/cancel", response_model=RunPublic)
+def cancel_run(run_id: int, request: Request, session: SessionDep, actor: Operator,
+               body: CancelRequest | None = None) -> JSONResponse:
+    last = _last_event_id(session, run_id)
+    run = service.cancel(session, run_id=run_id, actor=actor, reason=body.reason if body else None)
+    session.commit()
+    client = request.app.state.redis
+    if client is not None and run.status == RunStatus.running:
+        # The worker polls this key a few times a second; the database flag is the slower fallback.
+        with contextlib.suppress(redis.RedisError):
+            client.set(events.cancel_key(_settings(request), run_id), actor.name, ex=86400)
+    _publish_history(request, session, run_id, last)
+    return _response(request, session, run, 202 if run.status == RunStatus.running else 200)
+
+
+def _decide(run_id: int, step_id: str, request: Request, session: SessionDep, actor: Operator,
+            body: DecisionRequest | None, approve: bool) -> JSONResponse:
+    last = _last_event_id(session, run_id)
+    run = service.decide(session, run_id=run_id, step_id=step_id, actor=actor, approve=approve,
+                         reason=body.reason if body else None)
+    session.commit()
+    _publish_history(request, session, run_id, last)
+    _dispatch(request, run)
+    return _response(request, session, run, 202)
+
+
+@router.post("/{run_id}/steps/{step_id}/approve", status_code=202, response_model=RunPublic)
+def approve_step(run_id: int, step_id: str, request: Request, session: SessionDep, actor: Operator,
+                 body: DecisionRequest | None = None) -> JSONResponse:
+    return _decide(run_id, step_id, request, session, actor, body, True)
+
+
+@router.post("/{run_id}/steps/{step_id}/reject", status_code=202, response_model=RunPublic)
+def reject_step(run_id: int, step_id: str, request: Request, session: SessionDep, actor: Operator,
+                body: DecisionRequest | None = None) -> JSONResponse:
+    return _decide(run_id, step_id, request, session, actor, body, False)
+
+
+@router.post("/{run_id}/rerun", status_code=202, response_model=RunPublic)
+def rerun(run_id: int, request: Request, session: SessionDep, actor: Operator,
+          body: RerunRequest | None = None) -> JSONResponse:
+    run = service.rerun(session, run_id=run_id, actor=actor, overrides=body.params if body else {},
+                        settings=_settings(request))
+    session.commit()
+    assert run.id is not None
+    _publish_history(request, session, run.id, 0)
+    _dispatch(request, run)
+    session.refresh(run)
+    return _response(request, session, run, 202)
+
+
+@router.get("/{run_id}/events")
+def run_events(run_id: int, request: Request, session: SessionDep, _actor: Viewer,
+               last_event_id: Annotated[str | None, Header()] = None,
+               after: Annotated[int, Query(ge=0, description="only events after this id")] = 0) -> EventSourceResponse:
+    service.get_run(session, run_id=run_id)  # 404 before the stream starts
+    after_id = int(last_event_id) if last_event_id and last_event_id.isdigit() else after
+    return EventSourceResponse(stream.follow(request, _settings(request), run_id, after_id), ping=15)
+
+
+@router.get("/{run_id}/artifacts/{name}")
+def download_artifact(run_id: int, name: str, request: Request, session: SessionDep, _actor: Viewer) -> FileResponse:
+    service.get_run(session, run_id=run_id)
+    directory = _settings(request).artifacts_dir
+    assert directory is not None
+    path = directory / f"run-{run_id}" / name
+    if not ARTIFACT_NAME.match(name) or not path.is_file():
+        raise NotFound(f"run {run_id} has no artifact {name!r}")
+    return FileResponse(path, media_type="text/plain" if name.endswith(".txt") else "application/json",
+                        filename=name)

@@ -1,0 +1,101 @@
+"""Beat's sweeps over runs: the relay (queued runs never sent) and the reaper (runs whose worker vanished)."""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+import redis
+from sqlalchemy import Engine, or_
+from sqlmodel import col, select
+
+from server.audit import service as audit
+from server.auth.models import Actor
+from server.db import session_scope
+from server.models_base import as_utc, utcnow
+from server.queue import RUN_EXECUTE_TASK, send
+from server.runs import events
+from server.runs.models import Run, RunStatus, StepRun, StepStatus
+from server.runs.service import finish_unstarted, mark_dispatched
+from server.settings import Settings
+
+log = logging.getLogger("runbookd.runs")
+RELAY_MIN_AGE_S = 2.0  # leave the api a moment to send what it just committed
+RESEND_AFTER_S = 600.0  # a queued run dispatched this long ago without starting: its message may be lost
+
+
+def dispatch(engine: Engine, settings: Settings, run_id: int, queue: str) -> bool:
+    """Send the run's task; on failure (Redis down) it stays queued and the relay sends it later."""
+    try:
+        send(RUN_EXECUTE_TASK, run_id, queue, settings=settings, queue=queue)
+    except Exception as exc:  # kombu raises OperationalError, redis its own: either way, the relay retries
+        log.warning("run not enqueued; the relay will send it", extra={"run_id": run_id, "error": str(exc)})
+        return False
+    with session_scope(engine) as session:
+        mark_dispatched(session, run_id=run_id)
+    return True
+
+
+def relay(engine: Engine, settings: Settings, *, limit: int = 500) -> int:
+    """Send queued runs that were never sent (or whose message seems lost); returns how many were sent."""
+    now = utcnow()
+    with session_scope(engine) as session:
+        rows = session.exec(
+            select(Run.id, Run.queue).where(
+                Run.status == RunStatus.queued.value,
+                or_(col(Run.dispatched_at).is_(None),
+                    col(Run.dispatched_at) < now - timedelta(seconds=RESEND_AFTER_S)),
+                col(Run.created_at) < now - timedelta(seconds=RELAY_MIN_AGE_S),
+            ).order_by(col(Run.id)).limit(limit)).all()
+    sent = 0
+    for run_id, queue in rows:
+        assert run_id is not None
+        if not dispatch(engine, settings, run_id, queue):
+            break  # the broker is still down; the next sweep tries again
+        sent += 1
+    if sent:
+        log.info("relayed queued runs", extra={"count": sent})
+    return sent
+
+
+def reap(engine: Engine, settings: Settings, client: redis.Redis | None = None) -> int:
+    """Fail running runs without a heartbeat for the grace period, time out runs past their deadline."""
+    now = utcnow()
+    stale = now - timedelta(seconds=settings.run_reap_grace)
+    ended = 0
+    with session_scope(engine) as session:
+        candidates = session.exec(select(Run).where(
+            or_(
+                (col(Run.status) == RunStatus.running.value) & (col(Run.heartbeat_at) < stale),
+                (col(Run.status).in_([RunStatus.waiting_approval.value, RunStatus.running.value]))
+                & (col(Run.deadline_at) < now - timedelta(seconds=settings.run_heartbeat_interval * 2)),
+            )).with_for_update()).all()
+        finished_ids = []
+        for run in candidates:
+            assert run.id is not None
+            before = run.status
+            if run.deadline_at is not None and as_utc(run.deadline_at) < now:
+                status, why = RunStatus.timed_out, "the runbook's timeout passed"
+            else:
+                last = as_utc(run.heartbeat_at).isoformat() if run.heartbeat_at else "never"
+                grace = f"{settings.run_reap_grace:g}s"
+                status, why = RunStatus.failed, (f"worker {run.worker} lost: no heartbeat since {last} "
+                                                 f"(grace {grace}) and the run was not redelivered")
+            for step in session.exec(select(StepRun).where(StepRun.run_id == run.id,
+                                                           StepRun.status == StepStatus.running.value)):
+                step.status = StepStatus.timed_out.value if status == RunStatus.timed_out else StepStatus.failed.value
+                step.error, step.finished_at = why, now
+                session.add(step)
+            finish_unstarted(session, run=run, status=status, error=why)
+            audit.record(session, actor=Actor.system(), action="run.reap", target_type="run", target_id=run.id,
+                         before={"status": before}, after={"status": status.value}, reason=why,
+                         incident_id=run.incident_id)
+            finished_ids.append(run.id)
+            ended += 1
+    for run_id in finished_ids:
+        with session_scope(engine) as session:
+            latest = events.history(session, run_id=run_id)[-1:]
+        events.publish(client, settings, run_id, [events.as_message(e) for e in latest])
+    if ended:
+        log.warning("reaped runs", extra={"count": ended})
+    return ended

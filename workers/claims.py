@@ -1,0 +1,92 @@
+"""Who executes a run: claiming it (once, even when a message is delivered twice), heartbeats, take-over."""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy import Engine, func, update
+from sqlmodel import col, select
+
+from server.db import session_scope
+from server.models_base import as_utc, utcnow
+from server.runs import events
+from server.runs.models import Run, RunStatus
+from server.settings import Settings
+
+HOST = socket.gethostname()
+
+
+def me() -> str:
+    return f"{HOST}:{os.getpid()}"
+
+
+def _owner_is_dead(owner: str | None) -> bool | None:
+    """True/False for a process on this host; None when it runs elsewhere (only its heartbeat can tell)."""
+    if not owner or ":" not in owner:
+        return True
+    host, _, pid = owner.rpartition(":")
+    if host != HOST or not pid.isdigit():
+        return None
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+@dataclass
+class Claim:
+    run: Run | None
+    retry_in: float | None = None  # send the task again after this many seconds
+    why: str = ""
+
+
+def claim(engine: Engine, settings: Settings, run_id: int, *, concurrency: int | None) -> Claim:
+    """Take the run if it is ours to execute now: queued, or running under a worker that died."""
+    with session_scope(engine) as session:
+        run = session.exec(select(Run).where(Run.id == run_id).with_for_update()).one_or_none()
+        if run is None:
+            return Claim(None, why="no such run")
+        status = RunStatus(run.status)
+        if status.finished or status == RunStatus.waiting_approval:
+            return Claim(None, why=f"run is {status.value}")
+        resumed = status == RunStatus.running
+        if resumed:
+            dead = _owner_is_dead(run.worker)
+            fresh = run.heartbeat_at is not None and \
+                utcnow() - as_utc(run.heartbeat_at) < timedelta(seconds=settings.run_reap_grace)
+            if dead is False:
+                return Claim(None, why=f"run is held by live process {run.worker}")
+            if dead is None and fresh:
+                return Claim(None, retry_in=settings.run_heartbeat_interval, why=f"run is held by {run.worker}")
+        elif concurrency is not None:
+            running = session.exec(select(func.count()).select_from(Run).where(
+                Run.runbook_id == run.runbook_id, Run.status == RunStatus.running.value)).one()
+            if running >= concurrency:
+                return Claim(None, retry_in=1.0, why=f"{running} runs of {run.runbook_id} already running")
+        now = utcnow()
+        first, previous = run.started_at is None, run.worker
+        run.status, run.worker, run.heartbeat_at = RunStatus.running.value, me(), now
+        run.started_at = run.started_at or now
+        session.add(run)
+        events.record(session, run_id=run_id, type="run.started" if first else "run.resumed",
+                      data={"worker": run.worker, "previous_worker": None if first else previous})
+        session.flush()
+        return Claim(run)
+
+
+def heartbeat(engine: Engine, run_id: int) -> tuple[bool, bool]:
+    """(still ours, cancel requested); a run taken over or ended by the reaper is no longer ours."""
+    with session_scope(engine) as session:
+        result = session.execute(update(Run).where(col(Run.id) == run_id, col(Run.worker) == me(),
+                                                   col(Run.status) == RunStatus.running.value)
+                                 .values(heartbeat_at=utcnow()))
+        if result.rowcount == 0:  # type: ignore[attr-defined]
+            return False, False
+        cancel = session.exec(select(Run.cancel_requested_at).where(Run.id == run_id)).one()
+        return True, cancel is not None

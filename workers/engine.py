@@ -1,0 +1,323 @@
+"""The interpreter: executes a run's steps in order, committing each step's result as it finishes.
+
+A run is one Celery task that takes its id. It resumes at the first unfinished step, so a redelivered
+task (its worker was killed) never repeats a finished step. A step with `on:` another queue hands the
+run over to a worker of that queue; a step needing approval parks the run until someone decides.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+import redis
+from sqlalchemy import Engine
+from sqlmodel import col, select
+
+from server.auth.models import Actor, Role, Source
+from server.db import session_scope
+from server.models_base import as_utc, utcnow
+from server.queue import RUN_EXECUTE_TASK, send
+from server.redaction import MASK
+from server.runbooks import expressions
+from server.runbooks.kinds import CATALOG
+from server.runbooks.schema import Runbook, StepSpec
+from server.runbooks.validation import check_text
+from server.runs import events
+from server.runs.models import FINISHED_STEP, Run, RunStatus, StepRun, StepStatus
+from server.settings import Settings
+from workers import claims
+from workers.artifacts import to_json
+from workers.steps.base import StepContext, StepFailed, StepInterrupted, load_step_kinds
+
+log = logging.getLogger("runbookd.engine")
+MAX_LIVE_LINES = 2000  # output lines one step may publish live; all of it is still in its outputs
+CANCEL_POLL_S = 0.2
+
+
+class RunAborted(Exception):
+    """The run was cancelled, timed out, or taken from us; the message says which."""
+
+    def __init__(self, status: RunStatus, message: str) -> None:
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+@dataclass
+class Execution:
+    settings: Settings
+    engine: Engine
+    redis: redis.Redis
+    run: Run
+    runbook: Runbook
+    queue: str
+    params: dict[str, Any] = field(default_factory=dict)
+    secrets: list[str] = field(default_factory=list)
+    rows: dict[str, StepRun] = field(default_factory=dict)
+    next_heartbeat: float = 0.0
+    next_cancel_check: float = 0.0
+    failed: list[str] = field(default_factory=list)
+
+    @property
+    def run_id(self) -> int:
+        assert self.run.id is not None
+        return self.run.id
+
+    # -- helpers ---------------------------------------------------------------------------------
+    def scrub(self, value: Any) -> Any:
+        """Secret param values never reach outputs, errors or live lines, even when a step echoes them."""
+        if not self.secrets:
+            return value
+        if isinstance(value, str):
+            for secret in self.secrets:
+                value = value.replace(secret, MASK)
+            return value
+        if isinstance(value, dict):
+            return {k: self.scrub(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self.scrub(v) for v in value]
+        return value
+
+    def context(self) -> dict[str, Any]:
+        steps = {sid: {"outputs": row.outputs or {}, "status": row.status, "error": row.error,
+                       "attempts": row.attempts} for sid, row in self.rows.items()}
+        run = {"id": self.run_id, "actor": self.run.actor, "incident": self.run.incident_id,
+               "incident_id": self.run.incident_id, "runbook": self.run.runbook_id}
+        return {"params": self.params, "steps": steps, "run": run}
+
+    def publish(self, messages: list[dict[str, Any]]) -> None:
+        events.publish(self.redis, self.settings, self.run_id, messages)
+
+    def save(self, row: StepRun | None = None, run: bool = False, event: tuple[str, dict[str, Any]] | None = None,
+             ) -> None:
+        """Commit a step row (and the run row) with an event in one transaction, then publish the event."""
+        with session_scope(self.engine) as session:
+            if row is not None:
+                row = session.merge(row)
+                self.rows[row.step_id] = row
+            if run:
+                self.run = session.merge(self.run)
+            recorded = None
+            if event is not None:
+                recorded = events.record(session, run_id=self.run_id, type=event[0],
+                                         step_id=row.step_id if row else None, data=event[1])
+            session.flush()
+            message = events.as_message(recorded) if recorded is not None else None
+        if message:
+            self.publish([message])
+
+    def watch(self) -> None:
+        """Heartbeat and cancel checks while a step runs; raises RunAborted when the run must stop."""
+        now = time.monotonic()
+        if now >= self.next_heartbeat:
+            self.next_heartbeat = now + self.settings.run_heartbeat_interval
+            ours, cancel = claims.heartbeat(self.engine, self.run_id)
+            if not ours:
+                raise RunAborted(RunStatus.failed, "the run was taken over or ended by the reaper")
+            if cancel:
+                raise RunAborted(RunStatus.cancelled, "cancelled")
+        if now >= self.next_cancel_check:
+            self.next_cancel_check = now + CANCEL_POLL_S
+            try:
+                by = self.redis.get(events.cancel_key(self.settings, self.run_id))
+            except redis.RedisError:
+                by = None
+            if by is not None:
+                who = by.decode(errors="replace") if isinstance(by, bytes) else str(by)
+                raise RunAborted(RunStatus.cancelled, f"cancelled by {who}")
+        if self.run.deadline_at is not None and utcnow() >= as_utc(self.run.deadline_at):
+            raise RunAborted(RunStatus.timed_out, "the runbook's timeout passed")
+
+
+def execute(run_id: int, queue: str, *, settings: Settings, engine: Engine, client: redis.Redis) -> str:
+    """Run (or resume) a run as far as this worker can take it; returns what happened, for logs and tests."""
+    definition = _definition(engine, run_id)
+    if definition is None:
+        return "no such run"
+    checked = check_text(definition, f"run {run_id}")
+    got = claims.claim(engine, settings, run_id, concurrency=checked.runbook.concurrency if checked.runbook else None)
+    if got.run is None:
+        if got.retry_in is not None:
+            send(RUN_EXECUTE_TASK, run_id, queue, settings=settings, queue=queue, countdown=got.retry_in)
+        return got.why
+    run = got.run
+    if checked.runbook is None:
+        placeholder = Runbook.model_construct(id=run.runbook_id, title="", steps=[])
+        _finish(Execution(settings, engine, client, run, placeholder, queue), RunStatus.failed,
+                f"the stored definition no longer validates: {checked.errors[0].message}")
+        return "invalid definition"
+    ex = Execution(settings, engine, client, run, checked.runbook, queue)
+    ex.params = {**run.params, **(run.secrets or {})}
+    ex.secrets = sorted((str(v) for v in (run.secrets or {}).values() if str(v)), key=len, reverse=True)
+    if run.deadline_at is None:
+        timeout = checked.runbook.timeout or timedelta(seconds=settings.run_default_timeout)
+        ex.run.deadline_at = as_utc(run.started_at or utcnow()) + timeout
+        ex.save(run=True)
+    with session_scope(engine) as session:
+        ex.rows = {r.step_id: r for r in session.exec(
+            select(StepRun).where(StepRun.run_id == run_id).order_by(col(StepRun.position)))}
+    ex.failed = [sid for sid, r in ex.rows.items() if r.status in (StepStatus.failed, StepStatus.timed_out)]
+    try:
+        if run.cancel_requested_at is not None:
+            raise RunAborted(RunStatus.cancelled, f"cancelled by {run.cancelled_by}")
+        for spec in ex.runbook.steps:
+            row = ex.rows[spec.id]
+            if row.status in FINISHED_STEP:
+                continue
+            wanted = spec.on or settings.default_queue
+            if wanted != queue:
+                return _hand_over(ex, wanted)
+            outcome = _step(ex, spec, row)
+            if outcome == "parked":
+                return "waiting for approval"
+            if outcome == "stop":
+                _after_failure(ex)
+                return "failed"
+    except RunAborted as aborted:
+        _abort(ex, aborted)
+        return aborted.status.value
+    _complete(ex)
+    return ex.run.status
+
+
+def _definition(engine: Engine, run_id: int) -> str | None:
+    with session_scope(engine) as session:
+        return session.exec(select(Run.definition).where(Run.id == run_id)).one_or_none()
+
+
+def _hand_over(ex: Execution, queue: str) -> str:
+    """The next step runs on another host's queue: requeue the run there and let go of it."""
+    ex.run.status, ex.run.queue, ex.run.worker, ex.run.dispatched_at = RunStatus.queued.value, queue, None, None
+    ex.save(run=True, event=("run.handed_over", {"queue": queue}))
+    send(RUN_EXECUTE_TASK, ex.run_id, queue, settings=ex.settings, queue=queue)
+    with session_scope(ex.engine) as session:
+        from server.runs.service import mark_dispatched
+
+        mark_dispatched(session, run_id=ex.run_id)
+    return f"handed over to {queue}"
+
+
+def _step(ex: Execution, spec: StepSpec, row: StepRun) -> str:
+    """Run one step to its end; returns 'next', 'stop' (failed, the run must stop) or 'parked'."""
+    from workers.stepexec import run_step
+
+    context = ex.context()
+    if spec.if_ is not None:
+        try:
+            wanted = spec.if_ if isinstance(spec.if_, bool) else expressions.evaluate(
+                expressions.whole_expression(spec.if_) or spec.if_, context)
+        except expressions.ExpressionError as exc:
+            return _fail(ex, spec, row, StepStatus.failed, f"if: {exc}")
+        if not isinstance(wanted, bool):
+            return _fail(ex, spec, row, StepStatus.failed,
+                         f"if: {spec.if_!r} gave {wanted!r} ({type(wanted).__name__}), not true/false; "
+                         "compare explicitly, e.g. `x == 'yes'`")
+        if not wanted:
+            row.status, row.finished_at = StepStatus.skipped.value, utcnow()
+            ex.save(row, event=("step.finished", {"status": "skipped", "reason": "if: was false"}))
+            return "next"
+    if spec.approval == "required" and not ex.run.dry_run:
+        if row.approval is None:
+            row.approval = "waiting"
+            ex.run.status, ex.run.worker = RunStatus.waiting_approval.value, None
+            ex.save(row, run=True, event=("step.waiting_approval", {"title": spec.title}))
+            return "parked"
+        if row.approval == "rejected":
+            return _fail(ex, spec, row, StepStatus.failed,
+                         f"rejected by {row.approval_by}: {row.approval_reason or 'no reason given'}")
+    if ex.run.dry_run:
+        try:
+            preview = ex.scrub(expressions.render(spec.with_, context))
+        except expressions.ExpressionError as exc:
+            preview = {"unrendered": spec.with_, "note": str(exc)}
+        row.status, row.finished_at = StepStatus.skipped.value, utcnow()
+        row.outputs = to_json({"dry_run": True, "uses": spec.uses, "inputs": preview})
+        ex.save(row, event=("step.finished", {"status": "skipped", "reason": "dry run"}))
+        return "next"
+    status, outputs, error = run_step(ex, spec, row)
+    if status == StepStatus.succeeded:
+        row.status, row.outputs, row.error, row.finished_at = status.value, outputs, None, utcnow()
+        ex.save(row, event=("step.finished", {"status": status.value, "attempts": row.attempts}))
+        return "next"
+    return _fail(ex, spec, row, status, error or "failed", outputs)
+
+
+def _fail(ex: Execution, spec: StepSpec, row: StepRun, status: StepStatus, error: str,
+          outputs: dict[str, Any] | None = None) -> str:
+    row.status, row.error, row.finished_at = status.value, ex.scrub(error), utcnow()
+    if outputs is not None:
+        row.outputs = outputs
+    ex.save(row, event=("step.finished", {"status": status.value, "error": row.error, "attempts": row.attempts}))
+    if spec.continue_on_error:
+        return "next"
+    ex.failed.append(spec.id)
+    return "next" if ex.runbook.on_failure == "continue" else "stop"
+
+
+def _after_failure(ex: Execution) -> None:
+    if ex.runbook.on_failure == "rollback":
+        from workers.stepexec import roll_back
+
+        roll_back(ex)
+    _finish(ex, RunStatus.failed, f"step {ex.failed[-1]!r} failed: {ex.rows[ex.failed[-1]].error}")
+
+
+def _abort(ex: Execution, aborted: RunAborted) -> None:
+    if aborted.message.startswith("the run was taken over"):
+        log.warning("run lost", extra={"run_id": ex.run_id})
+        return
+    step_status = StepStatus.timed_out if aborted.status == RunStatus.timed_out else StepStatus.cancelled
+    for row in ex.rows.values():
+        if row.status in (StepStatus.pending, StepStatus.running):
+            row.status, row.finished_at = step_status.value, utcnow()
+            row.error = row.error or aborted.message
+            ex.save(row)
+    _finish(ex, aborted.status, aborted.message)
+
+
+def _complete(ex: Execution) -> None:
+    if ex.failed:
+        _finish(ex, RunStatus.failed, f"{len(ex.failed)} step(s) failed: {', '.join(ex.failed)}")
+        return
+    try:
+        ex.run.outputs = ex.scrub(to_json(expressions.render(ex.runbook.outputs, ex.context())))
+    except expressions.ExpressionError as exc:
+        _finish(ex, RunStatus.failed, f"outputs: {exc}")
+        return
+    _finish(ex, RunStatus.succeeded, None)
+
+
+def _finish(ex: Execution, status: RunStatus, error: str | None) -> None:
+    ex.run.status, ex.run.error, ex.run.finished_at = status.value, ex.scrub(error), utcnow()
+    ex.run.secrets = None  # secret values live only as long as the run needs them
+    ex.save(run=True, event=("run.finished", {"status": status.value, "error": ex.run.error}))
+    with contextlib.suppress(redis.RedisError):
+        ex.redis.delete(events.cancel_key(ex.settings, ex.run_id))
+
+
+def step_context(ex: Execution, spec: StepSpec, row: StepRun, deadline: float | None) -> StepContext:
+    live = {"lines": 0}
+
+    def emit(line: str) -> None:
+        live["lines"] += 1
+        if live["lines"] <= MAX_LIVE_LINES:
+            ex.publish([{"id": None, "run_id": ex.run_id, "ts": utcnow().isoformat(), "type": "step.output",
+                         "step_id": spec.id, "data": {"line": ex.scrub(line)}}])
+
+    def evaluate(expression: str, extra: dict[str, Any] | None = None) -> Any:
+        return expressions.evaluate(expressions.whole_expression(expression) or expression,
+                                    {**ex.context(), **(extra or {})})
+
+    actor = Actor(name=ex.run.actor, role=Role.operator, source=Source.system)
+    return StepContext(run_id=ex.run_id, step_id=spec.id, attempt=row.attempts, actor=actor,
+                       incident_id=ex.run.incident_id, settings=ex.settings, engine=ex.engine, deadline=deadline,
+                       cancelled=threading.Event(), emit=emit, evaluate=evaluate)
+
+
+__all__ = ["CATALOG", "Execution", "RunAborted", "StepFailed", "StepInterrupted", "execute", "load_step_kinds",
+           "step_context"]

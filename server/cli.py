@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from server.auth.models import Actor, Role, Source
+from server.flags.cli import flag_app, flags_app
 from server.settings import get_settings
 
 app = typer.Typer(help="runbookd: debugging automation for on-call engineers.", no_args_is_help=True,
@@ -23,6 +24,8 @@ token_app = typer.Typer(help="Create, list and revoke API tokens (works on the d
 audit_app = typer.Typer(help="Verify and export the tamper-evident audit log.", no_args_is_help=True)
 app.add_typer(token_app, name="token")
 app.add_typer(audit_app, name="audit")
+app.add_typer(flags_app, name="flags")
+app.add_typer(flag_app, name="flag")
 # soft_wrap: messages stay on one line when piped, so scripts and logs can grep them.
 console = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)

@@ -15,6 +15,7 @@ PING_TASK = "runbookd.ping"
 HEARTBEAT_TASK = "runbookd.beat_heartbeat"
 AUDIT_RETENTION_TASK = "runbookd.audit_retention"
 LOGLEVEL_EXPIRE_TASK = "runbookd.loglevels.expire"
+FLAG_EXPIRE_TASK = "runbookd.flags.expire"
 RUN_EXECUTE_TASK = "runbookd.runs.execute"
 RUN_RELAY_TASK = "runbookd.runs.relay"
 RUN_REAP_TASK = "runbookd.runs.reap"
@@ -45,6 +46,8 @@ def make_celery(settings: Settings, *, include: list[str] | None = None) -> Cele
             # `expires` drops sweeps that waited in the queue, since the next one does the same work.
             "loglevels-expire": {"task": LOGLEVEL_EXPIRE_TASK, "schedule": timedelta(seconds=1),
                                  "options": {"expires": 5}},
+            # Temporary flag changes revert at most ~2 s late; same reasoning as loglevels-expire.
+            "flags-expire": {"task": FLAG_EXPIRE_TASK, "schedule": timedelta(seconds=1), "options": {"expires": 5}},
             # Runs: send queued runs the api could not enqueue (Redis was down), and fail runs whose
             # worker vanished; each sweep is idempotent, so a sweep that waited too long is dropped.
             "runs-relay": {"task": RUN_RELAY_TASK, "schedule": timedelta(seconds=5), "options": {"expires": 10}},

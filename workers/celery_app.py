@@ -12,7 +12,7 @@ from server.queue import make_celery
 from server.settings import get_settings
 
 settings = get_settings()
-app = make_celery(settings, include=["workers.tasks", "workers.control"])
+app = make_celery(settings, include=["workers.tasks", "workers.control", "workers.flag_tasks"])
 
 
 @setup_logging.connect

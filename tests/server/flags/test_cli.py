@@ -1,0 +1,69 @@
+"""The flags CLI against a live server, as an operator types it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from tests.server.flags.conftest import new_key
+from tests.support import http
+
+
+def runbookd(base_url: str, token: str, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RUNBOOKD_")}
+    env.update(RUNBOOKD_URL=base_url, RUNBOOKD_TOKEN=token, RUNBOOKD_CONFIG="/nonexistent", COLUMNS="200")
+    return subprocess.run([sys.executable, "-m", "server.cli", *args], env=env, input=stdin, capture_output=True,
+                          text=True, timeout=60)
+
+
+def test_set_on_kill_history_rollback(base_url, operator_token, client_token, tmp_path):
+    key = new_key("cli")
+    spec = tmp_path / "flag.yaml"
+    spec.write_text(f"key: {key}\ntype: string\nvariants: {{old: v1, new: v2}}\ndefault_variant: old\n"
+                    "tags: [pricing]\n")
+    created = runbookd(base_url, operator_token, "flags", "set", key, "--file", str(spec), "--reason", "new flag")
+    assert created.returncode == 0, created.stderr
+    assert "created" in created.stderr and "version 1" in created.stderr
+
+    on = runbookd(base_url, operator_token, "flags", "on", key, "--env", "production")
+    assert on.returncode == 0 and "turned on in production (version 2" in on.stderr
+    variant = runbookd(base_url, operator_token, "flags", "set", key, "--env", "production", "--variant", "new")
+    assert variant.returncode == 0, variant.stderr
+    with http(base_url, client_token) as client:
+        assert client.post(f"/ofrep/v1/evaluate/flags/{key}", json={}).json()["value"] == "v2"
+
+    killed = runbookd(base_url, operator_token, "flag", "kill", key, "--for", "1h", "--reason", "INC-5 errors",
+                      "--incident", "INC-5")
+    assert killed.returncode == 0, killed.stderr
+    assert "killed in production (version 4; reverts at" in killed.stderr
+    with http(base_url, client_token) as client:
+        assert client.post(f"/ofrep/v1/evaluate/flags/{key}", json={}).json()["reason"] == "DISABLED"
+
+    listed = runbookd(base_url, operator_token, "flags", "list", "--tag", "pricing")
+    assert listed.returncode == 0 and key in listed.stdout and "production:off" in listed.stdout
+    shown = json.loads(runbookd(base_url, operator_token, "flags", "show", key).stdout)
+    assert shown["version"] == 4 and shown["pending_expiries"][0]["revert_to"] == 3
+
+    history = runbookd(base_url, operator_token, "flags", "history", key)
+    assert history.returncode == 0
+    assert "INC-5 errors" in history.stdout and "replace /environments/production/enabled" in history.stdout
+
+    back = runbookd(base_url, operator_token, "flags", "rollback", key, "--to", "3", "--reason", "fixed")
+    assert back.returncode == 0 and "rolled back to version 3 (version 5)" in back.stderr
+    with http(base_url, client_token) as client:
+        assert client.post(f"/ofrep/v1/evaluate/flags/{key}", json={}).json()["value"] == "v2"
+
+
+def test_errors_are_clear(base_url, operator_token, client_token):
+    missing = runbookd(base_url, operator_token, "flags", "on", "no-such-flag")
+    assert missing.returncode == 1 and "no flag 'no-such-flag'" in missing.stderr
+    refused = runbookd(base_url, "rbd_not-a-token", "flags", "list")
+    assert refused.returncode == 1 and "refused the token" in refused.stderr
+    forbidden = runbookd(base_url, client_token, "flags", "list")
+    assert forbidden.returncode == 1 and "not allowed" in forbidden.stderr
+    nobody = runbookd("http://127.0.0.1:9", operator_token, "flags", "list")
+    assert nobody.returncode == 1 and "cannot reach runbookd" in nobody.stderr
+    no_reason = runbookd(base_url, operator_token, "flag", "kill", "x")
+    assert no_reason.returncode == 2 and "--reason" in no_reason.stderr

@@ -22,6 +22,12 @@ ENDPOINT_CLASSES = [
     ("GET", "/api/v1/flags", None, Role.viewer),
     ("GET", "/api/v1/flag-environments", None, Role.viewer),
     ("POST", "/ofrep/v1/evaluate/flags", {"context": {}}, Role.client),
+    ("GET", "/api/v1/loglevels", None, Role.viewer),
+    ("POST", "/api/v1/loglevels", {"service": "role-matrix", "logger": "app", "level": "WARN", "for": "1m"},
+     Role.operator),
+    ("GET", "/api/v1/loglevels/role-matrix", None, Role.client),
+    ("GET", "/debug/loggers", None, Role.admin),
+    ("GET", "/debug/state", None, Role.admin),
 ]
 
 

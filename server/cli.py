@@ -15,6 +15,7 @@ from rich.table import Table
 
 from server.auth.models import Actor, Role, Source
 from server.flags.cli import flag_app, flags_app
+from server.loglevels.cli import loglevel_app
 from server.settings import get_settings
 
 app = typer.Typer(help="runbookd: debugging automation for on-call engineers.", no_args_is_help=True,
@@ -26,6 +27,7 @@ app.add_typer(token_app, name="token")
 app.add_typer(audit_app, name="audit")
 app.add_typer(flags_app, name="flags")
 app.add_typer(flag_app, name="flag")
+app.add_typer(loglevel_app, name="loglevel")
 # soft_wrap: messages stay on one line when piped, so scripts and logs can grep them.
 console = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)

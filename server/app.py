@@ -17,16 +17,22 @@ from server.flags.ofrep import router as ofrep_router
 from server.flags.routes import environments_router as flag_environments_router
 from server.flags.routes import router as flags_router
 from server.flags.runtime import start_flags
+from server.chat.routes import router as chat_router
+from server.incidents.routes import router as incidents_router
 from server.loglevels.routes import debug_router as loggers_router
 from server.loglevels.routes import router as loglevels_router
 from server.loglevels.sync import OwnLoggerSync
 from server.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from server.migrate import code_heads
 from server.redis_client import make_redis
+from server.runbooks.routes import router as runbooks_router
+from server.runs.routes import router as runs_router
 from server.settings import Settings, get_settings
 
 ROUTERS = [health.router, tokens_router, audit_router, loglevels_router, loggers_router, debug_router]
 ROUTERS += [flags_router, flag_environments_router, ofrep_router]
+ROUTERS += [runbooks_router, runs_router]
+ROUTERS += [incidents_router, chat_router]
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -14,6 +14,7 @@ from server.settings import Settings, get_settings
 PING_TASK = "runbookd.ping"
 HEARTBEAT_TASK = "runbookd.beat_heartbeat"
 AUDIT_RETENTION_TASK = "runbookd.audit_retention"
+CHAT_FOLLOWUPS_TASK = "runbookd.chat.followups"
 LOGLEVEL_EXPIRE_TASK = "runbookd.loglevels.expire"
 FLAG_EXPIRE_TASK = "runbookd.flags.expire"
 RUN_EXECUTE_TASK = "runbookd.runs.execute"
@@ -42,6 +43,8 @@ def make_celery(settings: Settings, *, include: list[str] | None = None) -> Cele
         beat_schedule={
             "beat-heartbeat": {"task": HEARTBEAT_TASK, "schedule": timedelta(seconds=15)},
             "audit-retention": {"task": AUDIT_RETENTION_TASK, "schedule": timedelta(hours=1)},
+            "chat-followups": {"task": CHAT_FOLLOWUPS_TASK, "schedule": timedelta(seconds=2),
+                               "options": {"expires": 10}},
             # Every second, so an expired log-level override is written down (and audited) at most ~2 s late;
             # `expires` drops sweeps that waited in the queue, since the next one does the same work.
             "loglevels-expire": {"task": LOGLEVEL_EXPIRE_TASK, "schedule": timedelta(seconds=1),

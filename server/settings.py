@@ -10,6 +10,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from server.auth.models import Role
 from server.durations import Duration
 
 SHIPPED_RUNBOOKS_DIR = Path(__file__).resolve().parent.parent / "runbooks"
@@ -53,6 +54,19 @@ class Settings(BaseSettings):
     )
     slack_signing_secret: SecretStr | None = Field(None, description="Slack app signing secret.")
     mattermost_token: SecretStr | None = Field(None, description="Mattermost slash-command token.")
+    chat_command: str = Field("rb", pattern=r"^[a-z][a-z0-9-]{0,30}$", description="The slash command word, e.g. rb.")
+    chat_users: dict[str, Role] = Field(
+        default_factory=dict, description='Chat users -> role, JSON: {"slack:T1/U1": "operator"}.'
+    )
+    chat_channels: dict[str, Role] = Field(
+        default_factory=dict, description='Chat channels -> role for everyone in them: {"slack:T1/C1": "operator"}.'
+    )
+    chat_unmapped: Literal["viewer", "refuse"] = Field(
+        "viewer", description="What a chat user in no mapping may do: read (viewer) or nothing (refuse)."
+    )
+    chat_channel_allowlist: list[str] = Field(
+        default_factory=list, description='Channels commands are accepted from, JSON list; empty accepts any.'
+    )
     flag_environment: str = Field("production", description="Flag environment of evaluations that name none.")
     flag_cache_check_seconds: float = Field(
         1.0, gt=0, description="How often each api process checks that it missed no flag change notice."

@@ -1,13 +1,18 @@
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import PlainTextResponse
+from pydantic import BaseModel
 
 from server.db import SessionDep
 from server.deps import Operator, Viewer
-from server.incidents import service
-from server.incidents.models import IncidentCreate, IncidentPublic, IncidentStatus, IncidentUpdate
+from server.flags.cache import publish_change
+from server.incidents import history, service
+from server.incidents import rollback as undo
+from server.incidents.models import IncidentCreate, IncidentPublic, IncidentStatus, IncidentUpdate, TimelineEntry
+from server.loglevels.sync import publish as publish_loglevels
 
 router = APIRouter(prefix="/api/v1/incidents", tags=["incidents"])
 
@@ -35,3 +40,42 @@ def update_incident(ref: str, body: IncidentUpdate, session: SessionDep, actor: 
     incident = service.update_incident(session, ref=ref, body=body, actor=actor)
     session.commit()
     return IncidentPublic.of(incident)
+
+
+@router.get("/{ref}/timeline", response_model=list[TimelineEntry])
+def incident_timeline(ref: str, session: SessionDep, _actor: Viewer) -> list[TimelineEntry]:
+    return history.timeline(session, incident=service.get_incident(session, ref=ref))
+
+
+class RollbackRequest(BaseModel):
+    model_config = {"extra": "forbid"}
+
+    dry_run: bool = False
+
+
+@router.post("/{ref}/rollback")
+def rollback_incident(ref: str, body: RollbackRequest, request: Request, session: SessionDep,
+                      actor: Operator) -> dict[str, Any]:
+    """Revert every change made under the incident that is still in effect (dry_run: only say what)."""
+    incident = service.get_incident(session, ref=ref)
+    flags_changed: list[tuple[str, int]] = []
+    services: set[str] = set()
+    result = undo.rollback(session, incident=incident, actor=actor, dry_run=body.dry_run,
+                           on_flag_change=lambda key, version: flags_changed.append((key, version)),
+                           on_loglevel_change=services.add)
+    session.commit()
+    settings, client = request.app.state.settings, request.app.state.redis
+    for key, version in flags_changed:
+        publish_change(settings, client, key=key, version=version)
+    if client is not None and services:
+        publish_loglevels(client, settings, services)
+    return result.as_dict()
+
+
+@router.get("/{ref}/report", response_model=None)
+def incident_report(ref: str, session: SessionDep, _actor: Viewer,
+                    format: Literal["md", "json"] = "md") -> PlainTextResponse | dict[str, Any]:
+    data = history.report(session, incident=service.get_incident(session, ref=ref))
+    if format == "json":
+        return data
+    return PlainTextResponse(history.report_markdown(data), media_type="text/markdown; charset=utf-8")

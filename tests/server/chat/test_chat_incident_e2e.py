@@ -1,0 +1,174 @@
+"""An incident worked entirely from chat, against a real worker, beat, and a local server playing Slack's
+response_url: open, run a runbook, kill-switch a flag, raise a log level; then the timeline, the rollback
+(with a flag changed meanwhile outside the incident left alone) and the report."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from server.app import create_app
+from server.auth.models import Role
+from tests.conftest import subprocess_env
+from tests.server.chat.conftest import TEAM, Slack, mattermost
+from tests.support import http, serve, wait_for
+
+pytestmark = pytest.mark.slow
+RUNBOOKS = Path(__file__).parent / "runbooks"
+
+
+class ResponseUrl:
+    """A real HTTP server on loopback that records what is POSTed to it, as Slack's response_url would."""
+
+    def __init__(self) -> None:
+        received = self.received = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                received.append((self.path, json.loads(body)))
+                self.send_response(200)
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def texts(self, path: str) -> list[str]:
+        return [body["text"] for p, body in self.received if p == path]
+
+
+@pytest.fixture(scope="module")
+def e2e(chat_settings, tmp_path_factory):
+    settings = chat_settings.model_copy(update={"runbooks_dir": RUNBOOKS})
+    logs = tmp_path_factory.mktemp("e2e-procs")
+    procs = []
+    env = subprocess_env(settings)
+    for name, args in (("worker", ["worker", "--concurrency", "2", "--hostname", f"chat-{uuid.uuid4().hex[:6]}@%h"]),
+                       ("beat", ["beat"])):
+        with (logs / f"{name}.log").open("wb") as log:
+            procs.append(subprocess.Popen([sys.executable, "-m", "server.cli", *args], env=env, stdout=log,
+                                          stderr=subprocess.STDOUT))
+    wait_for(lambda: b" ready." in (logs / "worker.log").read_bytes(), 60, "the worker to start")
+    receiver = ResponseUrl()
+    try:
+        with serve(create_app(settings)) as url:
+            yield url, receiver
+    finally:
+        receiver.server.shutdown()
+        receiver.server.server_close()
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait(30)
+
+
+def test_an_incident_from_chat_end_to_end(e2e, make_token):
+    url, receiver = e2e
+    slack = Slack(url)
+    admin = make_token(Role.admin)
+    suffix = uuid.uuid4().hex[:6]
+    pricing, search = f"new-pricing-{suffix}", f"search-v2-{suffix}"
+    with http(url, admin) as api:
+        for key in (pricing, search):
+            created = api.post("/api/v1/flags", json={"key": key, "type": "boolean", "enabled": True,
+                                                      "variants": {"on": True, "off": False},
+                                                      "default_variant": "on"})
+            assert created.status_code == 201, created.text
+
+    channel = "CWAR"  # allowed, and mapped to operator for everyone in it
+    opened = slack.command('incident open "Checkout errors" sev2', channel=channel).json()
+    assert opened["response_type"] == "in_channel", opened
+    incident = opened["text"].split()[1]
+    assert incident.startswith("INC-")
+
+    run_reply = slack.command("run triage service=checkout", channel=channel,
+                              response_url=f"{receiver.url}/slack-hook").json()
+    assert f"under {incident}" in run_reply["text"], run_reply
+    run_id = int(run_reply["text"].split("#")[1].split()[0])
+
+    kill = slack.command(f"flag {pricing} off for 30m pricing bug", channel=channel).json()
+    assert "turned off" in kill["text"] and "then it reverts" in kill["text"], kill
+    assert "reverts" not in slack.command(f"flag {search} off", channel=channel).json()["text"]
+    verbose = slack.command("loglevel checkout app.db DEBUG for 15m slow queries", channel=channel).json()
+    assert "at DEBUG" in verbose["text"], verbose
+
+    # Someone outside the incident changes search-v2 afterwards: the rollback must leave it alone.
+    with http(url, admin) as api:
+        outside = api.patch(f"/api/v1/flags/{search}", json={"description": "tuned by the search team",
+                                                              "reason": "unrelated tuning"})
+        assert outside.status_code == 200, outside.text
+
+    # The worker posts the run's outcome to the response_url, as Slack expects.
+    wait_for(lambda: any(f"Run #{run_id}" in t and "succeeded" in t for t in receiver.texts("/slack-hook")),
+             45, "the run summary at the response_url")
+    summary = next(t for t in receiver.texts("/slack-hook") if f"Run #{run_id}" in t)
+    assert "[observe] `observe`" in summary and "[verify] `verify`" in summary and "/api/v1/runs/" in summary
+
+    with http(url, admin) as api:
+        timeline = api.get(f"/api/v1/incidents/{incident}/timeline").json()
+        actions = [e["action"] for e in timeline]
+        assert actions[0] == "incident.open"
+        order = [actions.index("run.create"), actions.index("run.finished"),
+                 next(i for i, e in enumerate(timeline) if e["kind"] == "flag" and pricing in e["target"]),
+                 actions.index("loglevel.raise")]
+        assert order[0] < order[2] < order[3] and order[0] < order[1]
+        assert all(e["actor"] for e in timeline)
+        assert any(e["actor"] == f"slack:{TEAM}/UOPS" for e in timeline)
+
+        dry = api.post(f"/api/v1/incidents/{incident}/rollback", json={"dry_run": True}).json()
+        assert {f["flag"]: f["outcome"] for f in dry["flags"]} == {pricing: "restore", search: "conflict"}
+        assert api.get(f"/api/v1/flags/{pricing}").json()["version"] == 2  # a dry run changes nothing
+
+        done = api.post(f"/api/v1/incidents/{incident}/rollback", json={}).json()
+        assert [c["flag"] for c in done["conflicts"]] == [search]
+        restored = api.get(f"/api/v1/flags/{pricing}").json()
+        assert restored["environments"]["production"]["enabled"] is True
+        untouched = api.get(f"/api/v1/flags/{search}").json()
+        assert untouched["description"] == "tuned by the search team"
+        assert untouched["environments"]["production"]["enabled"] is False
+        overrides = api.get("/api/v1/loglevels", params={"service": "checkout"}).json()
+        assert not [o for o in overrides if o.get("incident_id") == incident and not o.get("ended_at")]
+
+        report = api.get(f"/api/v1/incidents/{incident}/report").text
+        assert f"# {incident}: Checkout errors" in report and "`triage`" in report and pricing in report
+        events = api.get("/api/v1/audit", params={"incident_id": incident, "action": "incident.rollback"}).json()
+        assert len(events["items"]) == 1 and events["items"][0]["source"] == "api"
+
+
+def test_mattermost_run_posts_its_summary(e2e):
+    url, receiver = e2e
+    reply = mattermost(url, "run triage", response_url=f"{receiver.url}/mm-hook").json()
+    assert reply["response_type"] == "in_channel", reply
+    run_id = int(reply["text"].split("#")[1].split()[0])
+    wait_for(lambda: any(f"Run #{run_id}" in t for t in receiver.texts("/mm-hook")), 45, "the Mattermost summary")
+
+
+def test_approval_buttons_are_posted_and_work(e2e):
+    url, receiver = e2e
+    slack = Slack(url)
+    reply = slack.command("run gated", response_url=f"{receiver.url}/gated").json()
+    run_id = int(reply["text"].split("#")[1].split()[0])
+    wait_for(lambda: any(b.get("blocks") for p, b in receiver.received if p == "/gated"), 45, "approval buttons")
+    blocks = next(b["blocks"] for p, b in receiver.received if p == "/gated" and b.get("blocks"))
+    approve = next(e for e in blocks[1]["elements"] if e["action_id"] == "approve")
+    payload = {"type": "block_actions", "user": {"id": "UOPS", "team_id": TEAM}, "team": {"id": TEAM},
+               "channel": {"id": "CGENERAL"}, "response_url": f"{receiver.url}/gated",
+               "actions": [{"action_id": "approve", "value": approve["value"]}]}
+    from urllib.parse import urlencode
+
+    clicked = slack.signed("/chat/slack/actions", urlencode({"payload": json.dumps(payload)}).encode())
+    assert clicked.status_code == 200 and "approved by slack:" in clicked.json()["text"], clicked.text
+    wait_for(lambda: any(f"Run #{run_id}" in t and "succeeded" in t for t in receiver.texts("/gated")), 45,
+             "the gated run to finish after the button")

@@ -25,6 +25,11 @@ from server.settings import Settings
 
 RESYNC_SECONDS = 30.0
 log = logging.getLogger("runbookd.loglevels")
+# One per process: loggers are per process, so every sync in it (tests run several apps in one) must share
+# the record of each logger's own level, or one would take another's override for the original.
+_APPLIER = LevelApplier()
+_running: set[OwnLoggerSync] = set()
+_running_lock = threading.Lock()
 
 
 def channel(settings: Settings) -> str:
@@ -58,20 +63,26 @@ class OwnLoggerSync:
         self.settings = settings
         self.engine = engine
         self.sweep_at_start = sweep_at_start
-        self.applier = LevelApplier()
+        self.applier = _APPLIER
         self.applied: dict[str, str] = {}
         self._next_expiry: float | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="runbookd-loglevel-sync", daemon=True)
 
     def start(self) -> OwnLoggerSync:
+        with _running_lock:
+            _running.add(self)
         self._thread.start()
         return self
 
     def stop(self, restore: bool = True) -> None:
+        """Stop following; the last sync of the process to stop puts every logger back as it was."""
         self._stop.set()
         self._thread.join(5)
-        if restore:
+        with _running_lock:
+            _running.discard(self)
+            last = not _running
+        if restore and last:
             self.applier.restore_all()
 
     def refresh(self) -> None:

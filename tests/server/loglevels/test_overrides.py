@@ -10,12 +10,13 @@ import pytest
 from sqlmodel import select
 
 from server.audit.models import AuditEvent
-from server.auth.models import Role
+from server.auth.models import Actor, Role, Source
 from server.db import session_scope
 from server.loglevels import service
 from server.loglevels.models import LogLevelOverride
 from server.models_base import utcnow
-from tests.support import http
+from tests.server.loglevels.processes import api_process
+from tests.support import http, wait_for
 
 
 def _service() -> str:
@@ -138,8 +139,6 @@ def test_expired_overrides_stop_applying_on_time_and_the_sweep_audits_them_as_sy
 
 
 def test_raise_level_is_the_function_steps_and_chat_call(engine):
-    from server.auth.models import Actor, Source
-
     actor = Actor(name="runbook:checkout-latency", role=Role.operator, source=Source.system)
     name = _service()
     with session_scope(engine) as session:
@@ -151,3 +150,21 @@ def test_raise_level_is_the_function_steps_and_chat_call(engine):
         service.end_override(session, override_id=row.id, actor=actor, reason="compensation")
     with session_scope(engine) as session:
         assert service.effective_levels(session, service=name).loggers == {}
+
+
+@pytest.mark.slow
+def test_a_starting_process_sweeps_expiries_missed_while_nothing_ran(settings, engine, tmp_path):
+    name = _service()
+    with session_scope(engine) as session:
+        row = service.raise_level(session, service=name, logger="app", level="DEBUG",
+                                  duration=timedelta(milliseconds=300),
+                                  actor=Actor(name="pytest", role=Role.operator, source=Source.cli))
+    time.sleep(0.5)
+    with session_scope(engine) as session:
+        assert session.get(LogLevelOverride, row.id).ended_at is None  # nobody has written the end down yet
+    with api_process(settings, tmp_path / "api.log"):
+        def swept() -> bool:
+            with session_scope(engine) as session:
+                return session.get(LogLevelOverride, row.id).ended_by == "system"
+
+        wait_for(swept, 10, "the starting api to sweep the missed expiry")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import tomllib
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -74,6 +75,14 @@ class Client:
         self.http.close()
 
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        response = self._send(method, path, **kwargs)
+        return response.json() if response.content else None
+
+    def get_text(self, path: str, **kwargs: Any) -> str:
+        """GET a non-JSON resource (a Markdown report, say), with the same errors as request()."""
+        return self._send("GET", path, **kwargs).text
+
+    def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         try:
             response = self.http.request(method, path, **kwargs)
         except httpx.ConnectError:
@@ -83,7 +92,7 @@ class Client:
             raise ClientError(f"request to {self.config.url} failed: {type(exc).__name__}: {exc}") from None
         if response.status_code >= 400:
             raise _error(response, self.config)
-        return response.json() if response.content else None
+        return response
 
     def get(self, path: str, **kwargs: Any) -> Any:
         return self.request("GET", path, **kwargs)
@@ -119,3 +128,17 @@ class Client:
                         data.append(line[5:].lstrip())
         except httpx.ConnectError:
             raise ClientError(f"cannot reach runbookd at {self.config.url} (connection refused)") from None
+
+
+@contextmanager
+def cli_client() -> Iterator[Client]:
+    """A Client for a CLI command: a ClientError prints its message and exits 1, without a traceback."""
+    import typer
+    from rich.console import Console
+
+    try:
+        with Client() as client:
+            yield client
+    except ClientError as exc:
+        Console(stderr=True, soft_wrap=True).print(f"[red]error:[/] {exc.message}")
+        raise typer.Exit(1) from None

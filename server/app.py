@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from server import health
 from server.audit.routes import router as audit_router
 from server.auth.routes import router as tokens_router
+from server.chat.routes import router as chat_router
 from server.db import make_engine
 from server.debug.routes import router as debug_router
 from server.errors import install_error_handlers
@@ -17,7 +18,6 @@ from server.flags.ofrep import router as ofrep_router
 from server.flags.routes import environments_router as flag_environments_router
 from server.flags.routes import router as flags_router
 from server.flags.runtime import start_flags
-from server.chat.routes import router as chat_router
 from server.incidents.routes import router as incidents_router
 from server.loglevels.routes import debug_router as loggers_router
 from server.loglevels.routes import router as loglevels_router

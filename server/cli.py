@@ -15,7 +15,10 @@ from rich.table import Table
 
 from server.auth.models import Actor, Role, Source
 from server.flags.cli import flag_app, flags_app
+from server.incidents.cli import incident_app
 from server.loglevels.cli import loglevel_app
+from server.runbooks.cli import runbooks_app
+from server.runs.cli import run_command, runs_app
 from server.settings import get_settings
 
 app = typer.Typer(help="runbookd: debugging automation for on-call engineers.", no_args_is_help=True,
@@ -25,9 +28,14 @@ token_app = typer.Typer(help="Create, list and revoke API tokens (works on the d
 audit_app = typer.Typer(help="Verify and export the tamper-evident audit log.", no_args_is_help=True)
 app.add_typer(token_app, name="token")
 app.add_typer(audit_app, name="audit")
+# Runbooks and runs: client commands that talk to a server over HTTP (runbooks validate works offline).
+app.add_typer(runbooks_app, name="runbooks")
+app.add_typer(runs_app, name="runs")
+app.command("run")(run_command)
 app.add_typer(flags_app, name="flags")
 app.add_typer(flag_app, name="flag")
 app.add_typer(loglevel_app, name="loglevel")
+app.add_typer(incident_app, name="incident")
 # soft_wrap: messages stay on one line when piped, so scripts and logs can grep them.
 console = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)

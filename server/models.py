@@ -2,14 +2,26 @@
 
 from server.audit.models import AuditEvent, AuditHead
 from server.auth.models import ApiToken
-from server.flags.models import Flag, FlagEnvironment, FlagExpiry, FlagVersion
 from server.chat.models import ChatFollowup
+from server.flags.models import Flag, FlagEnvironment, FlagExpiry, FlagVersion
 from server.incidents.models import Incident
 from server.loglevels.models import LogLevelOverride
 from server.runbooks.models import UploadedRunbook
 from server.runs.models import Run, RunEvent, StepRun
 
-__all__ = ["ApiToken", "AuditEvent", "AuditHead",
-           "Flag", "FlagEnvironment", "FlagExpiry", "FlagVersion",
-           "ChatFollowup", "Incident",
-           "LogLevelOverride", "Run", "RunEvent", "StepRun", "UploadedRunbook"]
+__all__ = [
+           "ApiToken",
+           "AuditEvent",
+           "AuditHead",
+           "ChatFollowup",
+           "Flag",
+           "FlagEnvironment",
+           "FlagExpiry",
+           "FlagVersion",
+           "Incident",
+           "LogLevelOverride",
+           "Run",
+           "RunEvent",
+           "StepRun",
+           "UploadedRunbook",
+]

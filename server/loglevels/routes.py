@@ -35,7 +35,7 @@ def _after_commit(request: Request, services: set[str]) -> None:
         publish(request.app.state.redis, request.app.state.settings, services)
     sync = getattr(request.app.state, "loglevel_sync", None)
     if sync is not None and SERVER_SERVICE in services:
-        sync.refresh()  # this process answers with the new level at once; the others follow the message
+        sync.safe_refresh()  # this process answers with the new level at once; the others follow the message
 
 
 @router.post("", status_code=201, response_model=OverridePublic)

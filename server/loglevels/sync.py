@@ -102,7 +102,8 @@ class OwnLoggerSync:
             return RESYNC_SECONDS
         return max(0.05, min(RESYNC_SECONDS, self._next_expiry - time.monotonic() + 0.05))
 
-    def _safe_refresh(self) -> None:
+    def safe_refresh(self) -> None:
+        """refresh(), but a failure is logged and retried soon: the change it follows is already committed."""
         try:
             self.refresh()
         except Exception:
@@ -123,21 +124,21 @@ class OwnLoggerSync:
                 if pubsub is None:
                     pubsub = client.pubsub(ignore_subscribe_messages=True)
                     pubsub.subscribe(channel(self.settings))
-                    self._safe_refresh()  # subscribed first, so nothing committed after this read is missed
+                    self.safe_refresh()  # subscribed first, so nothing committed after this read is missed
                     last_refresh = time.monotonic()
                 message = pubsub.get_message(timeout=min(self._timeout(), 1.0))
                 due = self._next_expiry is not None and time.monotonic() >= self._next_expiry
                 stale = time.monotonic() - last_refresh >= RESYNC_SECONDS
                 ours = message is not None and message.get("data") in (SERVER_SERVICE, SERVER_SERVICE.encode())
                 if ours or due or stale:
-                    self._safe_refresh()
+                    self.safe_refresh()
                     last_refresh = time.monotonic()
             except redis.RedisError:
                 log.warning("log-level sync lost Redis; reconnecting", exc_info=True)
                 if pubsub is not None:
                     pubsub.close()
                 pubsub = None
-                self._safe_refresh()
+                self.safe_refresh()
                 self._stop.wait(1.0)
         if pubsub is not None:
             pubsub.close()

@@ -154,7 +154,11 @@ register_kind("notify", NotifyInputs, "Post a message to a Slack- or Mattermost-
 
 # -- kinds from other domains: one register_kind line each, below this comment -----------------------
 from server.loglevels.steps import LogLevelRaiseInputs  # noqa: E402 (the catalog must exist first)
+from server.flags.steps import FlagSetInputs  # noqa: E402
 
 register_kind("loglevel.raise", LogLevelRaiseInputs, "Raise one logger of one service for a while; "
               "rollback ends the override early.", compensates=True,
               outputs=("override_id", "service", "logger", "level", "expires_at"))
+register_kind("flag.set", FlagSetInputs, "Turn a flag on or off (or change its default variant) in one "
+              "environment, optionally for a while; rollback restores the previous version.", compensates=True,
+              outputs=("flag", "environment", "version", "previous_version", "expires_at"))

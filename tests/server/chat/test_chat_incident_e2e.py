@@ -134,10 +134,10 @@ def test_an_incident_from_chat_end_to_end(e2e, make_token):
         done = api.post(f"/api/v1/incidents/{incident}/rollback", json={}).json()
         assert [c["flag"] for c in done["conflicts"]] == [search]
         restored = api.get(f"/api/v1/flags/{pricing}").json()
-        assert restored["environments"]["production"]["enabled"] is True
+        assert restored["spec"]["environments"]["production"]["enabled"] is True
         untouched = api.get(f"/api/v1/flags/{search}").json()
-        assert untouched["description"] == "tuned by the search team"
-        assert untouched["environments"]["production"]["enabled"] is False
+        assert untouched["spec"]["description"] == "tuned by the search team"
+        assert untouched["spec"]["environments"]["production"]["enabled"] is False
         overrides = api.get("/api/v1/loglevels", params={"service": "checkout"}).json()
         assert not [o for o in overrides if o.get("incident_id") == incident and not o.get("ended_at")]
 

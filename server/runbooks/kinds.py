@@ -162,3 +162,4 @@ register_kind("loglevel.raise", LogLevelRaiseInputs, "Raise one logger of one se
 register_kind("flag.set", FlagSetInputs, "Turn a flag on or off (or change its default variant) in one "
               "environment, optionally for a while; rollback restores the previous version.", compensates=True,
               outputs=("flag", "environment", "version", "previous_version", "expires_at"))
+import server.runbooks.toolkit_kinds  # noqa: E402, F401  (issue 6: the debugging toolkit's nine kinds)

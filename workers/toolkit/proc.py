@@ -1,0 +1,134 @@
+"""Run a tool as a child in its own process group, killed as a group on timeout or cancel."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+import psutil
+
+from workers.steps.base import StepContext, StepFailed, StepInterrupted
+
+STREAM_LIMIT = 4 * 1024 * 1024  # kept in memory per stream; tools that write more write to files instead
+TERM_GRACE_S = 1.0
+
+
+@dataclass
+class Completed:
+    argv: list[str]
+    returncode: int
+    stdout: str
+    stderr: str
+    seconds: float
+
+    def tail(self, lines: int = 3) -> str:
+        """The last lines of stderr (or stdout), for an error message."""
+        text = (self.stderr.strip() or self.stdout.strip()).splitlines()[-lines:]
+        return " | ".join(line.strip() for line in text)[:500]
+
+
+def find_tool(name: str, hint: str) -> str:
+    """A tool's path: next to this interpreter first (py-spy installed in the venv), then PATH."""
+    beside = Path(sys.executable).parent / name
+    found = str(beside) if beside.exists() else shutil.which(name)
+    if found is None:
+        raise StepFailed(f"{name} is not installed on this worker: {hint}")
+    return found
+
+
+def kill_group(proc: subprocess.Popen[bytes]) -> None:
+    """TERM the whole group, then KILL what is left, so grandchildren (git bisect's tests) die too; descendants
+    that moved to a group of their own (timeout(1) does) are found through the process tree first."""
+    try:
+        strays = [p for p in psutil.Process(proc.pid).children(recursive=True)
+                  if os.getpgid(p.pid) != proc.pid]
+    except (psutil.Error, ProcessLookupError):
+        strays = []
+    for stray in strays:
+        with contextlib.suppress(psutil.Error):
+            stray.kill()
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(TERM_GRACE_S)
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (subprocess.TimeoutExpired, ProcessLookupError):
+            continue
+        return
+
+
+def _pump(stream: IO[bytes], sink: list[bytes], emit: Callable[[str], None] | None) -> None:
+    size = 0
+    for raw in iter(stream.readline, b""):
+        if size < STREAM_LIMIT:
+            sink.append(raw[: STREAM_LIMIT - size])
+            size += len(raw)
+        if emit is not None:
+            emit(raw.decode(errors="replace").rstrip("\n"))
+    stream.close()
+
+
+def allow_core_dumps() -> None:
+    """preexec_fn: lift RLIMIT_CORE so a crashing child leaves a core for coredump.analyze."""
+    resource.setrlimit(resource.RLIMIT_CORE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+
+
+def run(command: Sequence[str | os.PathLike[str]], ctx: StepContext, *, timeout: float | None = None,
+        cwd: str | Path | None = None, env: dict[str, str] | None = None, emit: bool = False,
+        check: bool = True) -> Completed:
+    """Run argv to completion; StepInterrupted on cancel or deadline (the step's or `timeout`), StepFailed when it
+    cannot start or (with check) exits non-zero."""
+    argv = [os.fspath(a) for a in command]
+    deadline = ctx.deadline
+    if timeout is not None:
+        own = time.monotonic() + timeout
+        deadline = own if deadline is None else min(deadline, own)
+    started = time.monotonic()
+    try:
+        proc = subprocess.Popen(argv, cwd=cwd, env={**os.environ, **(env or {})}, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    except OSError as exc:
+        raise StepFailed(f"cannot start {argv[0]!r}: {exc.strerror or exc}") from None
+    out: list[bytes] = []
+    err: list[bytes] = []
+    assert proc.stdout is not None and proc.stderr is not None
+    pumps = [threading.Thread(target=_pump, args=(proc.stdout, out, ctx.emit if emit else None), daemon=True),
+             threading.Thread(target=_pump, args=(proc.stderr, err, ctx.emit if emit else None), daemon=True)]
+    for pump in pumps:
+        pump.start()
+    interrupted: str | None = None
+    try:
+        while proc.poll() is None:
+            if ctx.cancelled.wait(0.05):
+                interrupted = "cancelled"
+            elif deadline is not None and time.monotonic() >= deadline:
+                interrupted = f"{argv[0]} timed out after {time.monotonic() - started:.1f}s"
+            if interrupted:
+                break
+    finally:
+        if proc.poll() is None:
+            kill_group(proc)
+        proc.wait()
+    for pump in pumps:
+        pump.join(2)
+    if interrupted:
+        raise StepInterrupted(interrupted)
+    done = Completed(argv, proc.returncode, b"".join(out).decode(errors="replace"),
+                     b"".join(err).decode(errors="replace"), round(time.monotonic() - started, 3))
+    if check and done.returncode != 0:
+        raise StepFailed(f"{Path(argv[0]).name} exited with {done.returncode}: {done.tail()}")
+    return done

@@ -136,10 +136,11 @@ class Execution:
 
 def execute(run_id: int, queue: str, *, settings: Settings, engine: Engine, client: redis.Redis) -> str:
     """Run (or resume) a run as far as this worker can take it; returns what happened, for logs and tests."""
-    definition = _definition(engine, run_id)
-    if definition is None:
+    stored = _definition(engine, run_id)
+    if stored is None:
         return "no such run"
-    checked = check_text(definition, f"run {run_id}")
+    # Named after the runbook's id, which is also the default id of a runbook that does not state one.
+    checked = check_text(stored[1], f"{stored[0]}.yaml")
     got = claims.claim(engine, settings, run_id, concurrency=checked.runbook.concurrency if checked.runbook else None)
     if got.run is None:
         if got.retry_in is not None:
@@ -181,13 +182,19 @@ def execute(run_id: int, queue: str, *, settings: Settings, engine: Engine, clie
     except RunAborted as aborted:
         _abort(ex, aborted)
         return aborted.status.value
+    except Exception as exc:
+        # A bug here must not leave the run "running" until the reaper: end it with the reason.
+        log.exception("engine error", extra={"run_id": run_id})
+        _finish(ex, RunStatus.failed, f"engine error: {type(exc).__name__}: {exc}")
+        return "engine error"
     _complete(ex)
     return ex.run.status
 
 
-def _definition(engine: Engine, run_id: int) -> str | None:
+def _definition(engine: Engine, run_id: int) -> tuple[str, str] | None:
     with session_scope(engine) as session:
-        return session.exec(select(Run.definition).where(Run.id == run_id)).one_or_none()
+        row = session.exec(select(Run.runbook_id, Run.definition).where(Run.id == run_id)).one_or_none()
+        return (row[0], row[1]) if row else None
 
 
 def _hand_over(ex: Execution, queue: str) -> str:
@@ -283,6 +290,9 @@ def _abort(ex: Execution, aborted: RunAborted) -> None:
 def _complete(ex: Execution) -> None:
     if ex.failed:
         _finish(ex, RunStatus.failed, f"{len(ex.failed)} step(s) failed: {', '.join(ex.failed)}")
+        return
+    if ex.run.dry_run:  # no step ran, so outputs that read them cannot be rendered
+        _finish(ex, RunStatus.succeeded, None)
         return
     try:
         ex.run.outputs = ex.scrub(to_json(expressions.render(ex.runbook.outputs, ex.context())))

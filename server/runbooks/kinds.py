@@ -29,7 +29,8 @@ from server.durations import Duration
 class StepInputs(BaseModel):
     """Base of every kind's inputs: unknown keys are errors, so a typo never silently does nothing."""
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    # coerce_numbers_to_str: `argv: [sleep, "{{ params.seconds }}"]` renders an int, and that is fine.
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, coerce_numbers_to_str=True)
 
 
 def expression(description: str, **kwargs: Any) -> Any:
@@ -153,8 +154,8 @@ register_kind("notify", NotifyInputs, "Post a message to a Slack- or Mattermost-
               outputs=("status",))
 
 # -- kinds from other domains: one register_kind line each, below this comment -----------------------
-from server.loglevels.steps import LogLevelRaiseInputs  # noqa: E402 (the catalog must exist first)
 from server.flags.steps import FlagSetInputs  # noqa: E402
+from server.loglevels.steps import LogLevelRaiseInputs  # noqa: E402 (the catalog must exist first)
 
 register_kind("loglevel.raise", LogLevelRaiseInputs, "Raise one logger of one service for a while; "
               "rollback ends the override early.", compensates=True,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -48,7 +49,7 @@ class ParamSpec(_Strict):
 
 class RetrySpec(_Strict):
     attempts: int = Field(1, ge=1, le=20, description="Total tries, the first one included.")
-    backoff: Duration = Field(1.0, description="Wait before the second try; doubles after each failure.")  # type: ignore[assignment]
+    backoff: Duration = Field(timedelta(seconds=1), description="Wait before try 2; doubles after each failure.")
 
 
 class StepSpec(_Strict):

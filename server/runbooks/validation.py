@@ -127,6 +127,8 @@ def check_text(text: str, source: str = "<runbook>") -> Checked:
 def _normalise_shell_commands(data: dict[str, Any], report: _Reporter) -> None:
     """`command: "curl {{ params.url }}"` is split before rendering, so each param stays one argv item."""
     for index, step in enumerate(data.get("steps") or []):
+        if isinstance(step, dict) and True in step and "on" not in step:
+            step["on"] = step.pop(True)  # YAML 1.1 reads a bare `on:` key as the boolean true
         if not isinstance(step, dict) or step.get("uses") != "shell" or not isinstance(step.get("with"), dict):
             continue
         inputs = step["with"]

@@ -7,6 +7,7 @@ from typing import Any
 
 import orjson
 import redis
+from sqlalchemy import func
 from sqlmodel import Session, col, select
 
 from server.models_base import as_utc
@@ -55,3 +56,7 @@ def history(session: Session, *, run_id: int, after_id: int = 0, limit: int = 10
     stmt = (select(RunEvent).where(RunEvent.run_id == run_id, col(RunEvent.id) > after_id)
             .order_by(col(RunEvent.id)).limit(limit))
     return list(session.exec(stmt))
+
+
+def last_id(session: Session, *, run_id: int) -> int:
+    return int(session.exec(select(func.max(RunEvent.id)).where(RunEvent.run_id == run_id)).one() or 0)

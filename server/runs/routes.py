@@ -8,6 +8,7 @@ import redis
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import FileResponse, JSONResponse
 from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session
 from sse_starlette.sse import EventSourceResponse
 
 from server.db import SessionDep
@@ -42,13 +43,15 @@ def _publish_history(request: Request, session: SessionDep, run_id: int, after_i
 
 
 def _last_event_id(session: SessionDep, run_id: int) -> int:
-    stored = events.history(session, run_id=run_id, after_id=0, limit=100_000)
-    return stored[-1].id or 0 if stored else 0
+    return events.last_id(session, run_id=run_id)
 
 
-def _dispatch(request: Request, run: Run) -> None:
+def _dispatch(request: Request, session: SessionDep, run: Run) -> None:
+    """Enqueue after the commit; with SQLite the request's own session must do the bookkeeping (one writer)."""
     assert run.id is not None
-    sweeps.dispatch(request.app.state.engine, _settings(request), run.id, run.queue)
+    if sweeps.send_run(_settings(request), run.id, run.queue):
+        service.mark_dispatched(session, run_id=run.id)
+        session.commit()
 
 
 def _response(request: Request, session: SessionDep, run: Run, status_code: int) -> JSONResponse:
@@ -80,8 +83,8 @@ def create_run(body: RunCreate, request: Request, session: SessionDep, actor: Op
             raise
         return _response(request, session, existing, 202)
     assert run.id is not None
+    _dispatch(request, session, run)
     _publish_history(request, session, run.id, 0)
-    _dispatch(request, run)
     session.refresh(run)
     return _response(request, session, run, 202)
 
@@ -147,8 +150,8 @@ def _decide(run_id: int, step_id: str, request: Request, session: SessionDep, ac
     run = service.decide(session, run_id=run_id, step_id=step_id, actor=actor, approve=approve,
                          reason=body.reason if body else None)
     session.commit()
+    _dispatch(request, session, run)
     _publish_history(request, session, run_id, last)
-    _dispatch(request, run)
     return _response(request, session, run, 202)
 
 
@@ -171,24 +174,32 @@ def rerun(run_id: int, request: Request, session: SessionDep, actor: Operator,
                         settings=_settings(request))
     session.commit()
     assert run.id is not None
+    _dispatch(request, session, run)
     _publish_history(request, session, run.id, 0)
-    _dispatch(request, run)
     session.refresh(run)
     return _response(request, session, run, 202)
+
+
+def _check_exists(session: Session, run_id: int) -> None:
+    service.get_run(session, run_id=run_id)
+    # The request's session (shared with the auth dependency) would stay open, and on SQLite keep the
+    # write lock, for as long as the response streams: end it now.
+    session.close()
 
 
 @router.get("/{run_id}/events")
 def run_events(run_id: int, request: Request, session: SessionDep, _actor: Viewer,
                last_event_id: Annotated[str | None, Header()] = None,
                after: Annotated[int, Query(ge=0, description="only events after this id")] = 0) -> EventSourceResponse:
-    service.get_run(session, run_id=run_id)  # 404 before the stream starts
+    _check_exists(session, run_id)  # 404 before the stream starts
     after_id = int(last_event_id) if last_event_id and last_event_id.isdigit() else after
     return EventSourceResponse(stream.follow(request, _settings(request), run_id, after_id), ping=15)
 
 
 @router.get("/{run_id}/artifacts/{name}")
-def download_artifact(run_id: int, name: str, request: Request, session: SessionDep, _actor: Viewer) -> FileResponse:
-    service.get_run(session, run_id=run_id)
+def download_artifact(run_id: int, name: str, request: Request, session: SessionDep, _actor: Viewer
+                      ) -> FileResponse:
+    _check_exists(session, run_id)
     directory = _settings(request).artifacts_dir
     assert directory is not None
     path = directory / f"run-{run_id}" / name

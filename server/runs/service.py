@@ -176,7 +176,7 @@ def decide(session: Session, *, run_id: int, step_id: str, actor: Actor, approve
 def rerun(session: Session, *, run_id: int, actor: Actor, overrides: dict[str, Any], settings: Settings) -> Run:
     """A new run of the same definition (the text that ran, not today's file) with the same params."""
     old = get_run(session, run_id=run_id)
-    checked = check_text(old.definition, f"run {run_id}")
+    checked = check_text(old.definition, f"{old.runbook_id}.yaml")
     if checked.runbook is None:
         raise Conflict(f"run {run_id}'s runbook no longer validates: {checked.errors[0]}")
     given = {k: v for k, v in old.params.items() if k not in checked.runbook.secret_params()}

@@ -24,12 +24,19 @@ RELAY_MIN_AGE_S = 2.0  # leave the api a moment to send what it just committed
 RESEND_AFTER_S = 600.0  # a queued run dispatched this long ago without starting: its message may be lost
 
 
-def dispatch(engine: Engine, settings: Settings, run_id: int, queue: str) -> bool:
-    """Send the run's task; on failure (Redis down) it stays queued and the relay sends it later."""
+def send_run(settings: Settings, run_id: int, queue: str) -> bool:
+    """Send the run's task; False (logged) when the broker is unreachable: the relay sends it later."""
     try:
         send(RUN_EXECUTE_TASK, run_id, queue, settings=settings, queue=queue)
     except Exception as exc:  # kombu raises OperationalError, redis its own: either way, the relay retries
         log.warning("run not enqueued; the relay will send it", extra={"run_id": run_id, "error": str(exc)})
+        return False
+    return True
+
+
+def dispatch(engine: Engine, settings: Settings, run_id: int, queue: str) -> bool:
+    """Send the run's task and note that it was sent."""
+    if not send_run(settings, run_id, queue):
         return False
     with session_scope(engine) as session:
         mark_dispatched(session, run_id=run_id)

@@ -1,0 +1,82 @@
+"""A live api serving this directory's test runbooks, and a real worker process that executes runs."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from server.app import create_app
+from server.auth.models import Role
+from tests.conftest import subprocess_env
+from tests.support import http, serve, wait_for
+
+RUNBOOKS = Path(__file__).parent / "runbooks"
+OTHER_QUEUE = "rbtest-other"
+FINISHED = {"succeeded", "failed", "cancelled", "timed_out"}
+
+
+@pytest.fixture(scope="session")
+def runs_settings(settings, tmp_path_factory):
+    return settings.model_copy(update={"runbooks_dir": RUNBOOKS, "run_heartbeat_interval": 0.5,
+                                       "artifacts_dir": tmp_path_factory.mktemp("artifacts")})
+
+
+@pytest.fixture(scope="session")
+def runs_api(runs_settings):
+    with serve(create_app(runs_settings)) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def operator(runs_api, make_token):
+    with http(runs_api, make_token(Role.operator)) as client:
+        yield client
+
+
+@pytest.fixture(scope="session")
+def run_worker(runs_settings, tmp_path_factory):
+    """One worker process (two pool children) on the default queue and a second queue, for hand-overs."""
+    log_path = tmp_path_factory.mktemp("run-worker") / "worker.log"
+    env = subprocess_env(runs_settings, RUNBOOKD_RUN_HEARTBEAT_INTERVAL="0.5",
+                         RUNBOOKD_ARTIFACTS_DIR=str(runs_settings.artifacts_dir))
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "server.cli", "worker", "--concurrency", "2",
+             "--queues", f"{runs_settings.default_queue},{OTHER_QUEUE}", "--hostname", f"rb-{uuid.uuid4().hex[:6]}@%h"],
+            env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            wait_for(lambda: b" ready." in log_path.read_bytes() or proc.poll() is not None, 60, "worker to start")
+            assert proc.poll() is None, log_path.read_text()
+            yield log_path
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+
+
+def start(client, runbook: str, params: dict | None = None, **extra) -> dict:
+    response = client.post("/api/v1/runs", json={"runbook": runbook, "params": params or {}, **extra})
+    assert response.status_code == 202, response.text
+    return response.json()
+
+
+def wait_run(client, run_id: int, statuses=FINISHED, timeout: float = 30) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        run = client.get(f"/api/v1/runs/{run_id}").json()
+        if run["status"] in statuses:
+            return run
+        time.sleep(0.1)
+    raise TimeoutError(f"run {run_id} still {run['status']} after {timeout}s: {run}")
+
+
+def steps(run: dict) -> dict[str, dict]:
+    return {s["step_id"]: s for s in run["steps"]}

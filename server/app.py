@@ -14,6 +14,7 @@ from server.chat.routes import router as chat_router
 from server.db import make_engine
 from server.debug.routes import router as debug_router
 from server.errors import install_error_handlers
+from server.flags.fastpath import OfrepFastPath
 from server.flags.ofrep import router as ofrep_router
 from server.flags.routes import environments_router as flag_environments_router
 from server.flags.routes import router as flags_router
@@ -67,4 +68,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Added last so it runs first: every response, errors from the body limit included, gets a request id.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestContextMiddleware)
+    # Outermost of all: OFREP evaluations, the hot path, skip routing and the access log (see its module).
+    app.add_middleware(OfrepFastPath, max_body_bytes=settings.max_body_bytes)
     return app

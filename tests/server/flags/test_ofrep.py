@@ -130,3 +130,19 @@ def test_sse_stream_announces_changes(base_url, client_token, make_flag, api):
     data = next(line for line in lines if key in line)
     assert '"type":"refetchEvaluation"' in data and '"version":2' in data
     assert any(line.startswith("id: ") for line in lines)
+
+
+def test_the_fast_path_keeps_request_ids_body_limit_and_metrics(base_url, client_token, make_flag, settings):
+    key = make_flag()["key"]
+    with http(base_url, client_token) as client:
+        echoed = client.post(f"/ofrep/v1/evaluate/flags/{key}", json={}, headers={"X-Request-ID": "req-flag-1"})
+        assert echoed.headers["x-request-id"] == "req-flag-1"
+        refused = client.post(f"/ofrep/v1/evaluate/flags/{key}", json={}, headers={"Authorization": "Bearer nope",
+                                                                                  "X-Request-ID": "req-flag-2"})
+        assert refused.status_code == 401 and refused.json()["error"]["request_id"] == "req-flag-2"
+        assert refused.headers["www-authenticate"] == "Bearer"
+        huge = client.post(f"/ofrep/v1/evaluate/flags/{key}",
+                           content=b'{"context": {"x": "' + b"a" * settings.max_body_bytes + b'"}}')
+        assert huge.status_code == 413 and huge.json()["error"]["code"] == "payload_too_large"
+        metrics = client.get("/metrics").text
+    assert 'route="/ofrep/v1/evaluate/flags/{key}",status="200"' in metrics.replace("method=\"POST\",", "")

@@ -122,17 +122,18 @@ class HttpReplayInputs(StepInputs):
 register_kind("git.bisect", GitBisectInputs, "Find the first bad commit with git bisect run, in a temporary clone.",
               outputs=("first_bad_commit", "steps", "log", "candidates"))
 register_kind("profile.cpu", ProfileCpuInputs, "Sample a Python process with py-spy: flamegraph, speedscope, top "
-              "functions.", outputs=("pid", "samples", "top_own", "top_total", "artifacts"))
+              "functions.", outputs=("pid", "samples", "hottest", "top_own", "top_total", "files"))
 register_kind("profile.stacks", ProfileStacksInputs, "Dump every thread's Python stack with py-spy (hung processes).",
               outputs=("pid", "threads"))
 register_kind("process.snapshot", ProcessSnapshotInputs, "Write a core file of a live process with gcore.",
               outputs=("pid", "core", "binary", "size_bytes"))
 register_kind("coredump.analyze", CoredumpAnalyzeInputs, "Read a core file with gdb: signal and each thread's frames.",
-              outputs=("signal", "crashing_frame", "threads", "binary"))
+              outputs=("signal", "crashing_frame", "threads", "binary", "files"))
 register_kind("memory.growth", MemoryGrowthInputs, "Sample a process's RSS over a window: growth rate and verdict.",
-              outputs=("pid", "samples", "start_mb", "end_mb", "growth_mb_per_min", "verdict", "artifacts"))
+              outputs=("pid", "samples", "start_mb", "end_mb", "growth_mb_per_min", "verdict", "files"))
 register_kind("logs.search", LogsSearchInputs, "Search JSON-lines logs: time, level, fields, text, request id, "
-              "group counts.", outputs=("matched", "groups", "matches", "files", "lines_scanned", "bytes_scanned"))
+              "group counts.", outputs=("matched", "groups", "matches", "searched", "lines_scanned", "bytes_scanned",
+                                        "files"))
 register_kind("metrics.query", MetricsQueryInputs, "Query a Prometheus HTTP API and compare with a threshold.",
               outputs=("result_type", "series", "value", "verdict"))
 register_kind("http.replay", HttpReplayInputs, "Replay captured requests against a base URL and diff the responses.",

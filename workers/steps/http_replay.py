@@ -13,7 +13,7 @@ import orjson
 from server.redaction import is_secret_key
 from server.runbooks.toolkit_kinds import HttpReplayInputs
 from workers.steps.base import Step, StepContext, StepFailed, register
-from workers.toolkit.artifacts import step_dir
+from workers.toolkit.artifacts import artifact, ref, within
 
 # Never replayed: they describe the original connection, not the request.
 HOP_HEADERS = {"host", "content-length", "connection", "transfer-encoding", "keep-alive", "upgrade", "te",
@@ -174,11 +174,11 @@ class HttpReplay(Step[HttpReplayInputs]):
                              f"replayed {response.status_code}" + (" (body differs)" if "body" in differences else ""))
                 else:
                     matched += 1
-        path = step_dir(ctx) / "replay.json"
+        path = artifact(ctx, "replay.json")
         path.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
         outputs = {"replayed": len(requests), "matched": matched, "differed": len(diffs) - errors, "errors": errors,
-                   "diffs": diffs[:DIFFS_KEPT], "stripped_headers": sorted(stripped_all),
-                   "artifacts": {"report": str(path)}}
+                   "diffs": within(diffs[:DIFFS_KEPT], 32 * 1024), "stripped_headers": sorted(stripped_all),
+                   "files": {"report": ref(path)}}
         if inputs.fail_on_diff and diffs:
             raise StepFailed(f"{len(diffs)} of {len(requests)} replayed requests differ from the capture", outputs)
         return outputs

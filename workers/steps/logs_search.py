@@ -9,7 +9,7 @@ from typing import Any
 
 from server.runbooks.toolkit_kinds import LogsSearchInputs
 from workers.steps.base import Step, StepContext, StepFailed, StepInterrupted, register
-from workers.toolkit.artifacts import step_dir
+from workers.toolkit.artifacts import artifact, ref, within
 from workers.toolkit.logsearch import Query, Searcher, parse_when
 
 OVERFLOW_LIMIT = 256 * 1024 * 1024  # every match beyond the outputs' cap goes to an artifact, up to this size
@@ -45,7 +45,7 @@ class LogsSearch(Step[LogsSearchInputs]):
         if not files:
             raise StepFailed(f"no log file matches {', '.join(inputs.paths)}")
         query = build_query(inputs, datetime.now(UTC))
-        overflow_path = step_dir(ctx) / "matches.jsonl"
+        overflow_path = artifact(ctx, "matches.jsonl")
         started = time.perf_counter()
 
         def check() -> None:
@@ -67,8 +67,11 @@ class LogsSearch(Step[LogsSearchInputs]):
         outputs["seconds"] = round(seconds, 3)
         outputs["since"] = query.since.isoformat() if query.since else None
         outputs["until"] = query.until.isoformat() if query.until else None
+        kept = within(outputs["matches"], 32 * 1024)
+        outputs["truncated"] = outputs["truncated"] or len(kept) < len(outputs["matches"])
+        outputs["matches"] = kept
         if outputs["truncated"]:
-            outputs["artifacts"] = {"matches": str(overflow_path)}
+            outputs["files"] = {"matches": ref(overflow_path)}
         else:
             overflow_path.unlink(missing_ok=True)
         ctx.emit(f"{outputs['matched']} matches in {outputs['lines_scanned']} lines of {len(files)} file(s) "

@@ -8,7 +8,7 @@ import psutil
 from server.runbooks.toolkit_kinds import MemoryGrowthInputs
 from workers.steps.base import Step, StepContext, StepFailed, StepInterrupted, register
 from workers.toolkit import svg
-from workers.toolkit.artifacts import step_dir
+from workers.toolkit.artifacts import artifact, ref
 from workers.toolkit.targets import process_label, resolve_pid
 
 MIB = 1024 * 1024
@@ -65,7 +65,7 @@ class MemoryGrowth(Step[MemoryGrowthInputs]):
             raise StepFailed(f"process {pid} exited before two samples could be taken")
         rate = slope(points) * 60
         verdict = "leaking" if rate > inputs.threshold_mb_per_min else "stable"
-        plot = step_dir(ctx) / "rss.svg"
+        plot = artifact(ctx, "rss.svg")
         first_x, first_y = points[0]
         threshold = [(x, first_y + inputs.threshold_mb_per_min * (x - first_x) / 60) for x in (first_x, points[-1][0])]
         plot.write_text(svg.line_plot(points, f"RSS of pid {pid}: {rate:+.1f} MiB/min ({verdict})", "RSS (MiB)",
@@ -74,7 +74,7 @@ class MemoryGrowth(Step[MemoryGrowthInputs]):
         outputs = {"pid": pid, "samples": [[round(x, 2), round(y, 2)] for x, y in points[::step]],
                    "sample_count": len(points), "start_mb": round(points[0][1], 2), "end_mb": round(points[-1][1], 2),
                    "growth_mb_per_min": round(rate, 3), "threshold_mb_per_min": inputs.threshold_mb_per_min,
-                   "verdict": verdict, "exited": exited, "artifacts": {"plot": str(plot)}}
+                   "verdict": verdict, "exited": exited, "files": {"plot": ref(plot)}}
         ctx.emit(f"RSS {points[0][1]:.1f} -> {points[-1][1]:.1f} MiB: {rate:+.2f} MiB/min, {verdict}")
         if verdict == "leaking" and inputs.fail_on_leak:
             raise StepFailed(f"pid {pid} grows {rate:.1f} MiB/min, over {inputs.threshold_mb_per_min:g}", outputs)

@@ -8,7 +8,7 @@ import orjson
 from server.runbooks.toolkit_kinds import ProfileCpuInputs
 from workers.steps.base import Step, StepContext, StepFailed, register
 from workers.toolkit import proc, svg
-from workers.toolkit.artifacts import step_dir
+from workers.toolkit.artifacts import artifact, ref
 from workers.toolkit.targets import process_label, resolve_pid
 
 PY_SPY_HINT = "pip install py-spy (runbookd depends on it); it also needs ptrace rights (root or CAP_SYS_PTRACE)"
@@ -54,8 +54,7 @@ class ProfileCpu(Step[ProfileCpuInputs]):
         py_spy = proc.find_tool("py-spy", PY_SPY_HINT)
         pid = resolve_pid(inputs)
         seconds = max(1, round(inputs.duration.total_seconds()))
-        out = step_dir(ctx)
-        speedscope_path = out / "profile.speedscope.json"
+        speedscope_path = artifact(ctx, "profile.speedscope.json")
         ctx.emit(f"sampling pid {pid} ({process_label(pid)}) for {seconds}s at {inputs.rate} Hz")
         argv = [py_spy, "record", "--pid", str(pid), "--duration", str(seconds), "--rate", str(inputs.rate),
                 "--format", "speedscope", "--output", str(speedscope_path)]
@@ -68,10 +67,10 @@ class ProfileCpu(Step[ProfileCpuInputs]):
         samples = sum(stacks.values())
         if not samples:
             raise StepFailed(f"py-spy took no samples of pid {pid}: is it running Python code (try idle: true)?")
-        flame_path = out / "flamegraph.svg"
+        flame_path = artifact(ctx, "flamegraph.svg")
         flame_path.write_text(svg.flamegraph(stacks, f"CPU flamegraph of pid {pid}, {samples} samples, {seconds}s"))
         top_own, top_total = top_functions(stacks, inputs.top)
         ctx.emit(f"hottest function: {top_own[0]['where']} ({top_own[0]['percent']}% of samples)")
         return {"pid": pid, "samples": samples, "duration_s": seconds, "top_own": top_own, "top_total": top_total,
                 "hottest": top_own[0]["function"],
-                "artifacts": {"flamegraph": str(flame_path), "speedscope": str(speedscope_path)}}
+                "files": {"flamegraph": ref(flame_path), "speedscope": ref(speedscope_path)}}

@@ -8,10 +8,10 @@ from server.runbooks.toolkit_kinds import ProfileStacksInputs
 from workers.steps.base import Step, StepContext, StepFailed, register
 from workers.steps.profile_cpu import PY_SPY_HINT
 from workers.toolkit import proc
-from workers.toolkit.artifacts import step_dir
+from workers.toolkit.artifacts import artifact, ref, within
 from workers.toolkit.targets import process_label, resolve_pid
 
-MAX_FRAMES = 100  # per thread in the outputs; the artifact has them all
+MAX_FRAMES = 40  # per thread in the outputs; the artifact has them all
 
 
 def _thread(raw: dict[str, Any]) -> dict[str, Any]:
@@ -36,12 +36,12 @@ class ProfileStacks(Step[ProfileStacksInputs]):
             raw = orjson.loads(done.stdout)
         except orjson.JSONDecodeError:
             raise StepFailed(f"py-spy dump gave no JSON: {done.tail()}") from None
-        path = step_dir(ctx) / "stacks.json"
+        path = artifact(ctx, "stacks.json")
         path.write_bytes(orjson.dumps(raw, option=orjson.OPT_INDENT_2))
         threads = [_thread(t) for t in raw]
         for thread in threads:
             top = thread["frames"][0] if thread["frames"] else {}
             ctx.emit(f"thread {thread['name']} ({'active' if thread['active'] else 'idle'}): "
                      f"{top.get('function')} at {top.get('file')}:{top.get('line')}")
-        return {"pid": pid, "process": process_label(pid), "threads": threads,
-                "active_threads": sum(1 for t in threads if t["active"]), "artifacts": {"stacks": str(path)}}
+        return {"pid": pid, "process": process_label(pid), "threads": within(threads, 40 * 1024),
+                "active_threads": sum(1 for t in threads if t["active"]), "files": {"stacks": ref(path)}}

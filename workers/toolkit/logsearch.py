@@ -378,7 +378,7 @@ class Searcher:
                   for key, n in result.groups.most_common(q.top)]
         return {"matched": result.matched, "groups": groups, "group_count": len(result.groups),
                 "matches": [{**record, "_file": path} for _when, path, record in ordered[:q.limit]],
-                "truncated": result.matched > len(ordered[:q.limit]), "files": result.files,
+                "truncated": result.matched > len(ordered[:q.limit]), "searched": result.files,
                 "lines_scanned": result.lines_scanned, "bytes_scanned": result.bytes_scanned,
                 "unparsed_lines": result.unparsed}
 

@@ -102,7 +102,8 @@ def test_snapshot_of_a_hung_process_then_analysis(program, tmp_path):
         proc.wait()
         proc.stdout.close()
     assert snap["binary"] == str(program) and snap["size_bytes"] > 0
-    assert Path(snap["core"]).parent == ctx.settings.artifacts_dir / str(ctx.run_id) / "snap"
+    assert Path(snap["core"]) == ctx.settings.artifacts_dir / f"run-{ctx.run_id}" / f"snap.1.core.{snap['pid']}"
+    assert snap["files"]["core"]["artifact"] == f"snap.1.core.{snap['pid']}"
     outputs = CoredumpAnalyze().run(CoredumpAnalyzeInputs(core=snap["core"], binary=snap["binary"]),
                                     make_ctx(tmp_path / "home"))
     functions = {f["function"] for t in outputs["threads"] for f in t["frames"]}

@@ -74,7 +74,7 @@ def test_replay_strips_secrets_and_reports_each_difference(base_url, tmp_path):
     assert "status" not in order and order["body"] == [{"path": "total", "captured": 20, "replayed": 30}]
     fixed = by_path[("POST", "/checkout", 500)]
     assert fixed["status"] is True and fixed["replayed_status"] == 200
-    assert Path(outputs["artifacts"]["report"]).exists()
+    assert Path(outputs["files"]["report"]["path"]).exists()
     assert "sk-live-123" not in json.dumps(outputs)
 
 

@@ -96,7 +96,7 @@ def test_since_and_level_with_groups_agree_with_the_reference(logs, tmp_path):
     assert {g["error"]: g["count"] for g in outputs["groups"]} == counts
     assert outputs["groups"][0]["count"] == max(counts.values())
     assert outputs["lines_scanned"] == 6001
-    assert len(outputs["files"]) == 2
+    assert len(outputs["searched"]) == 2
 
 
 def test_field_equals_and_group_by_two_fields(logs, tmp_path):
@@ -135,7 +135,7 @@ def test_contains_regex_and_until(logs, tmp_path):
                 and datetime.fromisoformat(r["timestamp"]) <= cutoff]
     assert outputs["matched"] == len(expected)
     assert len(outputs["matches"]) == 5 and outputs["truncated"]
-    matches_file = Path(outputs["artifacts"]["matches"])
+    matches_file = Path(outputs["files"]["matches"]["path"])
     assert len(matches_file.read_text().splitlines()) == len(expected)
 
 

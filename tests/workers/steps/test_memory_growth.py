@@ -39,8 +39,8 @@ def test_a_leaking_process_is_called_leaking(leaky, tmp_path):
     assert 200 < outputs["growth_mb_per_min"] < 1500, outputs["growth_mb_per_min"]
     assert outputs["end_mb"] > outputs["start_mb"] + 5
     assert outputs["sample_count"] >= 15
-    plot = Path(outputs["artifacts"]["plot"])
-    assert plot.parent == ctx.settings.artifacts_dir / str(ctx.run_id) / "rss"
+    plot = Path(outputs["files"]["plot"]["path"])
+    assert plot == ctx.settings.artifacts_dir / f"run-{ctx.run_id}" / "rss.1.rss.svg"
     assert plot.read_text().startswith("<svg") and "leaking" in plot.read_text()
 
 

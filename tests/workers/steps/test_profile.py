@@ -75,10 +75,11 @@ def test_the_hot_function_tops_the_profile(busy, tmp_path):
     assert outputs["samples"] > 100
     by_total = {row["function"]: row for row in outputs["top_total"]}
     assert by_total["main"]["total"] >= by_total["burn_cpu"]["total"]  # main is on every stack
-    flame = Path(outputs["artifacts"]["flamegraph"])
-    assert flame.parent == ctx.settings.artifacts_dir / str(ctx.run_id) / "flame"
+    flame = Path(outputs["files"]["flamegraph"]["path"])
+    assert flame == ctx.settings.artifacts_dir / f"run-{ctx.run_id}" / "flame.1.flamegraph.svg"
+    assert outputs["files"]["flamegraph"]["artifact"] == "flame.1.flamegraph.svg"
     assert flame.read_text().startswith("<svg") and "burn_cpu" in flame.read_text()
-    speedscope = orjson.loads(Path(outputs["artifacts"]["speedscope"]).read_bytes())
+    speedscope = orjson.loads(Path(outputs["files"]["speedscope"]["path"]).read_bytes())
     assert any(frame["name"] == "burn_cpu" for frame in speedscope["shared"]["frames"])
 
 
@@ -113,4 +114,4 @@ def test_stack_dump_shows_where_a_hung_process_waits(tmp_path):
     assert set(threads) == {"MainThread", "holder"}
     assert [f["function"] for f in threads["MainThread"]["frames"]][:2] == ["wait_for_the_lock", "<module>"]
     assert threads["holder"]["frames"][0]["function"] == "hold_lock_forever"
-    assert Path(outputs["artifacts"]["stacks"]).exists()
+    assert Path(outputs["files"]["stacks"]["path"]).exists()

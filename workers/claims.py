@@ -6,6 +6,7 @@ import os
 import socket
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 from sqlalchemy import Engine, func, update
 from sqlmodel import col, select
@@ -44,6 +45,7 @@ class Claim:
     run: Run | None
     retry_in: float | None = None  # send the task again after this many seconds
     why: str = ""
+    event: dict[str, Any] | None = None  # run.started or run.resumed, to publish
 
 
 def claim(engine: Engine, settings: Settings, run_id: int, *, concurrency: int | None) -> Claim:
@@ -74,10 +76,10 @@ def claim(engine: Engine, settings: Settings, run_id: int, *, concurrency: int |
         run.status, run.worker, run.heartbeat_at = RunStatus.running.value, me(), now
         run.started_at = run.started_at or now
         session.add(run)
-        events.record(session, run_id=run_id, type="run.started" if first else "run.resumed",
-                      data={"worker": run.worker, "previous_worker": None if first else previous})
+        event = events.record(session, run_id=run_id, type="run.started" if first else "run.resumed",
+                              data={"worker": run.worker, "previous_worker": None if first else previous})
         session.flush()
-        return Claim(run)
+        return Claim(run, event=events.as_message(event))
 
 
 def heartbeat(engine: Engine, run_id: int) -> tuple[bool, bool]:

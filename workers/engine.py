@@ -153,6 +153,8 @@ def execute(run_id: int, queue: str, *, settings: Settings, engine: Engine, clie
                 f"the stored definition no longer validates: {checked.errors[0].message}")
         return "invalid definition"
     ex = Execution(settings, engine, client, run, checked.runbook, queue)
+    if got.event:
+        ex.publish([got.event])
     ex.params = {**run.params, **(run.secrets or {})}
     ex.secrets = sorted((str(v) for v in (run.secrets or {}).values() if str(v)), key=len, reverse=True)
     if run.deadline_at is None:

@@ -43,7 +43,7 @@ def dispatch(engine: Engine, settings: Settings, run_id: int, queue: str) -> boo
     return True
 
 
-def relay(engine: Engine, settings: Settings, *, limit: int = 500) -> int:
+def relay(engine: Engine, settings: Settings, *, limit: int = 500, min_age_s: float = RELAY_MIN_AGE_S) -> int:
     """Send queued runs that were never sent (or whose message seems lost); returns how many were sent."""
     now = utcnow()
     with session_scope(engine) as session:
@@ -52,7 +52,7 @@ def relay(engine: Engine, settings: Settings, *, limit: int = 500) -> int:
                 Run.status == RunStatus.queued.value,
                 or_(col(Run.dispatched_at).is_(None),
                     col(Run.dispatched_at) < now - timedelta(seconds=RESEND_AFTER_S)),
-                col(Run.created_at) < now - timedelta(seconds=RELAY_MIN_AGE_S),
+                col(Run.created_at) < now - timedelta(seconds=min_age_s),
             ).order_by(col(Run.id)).limit(limit)).all()
     sent = 0
     for run_id, queue in rows:

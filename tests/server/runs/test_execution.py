@@ -73,7 +73,7 @@ def test_cancel_stops_a_running_shell_step_within_two_seconds(operator, run_work
     assert response.status_code == 202, response.text
     done = wait_run(operator, run["id"], timeout=10)
     assert time.monotonic() - asked < 2.5
-    assert done["status"] == "cancelled", (done["error"], [(s["step_id"], s["status"], s["error"]) for s in done["steps"]])
+    assert done["status"] == "cancelled", done["error"]
     assert steps(done)["sleeper"]["status"] == "cancelled"
     assert steps(done)["after"]["status"] == "cancelled"
     again = operator.post(f"/api/v1/runs/{run['id']}/cancel", json={})

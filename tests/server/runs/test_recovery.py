@@ -1,0 +1,140 @@
+"""Crash recovery: a killed worker's run resumes, duplicates never run twice, the reaper and the relay."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from datetime import timedelta
+
+import httpx
+from sqlmodel import select
+
+from server.app import create_app
+from server.audit.models import AuditEvent
+from server.auth.models import Role
+from server.db import session_scope
+from server.models_base import utcnow
+from server.queue import RUN_EXECUTE_TASK, send
+from server.runs import sweeps
+from server.runs.models import Run, StepRun
+from tests.server.runs.conftest import start, steps, wait_run
+from tests.support import free_port_url, http, serve, wait_for
+
+
+def _lines(path) -> list[str]:
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def test_sigkilled_worker_run_resumes_at_its_first_unfinished_step(operator, run_worker, tmp_path):
+    marker = tmp_path / "side-effect"
+    run = start(operator, "crash", {"marker": str(marker)})
+    slow_marker = tmp_path / "side-effect.slow"
+    wait_for(lambda: len(_lines(slow_marker)) == 1, 20, "the slow step to start")
+    holder = operator.get(f"/api/v1/runs/{run['id']}").json()["worker"]
+    pid = int(holder.rpartition(":")[2])
+    assert pid != os.getpid()
+    os.kill(pid, signal.SIGKILL)  # the pool process executing the run, mid-step
+
+    done = wait_run(operator, run["id"], timeout=40)
+    assert done["status"] == "succeeded", done
+    assert _lines(marker) == ["ran"], "a finished step must never run again"
+    assert _lines(slow_marker) == ["slow", "slow"], "the unfinished step runs again"
+    by_id = steps(done)
+    assert by_id["side-effect"]["attempts"] == 1 and by_id["slow"]["attempts"] == 2
+    history = operator.get(f"/api/v1/runs/{run['id']}/events").text
+    assert "event: run.resumed" in history
+    assert done["worker"] != holder
+
+
+def test_a_duplicate_message_never_runs_a_run_twice(operator, run_worker, runs_settings, tmp_path):
+    marker = tmp_path / "once"
+    run = start(operator, "crash", {"marker": str(marker)})
+    send(RUN_EXECUTE_TASK, run["id"], runs_settings.default_queue, settings=runs_settings)
+    send(RUN_EXECUTE_TASK, run["id"], runs_settings.default_queue, settings=runs_settings)
+    done = wait_run(operator, run["id"], timeout=30)
+    assert done["status"] == "succeeded"
+    time.sleep(1)  # let the duplicates be consumed and dropped
+    assert _lines(marker) == ["ran"]
+    assert _lines(tmp_path / "once.slow") == ["slow"]
+
+
+def test_the_runbook_timeout_ends_a_run_timed_out(operator, run_worker):
+    started = time.monotonic()
+    done = wait_run(operator, start(operator, "run-timeout")["id"], timeout=20)
+    assert done["status"] == "timed_out"
+    assert time.monotonic() - started < 10
+    assert steps(done)["quick"]["status"] == "succeeded"
+    assert steps(done)["slow"]["status"] == "timed_out"
+
+
+def test_reaper_fails_a_running_run_whose_worker_vanished(engine, runs_settings):
+    now = utcnow()
+    with session_scope(engine) as session:
+        lost = Run(runbook_id="trio", runbook_hash="0" * 64, definition="title: x", params={}, actor="pytest",
+                   status="running", queue="runbookd", worker="gone-host:4242", started_at=now,
+                   heartbeat_at=now - timedelta(seconds=runs_settings.run_reap_grace + 5))
+        alive = Run(runbook_id="trio", runbook_hash="0" * 64, definition="title: x", params={}, actor="pytest",
+                    status="running", queue="runbookd", worker="other-host:1", started_at=now, heartbeat_at=now)
+        session.add_all([lost, alive])
+        session.flush()
+        session.add(StepRun(run_id=lost.id, step_id="hello", position=0, uses="log", status="running", attempts=1))
+        session.add(StepRun(run_id=lost.id, step_id="bye", position=1, uses="log"))
+    assert sweeps.reap(engine, runs_settings) >= 1
+    with session_scope(engine) as session:
+        reaped, untouched = session.get(Run, lost.id), session.get(Run, alive.id)
+        assert reaped.status == "failed" and "gone-host:4242 lost" in reaped.error
+        assert "grace 60s" in reaped.error
+        assert untouched.status == "running"
+        rows = {s.step_id: s.status for s in session.exec(select(StepRun).where(StepRun.run_id == lost.id))}
+        assert rows == {"hello": "failed", "bye": "cancelled"}
+        audit = session.exec(select(AuditEvent).where(AuditEvent.action == "run.reap",
+                                                      AuditEvent.target_id == str(lost.id))).all()
+        assert len(audit) == 1 and audit[0].actor == "system"
+        untouched.status = "succeeded"  # leave nothing running for the other tests' reaper calls
+        session.add(untouched)
+
+
+def test_with_redis_down_the_run_is_committed_and_the_relay_sends_it(runs_settings, engine, make_token, operator,
+                                                                   run_worker):
+    offline = runs_settings.model_copy(update={"redis_url": free_port_url("redis")})
+    with serve(create_app(offline)) as url, http(url, make_token(Role.operator)) as client:
+        response = client.post("/api/v1/runs", json={"runbook": "trio", "params": {"who": "offline"}})
+    assert response.status_code == 202, response.text
+    run_id = response.json()["id"]
+    with session_scope(engine) as session:
+        run = session.get(Run, run_id)
+        assert run.status == "queued" and run.dispatched_at is None
+    assert sweeps.relay(engine, runs_settings, min_age_s=0) >= 1
+    done = wait_run(operator, run_id)
+    assert done["status"] == "succeeded"
+    assert done["outputs"]["greeting"] == "hello offline"
+
+
+def test_sse_gives_history_to_a_late_follower_and_live_output_to_an_early_one(operator, run_worker, runs_api):
+    run = start(operator, "slow-shell", {"seconds": 1})
+    seen: list[str] = []
+    with operator.stream("GET", f"/api/v1/runs/{run['id']}/events", timeout=httpx.Timeout(30, read=30)) as live:
+        assert live.headers["content-type"].startswith("text/event-stream")
+        for line in live.iter_lines():
+            if line.startswith("event:"):
+                seen.append(line.split(":", 1)[1].strip())
+    assert seen[0] == "run.queued" and seen[-1] == "run.finished"
+    assert "step.output" in seen and seen.count("step.started") == 3
+    late = operator.get(f"/api/v1/runs/{run['id']}/events").text
+    late_types = [line.split(":", 1)[1].strip() for line in late.splitlines() if line.startswith("event:")]
+    assert late_types == [t for t in seen if t != "step.output"]  # the stored history, in order
+
+
+def test_cancel_of_a_queued_run_is_immediate_and_audited(runs_settings, make_token, engine):
+    offline = runs_settings.model_copy(update={"redis_url": free_port_url("redis")})
+    with serve(create_app(offline)) as url, http(url, make_token(Role.operator)) as client:
+        run = client.post("/api/v1/runs", json={"runbook": "trio"}).json()
+        cancelled = client.post(f"/api/v1/runs/{run['id']}/cancel", json={"reason": "wrong runbook"})
+    assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
+    assert {s["status"] for s in cancelled.json()["steps"]} == {"cancelled"}
+    with session_scope(engine) as session:
+        event = session.exec(select(AuditEvent).where(AuditEvent.action == "run.cancel",
+                                                      AuditEvent.target_id == str(run["id"]))).one()
+        assert event.reason == "wrong runbook"
+

@@ -119,7 +119,8 @@ def set_flag(
     headers = {"If-Match": f'"{if_match}"'} if if_match is not None else None
     with _client() as client:
         try:
-            flag = client.request("PATCH", f"/api/v1/flags/{key}", json=body, headers=headers)
+            changes = {k: v for k, v in body.items() if k != "key"}
+            flag = client.request("PATCH", f"/api/v1/flags/{key}", json=changes, headers=headers)
             _said(flag, "changed")
         except ClientError as exc:
             if exc.status != 404 or not file:

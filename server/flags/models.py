@@ -245,7 +245,8 @@ class ChangeMeta(BaseModel):
     for_: Duration | None = PydanticField(default=None, alias="for")
     expires_at: UTCDateTime | None = None
 
-    model_config = ConfigDict(populate_by_name=True)
+    # Unknown fields are errors: a PATCH {"enabled": false} that silently changed nothing would be a trap.
+    model_config = ConfigDict(populate_by_name=True, extra="forbid")
 
     @model_validator(mode="after")
     def _one_expiry(self) -> ChangeMeta:
@@ -278,6 +279,7 @@ class EnvironmentPatch(BaseModel):
 
 class FlagUpdate(ChangeMeta):
     description: str | None = PydanticField(default=None, max_length=2000)
+    type: FlagType | None = None
     variants: dict[str, Any] | None = None
     default_variant: str | None = None
     environments: dict[str, EnvironmentPatch] | None = None

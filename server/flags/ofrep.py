@@ -6,7 +6,6 @@ token check is answered from server.auth.token_cache.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import time
 from collections.abc import AsyncIterator
@@ -14,7 +13,7 @@ from typing import Any
 
 import orjson
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import StreamingResponse
+from sse_starlette.sse import EventSourceResponse, ServerSentEvent
 
 from server.auth.models import Actor
 from server.deps import cached_actor
@@ -126,26 +125,31 @@ async def evaluate_all(request: Request) -> Response:
 
 
 @router.get("/events", summary="SSE stream of flag change notices (OFREP refetchEvaluation events)")
-async def events(request: Request) -> StreamingResponse:
+async def events(request: Request) -> EventSourceResponse:
     await cached_actor(request)
     cache: FlagCache = request.app.state.flag_cache
     listener = cache.subscribe()
 
-    async def stream() -> AsyncIterator[bytes]:
+    async def stream() -> AsyncIterator[ServerSentEvent]:
         try:
-            yield b"retry: 2000\n: connected\n\n"
+            yield ServerSentEvent(comment="connected", retry=2000)
             while True:
-                try:
-                    notice = await asyncio.wait_for(listener.queue.get(), KEEPALIVE_SECONDS)
-                except TimeoutError:
-                    yield b": keep-alive\n\n"
-                    continue
+                notice = await listener.queue.get()
                 data = {"type": "refetchEvaluation", "etag": cache.config_digest, "lastModified": int(time.time()),
                         "flag": notice.get("key"), "version": notice.get("version")}
-                yield b"id: %d\nevent: message\ndata: %s\n\n" % (int(notice.get("generation") or 0),
-                                                                  orjson.dumps(data))
+                yield ServerSentEvent(data=orjson.dumps(data).decode(), event="message",
+                                      id=str(int(notice.get("generation") or 0)))
         finally:
             cache.unsubscribe(listener)
 
-    return StreamingResponse(stream(), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    # sse-starlette ends the stream when the server shuts down, and sends keep-alive pings.
+    return EventSourceResponse(stream(), ping=KEEPALIVE_SECONDS, headers={"X-Accel-Buffering": "no"})
+
+
+@router.get("/configuration", summary="OFREP provider configuration")
+async def configuration(request: Request) -> Response:
+    await cached_actor(request)
+    body = {"name": "runbookd",
+            "capabilities": {"cacheInvalidation": {"polling": {"enabled": True, "minPollingIntervalMs": 1000}},
+                             "flagEvaluation": {"supportedTypes": ["boolean", "string", "int", "float", "object"]}}}
+    return Response(orjson.dumps(body), media_type=JSON)

@@ -191,8 +191,8 @@ def update_flag(session: Session, *, key: str, changes: FlagUpdate, actor: Actor
         raise AssertionError
     _check_precondition(flag, if_match)
     data = dict(flag.spec)
-    top = changes.model_dump(exclude_unset=True, include={"description", "variants", "default_variant", "tags",
-                                                          "owner", "temporary", "remove_after"})
+    top = changes.model_dump(exclude_unset=True, include={"description", "type", "variants", "default_variant",
+                                                          "tags", "owner", "temporary", "remove_after"})
     data.update(top)
     if changes.environments:
         known = _known_environments(session) | set(data["environments"])

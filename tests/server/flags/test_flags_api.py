@@ -134,6 +134,11 @@ def test_bad_input_gets_a_clear_422(api):
     assert bad_env.status_code == 422 and "mars" in bad_env.json()["error"]["message"]
     bad_key = api.post("/api/v1/flags", json=flag_body("Not A Key"))
     assert bad_key.status_code == 422
+    key = new_key()
+    assert api.post("/api/v1/flags", json=flag_body(key)).status_code == 201
+    unknown = api.patch(f"/api/v1/flags/{key}", json={"enabled": False})
+    assert unknown.status_code == 422 and unknown.json()["error"]["details"][0]["field"] == "enabled"
+    assert api.get(f"/api/v1/flags/{key}").json()["version"] == 1
     both = api.post("/api/v1/flags", json=flag_body(new_key(), **{"for": "1h", "expires_at": "2099-01-01T00:00:00Z"}))
     assert both.status_code == 422
 

@@ -112,7 +112,7 @@ def test_sse_stream_announces_changes(base_url, client_token, make_flag, api):
                 "GET", "/ofrep/v1/events", headers={"Authorization": f"Bearer {client_token}"}) as response:
             assert response.headers["content-type"].startswith("text/event-stream")
             for line in response.iter_lines():
-                if line.startswith(": connected"):
+                if line.startswith(": connected") or line.startswith("retry:"):
                     connected.set()
                 lines.append(line)
                 if stop.is_set() or (line.startswith("data:") and key in line):
@@ -129,6 +129,9 @@ def test_sse_stream_announces_changes(base_url, client_token, make_flag, api):
     reader.join(10)
     data = next(line for line in lines if key in line)
     assert '"type":"refetchEvaluation"' in data and '"version":2' in data
+    with http(base_url, client_token) as client:
+        config = client.get("/ofrep/v1/configuration").json()
+    assert config["name"] == "runbookd" and "boolean" in config["capabilities"]["flagEvaluation"]["supportedTypes"]
     assert any(line.startswith("id: ") for line in lines)
 
 
@@ -146,3 +149,18 @@ def test_the_fast_path_keeps_request_ids_body_limit_and_metrics(base_url, client
         assert huge.status_code == 413 and huge.json()["error"]["code"] == "payload_too_large"
         metrics = client.get("/metrics").text
     assert 'route="/ofrep/v1/evaluate/flags/{key}",status="200"' in metrics.replace("method=\"POST\",", "")
+
+
+def test_an_open_event_stream_does_not_hold_up_shutdown(settings, client_token, tmp_path):
+    from tests.server.loglevels.processes import api_process
+
+    with api_process(settings, tmp_path / "api.log") as (url, proc):
+        client = httpx.Client(base_url=url, timeout=httpx.Timeout(10, read=30))
+        with client.stream("GET", "/ofrep/v1/events", headers={"Authorization": f"Bearer {client_token}"}) as stream:
+            assert stream.status_code == 200
+            next(stream.iter_lines())
+            started = time.monotonic()
+            proc.terminate()
+            proc.wait(15)
+        client.close()
+    assert time.monotonic() - started < 10

@@ -27,6 +27,12 @@ class _Sandbox(ImmutableSandboxedEnvironment):
     # `9 ** 9 ** 9` would take the worker forever: the one binary operator worth intercepting.
     intercepted_binops = frozenset(["**"])
 
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        # Runbook data is all mappings: `params.items` means the param named items, not dict.items.
+        if isinstance(obj, dict) and attribute in obj:
+            return obj[attribute]
+        return super().getattr(obj, attribute)
+
     def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
         if operator == "**":
             if isinstance(right, int | float) and abs(right) > 64:

@@ -124,6 +124,18 @@ def check_text(text: str, source: str = "<runbook>") -> Checked:
     return Checked(runbook if ok else None, text, source, report.problems)
 
 
+def split_command(command: str) -> list[str]:
+    """shlex.split, but each `{{ ... }}` stays whole inside the word it belongs to."""
+    templates: list[str] = []
+
+    def hide(match: re.Match[str]) -> str:
+        templates.append(match.group(0))
+        return f"\x00{len(templates) - 1}\x00"
+
+    words = shlex.split(re.sub(r"\{\{.*?\}\}", hide, command))
+    return [re.sub(r"\x00(\d+)\x00", lambda m: templates[int(m.group(1))], word) for word in words]
+
+
 def _normalise_shell_commands(data: dict[str, Any], report: _Reporter) -> None:
     """`command: "curl {{ params.url }}"` is split before rendering, so each param stays one argv item."""
     for index, step in enumerate(data.get("steps") or []):
@@ -134,7 +146,7 @@ def _normalise_shell_commands(data: dict[str, Any], report: _Reporter) -> None:
         inputs = step["with"]
         if isinstance(inputs.get("command"), str) and "argv" not in inputs:
             try:
-                inputs["argv"] = shlex.split(inputs.pop("command"))
+                inputs["argv"] = split_command(inputs.pop("command"))
             except ValueError as exc:
                 report.add(("steps", index, "with", "command"), f"command cannot be split into arguments: {exc}")
 

@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 import redis
 from sqlalchemy import Engine
-from sqlmodel import Session, col, select
+from sqlmodel import Session, select
 
 from server.flags.evaluation import CompiledFlag, compile_flag
 from server.flags.models import Flag, FlagEnvironment, FlagSpec
@@ -70,7 +70,7 @@ class Listener:
 
 
 class FlagCache:
-    """Compiled flags by key; swapped whole or one key at a time, read without locks (dict ops are atomic)."""
+    """Compiled flags by key; replaced whole or one key at a time, read without locks (dict ops are atomic)."""
 
     def __init__(self, settings: Settings, engine: Engine) -> None:
         self.settings = settings
@@ -87,31 +87,53 @@ class FlagCache:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
+        self._lock = threading.Lock()  # for writers only; evaluation reads the dict without it
+        self._versions: dict[str, int] = {}  # newest version applied per key, deleted flags included
 
     # -- loading -----------------------------------------------------------------------------------
     def load_all(self) -> None:
-        """Replace the whole configuration from the database."""
+        """Reload every flag from the database."""
         with Session(self.engine) as session:
-            rows = list(session.exec(select(Flag).where(col(Flag.deleted).is_(False))))
+            rows = list(session.exec(select(Flag)))
             environments = frozenset(session.exec(select(FlagEnvironment.name)))
-        flags = {}
-        for row in rows:
-            try:
-                flags[row.key] = compile_flag(FlagSpec.model_validate(row.spec), row.version)
-            except Exception:
-                log.exception("flag %s version %s does not compile; keeping it out of evaluation", row.key,
-                              row.version)
-        self.flags, self.environments = flags, environments
-        self._after_change()
+        with self._lock:
+            flags = {}
+            for row in rows:
+                newer = self._versions.get(row.key, 0) > row.version
+                if newer:  # a load_one that read after this snapshot already applied a later version
+                    if row.key in self.flags:
+                        flags[row.key] = self.flags[row.key]
+                    continue
+                self._versions[row.key] = row.version
+                if not row.deleted and (compiled := self._compile(row)) is not None:
+                    flags[row.key] = compiled
+            self.flags, self.environments = flags, environments
+            self._after_change()
 
     def load_one(self, key: str) -> None:
+        """Reload one flag. Loads may finish out of order (a route and the notice thread, say): a version
+        older than one already applied is ignored, so the cache never steps back."""
         with Session(self.engine) as session:
             row = session.get(Flag, key)
-        if row is None or row.deleted:
-            self.flags.pop(key, None)
-        else:
-            self.flags[key] = compile_flag(FlagSpec.model_validate(row.spec), row.version)
-        self._after_change()
+        with self._lock:
+            if row is None:
+                self.flags.pop(key, None)
+            elif row.version >= self._versions.get(key, 0):
+                self._versions[key] = row.version
+                compiled = None if row.deleted else self._compile(row)
+                if compiled is None:
+                    self.flags.pop(key, None)
+                else:
+                    self.flags[key] = compiled
+            self._after_change()
+
+    @staticmethod
+    def _compile(row: Flag) -> CompiledFlag | None:
+        try:
+            return compile_flag(FlagSpec.model_validate(row.spec), row.version)
+        except Exception:
+            log.exception("flag %s version %s does not compile; keeping it out of evaluation", row.key, row.version)
+            return None
 
     def _after_change(self) -> None:
         # The ETag of bulk evaluations starts from this: the same configuration gives the same digest in

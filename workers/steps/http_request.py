@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -59,7 +60,7 @@ def send(method: str, url: str, *, timeout: float, headers: dict[str, str] | Non
         latency_ms = round((time.perf_counter() - started) * 1000, 2)
         raw = b"".join(chunks)[:BODY_LIMIT]
     try:
-        parsed = response.json() if size < BODY_LIMIT and raw else None
+        parsed = json.loads(raw) if size < BODY_LIMIT and raw else None
     except ValueError:
         parsed = None
     return {"status": response.status_code, "latency_ms": latency_ms, "headers": dict(response.headers),

@@ -47,6 +47,9 @@ class ProfileCpuInputs(ProcessTarget):
     top: int = Field(15, ge=1, le=200, description="How many functions to list in the outputs.")
     subprocesses: bool = Field(False, description="Also profile the target's child processes.")
     idle: bool = Field(False, description="Count idle (waiting) threads too.")
+    gil: bool = Field(False, description=(
+        "Only samples of the thread holding the GIL: pure-Python CPU work, without threads that py-spy cannot "
+        "tell are waiting (a busy interpreter makes lock waiters look active)."))
     nonblocking: bool = Field(False, description="Never pause the target (less accurate, lower overhead).")
 
 
@@ -61,7 +64,7 @@ class ProcessSnapshotInputs(ProcessTarget):
 
 
 class CoredumpAnalyzeInputs(StepInputs):
-    core: str = Field(description="Path of the core file (e.g. steps.snap.outputs.core).")
+    core: str = Field(description="Core file (e.g. steps.snap.outputs.core), or a glob: its newest match.")
     binary: str | None = Field(None, description="The program that dumped it; default: read from the core.")
     max_frames: int = Field(64, ge=1, le=1000, description="Frames kept per thread.")
     timeout: Duration = Field(timedelta(minutes=2), description="Give up (and kill gdb) after this long.")
@@ -128,7 +131,7 @@ register_kind("profile.stacks", ProfileStacksInputs, "Dump every thread's Python
 register_kind("process.snapshot", ProcessSnapshotInputs, "Write a core file of a live process with gcore.",
               outputs=("pid", "core", "binary", "size_bytes"))
 register_kind("coredump.analyze", CoredumpAnalyzeInputs, "Read a core file with gdb: signal and each thread's frames.",
-              outputs=("signal", "crashing_frame", "threads", "binary", "files"))
+              outputs=("signal", "crashing_frame", "app_frame", "threads", "binary", "files"))
 register_kind("memory.growth", MemoryGrowthInputs, "Sample a process's RSS over a window: growth rate and verdict.",
               outputs=("pid", "samples", "start_mb", "end_mb", "growth_mb_per_min", "verdict", "files"))
 register_kind("logs.search", LogsSearchInputs, "Search JSON-lines logs: time, level, fields, text, request id, "

@@ -58,7 +58,7 @@ class ProfileCpu(Step[ProfileCpuInputs]):
         ctx.emit(f"sampling pid {pid} ({process_label(pid)}) for {seconds}s at {inputs.rate} Hz")
         argv = [py_spy, "record", "--pid", str(pid), "--duration", str(seconds), "--rate", str(inputs.rate),
                 "--format", "speedscope", "--output", str(speedscope_path)]
-        argv += ["--subprocesses"] * inputs.subprocesses + ["--idle"] * inputs.idle
+        argv += ["--subprocesses"] * inputs.subprocesses + ["--idle"] * inputs.idle + ["--gil"] * inputs.gil
         argv += ["--nonblocking"] * inputs.nonblocking
         done = proc.run(argv, ctx, timeout=seconds + 30, check=False)
         if done.returncode != 0 or not speedscope_path.exists():

@@ -13,8 +13,11 @@ MARKER = "RUNBOOKD-GDB-JSON "
 def frame_dict(frame):
     sal = frame.find_sal()
     pc = frame.pc()
-    return {"function": frame.name(), "file": sal.symtab.filename if sal.symtab else None,
-            "line": sal.line or None, "pc": hex(pc), "library": gdb.solib_name(pc)}
+    out = {"function": frame.name(), "file": sal.symtab.filename if sal.symtab else None,
+           "line": sal.line or None, "pc": hex(pc), "library": gdb.solib_name(pc)}
+    if frame.type() == gdb.SIGTRAMP_FRAME:
+        out["function"], out["signal_handler"] = "<signal handler called>", True
+    return out
 
 
 def thread_frames(thread):

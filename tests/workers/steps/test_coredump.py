@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import time
@@ -125,3 +126,30 @@ def test_analysis_of_a_non_core_fails(tmp_path):
     with pytest.raises(StepFailed, match="gdb could not read"):
         CoredumpAnalyze().run(CoredumpAnalyzeInputs(core=str(fake)), make_ctx(tmp_path))
     assert time.monotonic() - started < 30
+
+
+def test_a_glob_picks_the_newest_core(program, tmp_path):
+    older = tmp_path / "core.1"
+    older.write_bytes(b"old")
+    os.utime(older, (1, 1))
+    core = crash_core(program, tmp_path)
+    outputs = CoredumpAnalyze().run(CoredumpAnalyzeInputs(core=str(tmp_path / "core*"), binary=str(program)),
+                                    make_ctx(tmp_path / "home"))
+    assert outputs["core"] == str(core) and outputs["signal"] == "SIGSEGV"
+    with pytest.raises(StepFailed, match="no core file matches"):
+        CoredumpAnalyze().run(CoredumpAnalyzeInputs(core=str(tmp_path / "nothing*")), make_ctx(tmp_path))
+
+
+def test_the_app_frame_skips_system_libraries():
+    from workers.steps.coredump_analyze import app_frame, crashing_frame
+
+    frames = [{"function": "__pthread_kill_implementation", "library": "/lib/x86_64-linux-gnu/libc.so.6"},
+              {"function": "faulthandler_fatal_error", "library": None},
+              {"function": "<signal handler called>", "signal_handler": True, "library": None},
+              {"function": "__strlen_evex", "library": "/lib/x86_64-linux-gnu/libc.so.6"},
+              {"function": "compute_discount", "library": "/srv/app/libpricing.so"},
+              {"function": "ffi_call", "library": "/usr/lib/x86_64-linux-gnu/libffi.so.8"}]
+    threads = [{"crashed": True, "frames": frames}]
+    crashed = crashing_frame(threads)
+    assert crashed["function"] == "__strlen_evex"
+    assert app_frame(threads, crashed)["function"] == "compute_discount"

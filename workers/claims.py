@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 import socket
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
@@ -14,7 +15,7 @@ from sqlmodel import col, select
 from server.db import session_scope
 from server.models_base import as_utc, utcnow
 from server.runs import events
-from server.runs.models import Run, RunStatus
+from server.runs.models import Run, RunStatus, StepRun
 from server.settings import Settings
 
 HOST = socket.gethostname()
@@ -46,14 +47,22 @@ class Claim:
     retry_in: float | None = None  # send the task again after this many seconds
     why: str = ""
     event: dict[str, Any] | None = None  # run.started or run.resumed, to publish
+    steps: list[StepRun] = field(default_factory=list)
 
 
-def claim(engine: Engine, settings: Settings, run_id: int, *, concurrency: int | None) -> Claim:
-    """Take the run if it is ours to execute now: queued, or running under a worker that died."""
+Limits = Callable[[Run], tuple[int | None, timedelta]]
+
+
+def claim(engine: Engine, settings: Settings, run_id: int, *, limits: Limits) -> Claim:
+    """Take the run if it is ours to execute now: queued, or running under a worker that died.
+
+    `limits(run)` gives the runbook's concurrency and timeout, read from the run's stored definition.
+    """
     with session_scope(engine) as session:
         run = session.exec(select(Run).where(Run.id == run_id).with_for_update()).one_or_none()
         if run is None:
             return Claim(None, why="no such run")
+        concurrency, timeout = limits(run)
         status = RunStatus(run.status)
         if status.finished or status == RunStatus.waiting_approval:
             return Claim(None, why=f"run is {status.value}")
@@ -75,11 +84,13 @@ def claim(engine: Engine, settings: Settings, run_id: int, *, concurrency: int |
         first, previous = run.started_at is None, run.worker
         run.status, run.worker, run.heartbeat_at = RunStatus.running.value, me(), now
         run.started_at = run.started_at or now
+        run.deadline_at = run.deadline_at or as_utc(run.started_at) + timeout
         session.add(run)
         event = events.record(session, run_id=run_id, type="run.started" if first else "run.resumed",
                               data={"worker": run.worker, "previous_worker": None if first else previous})
         session.flush()
-        return Claim(run, event=events.as_message(event))
+        steps = list(session.exec(select(StepRun).where(StepRun.run_id == run_id).order_by(col(StepRun.position))))
+        return Claim(run, event=events.as_message(event), steps=steps)
 
 
 def heartbeat(engine: Engine, run_id: int) -> tuple[bool, bool]:

@@ -13,11 +13,11 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import timedelta
+from functools import lru_cache
 from typing import Any
 
 import redis
 from sqlalchemy import Engine
-from sqlmodel import col, select
 
 from server.auth.models import Actor, Role, Source
 from server.db import session_scope
@@ -27,9 +27,11 @@ from server.redaction import MASK
 from server.runbooks import expressions
 from server.runbooks.kinds import CATALOG
 from server.runbooks.schema import Runbook, StepSpec
-from server.runbooks.validation import check_text
+from server.runbooks.validation import Checked, check_text
 from server.runs import events
 from server.runs.models import FINISHED_STEP, Run, RunStatus, StepRun, StepStatus
+from server.runs.service import mark_undispatched
+from server.runs.sweeps import send_run
 from server.settings import Settings
 from workers import claims
 from workers.artifacts import to_json
@@ -62,6 +64,7 @@ class Execution:
     next_heartbeat: float = 0.0
     next_cancel_check: float = 0.0
     failed: list[str] = field(default_factory=list)
+    unsaved: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # announced, not yet stored
 
     @property
     def run_id(self) -> int:
@@ -94,22 +97,42 @@ class Execution:
         events.publish(self.redis, self.settings, self.run_id, messages)
 
     def save(self, row: StepRun | None = None, run: bool = False, event: tuple[str, dict[str, Any]] | None = None,
-             ) -> None:
-        """Commit a step row (and the run row) with an event in one transaction, then publish the event."""
+             *, earlier: list[tuple[str, dict[str, Any]]] | None = None) -> None:
+        """Commit a step row (and the run row) with its events in one transaction, then publish them.
+
+        `earlier` events were already published live (a quick step's step.started); they are stored
+        here, in order, but not published again.
+        """
+        if row is not None and self.unsaved:
+            earlier, self.unsaved = [*self.unsaved, *(earlier or [])], []
         with session_scope(self.engine) as session:
+            # The rows stay loaded between transactions (expire_on_commit=False); add() re-attaches them
+            # and flushes only what changed, without the SELECT a merge() would cost.
             if row is not None:
-                row = session.merge(row)
-                self.rows[row.step_id] = row
+                session.add(row)
             if run:
-                self.run = session.merge(self.run)
-            recorded = None
-            if event is not None:
-                recorded = events.record(session, run_id=self.run_id, type=event[0],
-                                         step_id=row.step_id if row else None, data=event[1])
+                session.add(self.run)
+            step_id = row.step_id if row else None
+            stored = [events.record(session, run_id=self.run_id, type=t, step_id=step_id, data=d)
+                      for t, d in (earlier or [])]
+            recorded = events.record(session, run_id=self.run_id, type=event[0], step_id=step_id,
+                                     data=event[1]) if event is not None else None
             session.flush()
             message = events.as_message(recorded) if recorded is not None else None
+            del stored
         if message:
             self.publish([message])
+
+    def announce(self, row: StepRun, event: tuple[str, dict[str, Any]]) -> None:
+        """Publish a live event now and store it with the row's next save (see save's `earlier`)."""
+        self.publish([{"id": None, "run_id": self.run_id, "ts": utcnow().isoformat(), "type": event[0],
+                       "step_id": row.step_id, "data": event[1]}])
+        self.unsaved.append(event)
+
+    def flush_announced(self, row: StepRun) -> None:
+        """A step that takes a while gets its running status and step.started stored at once."""
+        if self.unsaved:
+            self.save(row)
 
     def watch(self) -> None:
         """Heartbeat and cancel checks while a step runs; raises RunAborted when the run must stop."""
@@ -136,17 +159,22 @@ class Execution:
 
 def execute(run_id: int, queue: str, *, settings: Settings, engine: Engine, client: redis.Redis) -> str:
     """Run (or resume) a run as far as this worker can take it; returns what happened, for logs and tests."""
-    stored = _definition(engine, run_id)
-    if stored is None:
-        return "no such run"
-    # Named after the runbook's id, which is also the default id of a runbook that does not state one.
-    checked = check_text(stored[1], f"{stored[0]}.yaml")
-    got = claims.claim(engine, settings, run_id, concurrency=checked.runbook.concurrency if checked.runbook else None)
+    parsed: list[Checked] = []
+
+    def limits(run: Run) -> tuple[int | None, timedelta]:
+        # Named after the runbook's id, which is also the default id of a runbook that does not state one.
+        parsed.append(_checked(run.definition, f"{run.runbook_id}.yaml"))
+        runbook = parsed[0].runbook
+        return (runbook.concurrency if runbook else None,
+                (runbook.timeout if runbook else None) or timedelta(seconds=settings.run_default_timeout))
+
+    got = claims.claim(engine, settings, run_id, limits=limits)
     if got.run is None:
         if got.retry_in is not None:
             send(RUN_EXECUTE_TASK, run_id, queue, settings=settings, queue=queue, countdown=got.retry_in)
         return got.why
     run = got.run
+    checked = parsed[0]
     if checked.runbook is None:
         placeholder = Runbook.model_construct(id=run.runbook_id, title="", steps=[])
         _finish(Execution(settings, engine, client, run, placeholder, queue), RunStatus.failed,
@@ -157,13 +185,7 @@ def execute(run_id: int, queue: str, *, settings: Settings, engine: Engine, clie
         ex.publish([got.event])
     ex.params = {**run.params, **(run.secrets or {})}
     ex.secrets = sorted((str(v) for v in (run.secrets or {}).values() if str(v)), key=len, reverse=True)
-    if run.deadline_at is None:
-        timeout = checked.runbook.timeout or timedelta(seconds=settings.run_default_timeout)
-        ex.run.deadline_at = as_utc(run.started_at or utcnow()) + timeout
-        ex.save(run=True)
-    with session_scope(engine) as session:
-        ex.rows = {r.step_id: r for r in session.exec(
-            select(StepRun).where(StepRun.run_id == run_id).order_by(col(StepRun.position)))}
+    ex.rows = {r.step_id: r for r in got.steps}
     ex.failed = [sid for sid, r in ex.rows.items() if r.status in (StepStatus.failed, StepStatus.timed_out)]
     try:
         if run.cancel_requested_at is not None:
@@ -193,21 +215,19 @@ def execute(run_id: int, queue: str, *, settings: Settings, engine: Engine, clie
     return ex.run.status
 
 
-def _definition(engine: Engine, run_id: int) -> tuple[str, str] | None:
-    with session_scope(engine) as session:
-        row = session.exec(select(Run.runbook_id, Run.definition).where(Run.id == run_id)).one_or_none()
-        return (row[0], row[1]) if row else None
+@lru_cache(maxsize=64)
+def _checked(text: str, source: str) -> Checked:
+    """Runs of one runbook share one parsed definition; the engine never mutates it."""
+    return check_text(text, source)
 
 
 def _hand_over(ex: Execution, queue: str) -> str:
     """The next step runs on another host's queue: requeue the run there and let go of it."""
-    ex.run.status, ex.run.queue, ex.run.worker, ex.run.dispatched_at = RunStatus.queued.value, queue, None, None
+    ex.run.status, ex.run.queue, ex.run.worker, ex.run.dispatched_at = RunStatus.queued.value, queue, None, utcnow()
     ex.save(run=True, event=("run.handed_over", {"queue": queue}))
-    send(RUN_EXECUTE_TASK, ex.run_id, queue, settings=ex.settings, queue=queue)
-    with session_scope(ex.engine) as session:
-        from server.runs.service import mark_dispatched
-
-        mark_dispatched(session, run_id=ex.run_id)
+    if not send_run(ex.settings, ex.run_id, queue):
+        with session_scope(ex.engine) as session:
+            mark_undispatched(session, run_id=ex.run_id)
     return f"handed over to {queue}"
 
 

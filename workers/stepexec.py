@@ -76,6 +76,7 @@ def _attempt(ex: Execution, spec: StepSpec, row: StepRun) -> Outcome:
         thread.join(0.05)
         if not thread.is_alive():
             break
+        ex.flush_announced(row)
         try:
             ex.watch()
         except BaseException:
@@ -121,8 +122,11 @@ def run_step(ex: Execution, spec: StepSpec, row: StepRun) -> Outcome:
     while True:
         row.attempts += 1
         row.status, row.started_at, row.error = StepStatus.running.value, row.started_at or utcnow(), None
-        ex.save(row, event=("step.started", {"attempt": row.attempts, "uses": spec.uses, "phase": spec.phase,
-                                             "title": spec.title}))
+        # Followers hear of the start at once; the database only when the step outlives one poll (or with
+        # its result), which halves the commits of quick steps. A crash inside that window just means
+        # the resumed attempt is counted as the first.
+        ex.announce(row, ("step.started", {"attempt": row.attempts, "uses": spec.uses, "phase": spec.phase,
+                                           "title": spec.title}))
         status, outputs, error = _attempt(ex, spec, row)
         if status in (StepStatus.succeeded, StepStatus.cancelled) or row.attempts >= spec.retry.attempts:
             return status, outputs, error

@@ -47,10 +47,11 @@ def _last_event_id(session: SessionDep, run_id: int) -> int:
 
 
 def _dispatch(request: Request, session: SessionDep, run: Run) -> None:
-    """Enqueue after the commit; with SQLite the request's own session must do the bookkeeping (one writer)."""
+    """Enqueue after the commit (which noted the run as sent); with SQLite the request's own session must
+    undo that when the broker is down (one writer at a time)."""
     assert run.id is not None
-    if sweeps.send_run(_settings(request), run.id, run.queue):
-        service.mark_dispatched(session, run_id=run.id)
+    if not sweeps.send_run(_settings(request), run.id, run.queue):
+        service.mark_undispatched(session, run_id=run.id)
         session.commit()
 
 

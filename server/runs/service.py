@@ -55,7 +55,10 @@ def create_run(session: Session, *, checked: Checked, given: dict[str, Any], act
               secrets={k: v for k, v in values.items() if k in secret_names and v is not None} or None,
               actor=actor.name, incident_id=incident_id, dry_run=dry_run, idempotency_key=idempotency_key,
               request_hash=body_hash, rerun_of=rerun_of, queue=first_queue,
-              deadline_at=None)
+              # Optimistic: the caller sends right after the commit and clears this if the broker is down,
+              # which saves a second write per run. Should the api die in between, the relay resends
+              # after RESEND_AFTER_S.
+              dispatched_at=utcnow())
     session.add(run)
     session.flush()
     assert run.id is not None
@@ -163,7 +166,7 @@ def decide(session: Session, *, run_id: int, step_id: str, actor: Actor, approve
     verdict = "approved" if approve else "rejected"
     step.approval, step.approval_by, step.approval_reason = verdict, actor.name, reason
     run.status = RunStatus.queued.value
-    run.dispatched_at = None
+    run.dispatched_at = utcnow()  # optimistic, as in create_run
     session.add_all([step, run])
     events.record(session, run_id=run_id, type=f"step.{verdict}", step_id=step_id,
                   data={"by": actor.name, "reason": reason})
@@ -183,6 +186,12 @@ def rerun(session: Session, *, run_id: int, actor: Actor, overrides: dict[str, A
     given.update(overrides)
     return create_run(session, checked=checked, given=given, actor=actor, settings=settings,
                       incident_id=old.incident_id, dry_run=old.dry_run, rerun_of=run_id)
+
+
+def mark_undispatched(session: Session, *, run_id: int) -> None:
+    """The broker refused the task: leave the run for the relay."""
+    session.execute(update(Run).where(col(Run.id) == run_id, col(Run.status) == RunStatus.queued.value)
+                    .values(dispatched_at=None))
 
 
 def mark_dispatched(session: Session, *, run_id: int) -> None:

@@ -74,13 +74,15 @@ async def follow(request: Request, settings: Settings, run_id: int, after_id: in
                 await asyncio.sleep(0.5)
             if live is None:
                 continue
-            if live.get("id") is not None:
-                if live["id"] <= last_id:
-                    continue  # already sent from the stored history
-                last_id = live["id"]
-            yield _sse(live)
-            if live["type"] == "run.finished":
-                return
+            if live.get("id") is None:
+                if live["type"] == "step.output":
+                    yield _sse(live)  # output lines are live only
+                # Announcements (a step's start, before it is stored) come again, stored, with an id.
+                continue
+            if live["id"] > last_id:
+                # A stored event: send everything stored after the last one sent, in id order, so an event
+                # stored late (a step's start is stored when it outlives a poll) is never skipped.
+                next_sync = 0.0
     finally:
         if pubsub is not None:
             with contextlib.suppress(aioredis.RedisError, OSError):

@@ -31,6 +31,9 @@ def test_sigkilled_worker_run_resumes_at_its_first_unfinished_step(operator, run
     run = start(operator, "crash", {"marker": str(marker)})
     slow_marker = tmp_path / "side-effect.slow"
     wait_for(lambda: len(_lines(slow_marker)) == 1, 20, "the slow step to start")
+    # A step's start is stored once it outlives the engine's first poll (quick steps store it with their end).
+    wait_for(lambda: steps(operator.get(f"/api/v1/runs/{run['id']}").json())["slow"]["status"] == "running",
+             5, "the slow step to be recorded as running")
     holder = operator.get(f"/api/v1/runs/{run['id']}").json()["worker"]
     pid = int(holder.rpartition(":")[2])
     assert pid != os.getpid()

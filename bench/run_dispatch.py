@@ -1,0 +1,260 @@
+"""Run dispatch: runbookd's API -> finished time of a 3-step runbook, against a raw Celery round trip.
+
+Baseline, measured in the same run on the same Redis and the same number of worker processes (2):
+a no-op Celery task sent and its result awaited (a Celery app with a Redis result backend, nothing else).
+runbookd: POST /api/v1/runs of a `log`, `assert`, `log` runbook until its run.finished event, through a
+real api process (uvicorn) and a real `runbookd worker --concurrency 2` over PostgreSQL.
+Targets (issue 3): p50 API->finished at most 10x the raw round trip; at least 150 runs/s with 200 in flight.
+
+    .venv/bin/python bench/run_dispatch.py [--samples 200] [--in-flight 200]
+
+Uses PostgreSQL at RUNBOOKD_TEST_POSTGRES_URL (default postgresql://postgres@127.0.0.1:5432/postgres) in a
+database it creates and drops, and the Redis at RUNBOOKD_TEST_REDIS_URL (default redis://127.0.0.1:6379/0)
+under a key prefix of its own, removed at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+import httpx  # noqa: E402
+import orjson  # noqa: E402
+import redis  # noqa: E402
+from celery import Celery  # noqa: E402
+
+from server.auth import service as auth  # noqa: E402
+from server.auth.models import Actor, Role, Source  # noqa: E402
+from server.db import make_engine, session_scope  # noqa: E402
+from server.migrate import upgrade  # noqa: E402
+from server.stack import free_port  # noqa: E402
+from tests.support import (  # noqa: E402
+    REDIS_URL,
+    create_pg_database,
+    delete_prefixed_keys,
+    drop_pg_database,
+    postgres_problem,
+    wait_for,
+)
+
+RUNBOOK = """\
+title: Three trivial steps
+params: {n: {type: integer, default: 1}}
+steps:
+  - {id: first, uses: log, with: {message: "n is {{ params.n }}"}}
+  - {id: check, uses: assert, with: {that: "params.n > 0"}}
+  - {id: last, uses: log, with: {message: done}}
+"""
+WORKERS = 2
+
+
+def baseline_app(prefix: str) -> Celery:
+    """The raw Celery baseline: Redis broker and result backend, JSON, one no-op task."""
+    app = Celery("baseline", broker=REDIS_URL, backend=REDIS_URL)
+    app.conf.update(broker_transport_options={"global_keyprefix": prefix},
+                    result_backend_transport_options={"global_keyprefix": prefix},
+                    task_serializer="json", accept_content=["json"], result_serializer="json",
+                    worker_prefetch_multiplier=1, task_acks_late=True, worker_hijack_root_logger=False)
+
+    @app.task(name="baseline.noop")
+    def noop(x: int) -> int:
+        return x
+
+    return app
+
+
+def percentile(values: list[float], pct: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(pct / 100 * (len(ordered) - 1)))]
+
+
+def spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    handle = log.open("wb")
+    return subprocess.Popen(args, env=env, stdout=handle, stderr=subprocess.STDOUT, cwd=REPO)
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
+
+
+def measure_baseline(prefix: str, samples: int, workdir: Path) -> list[float]:
+    env = {**os.environ, "PYTHONPATH": f"{REPO / 'bench'}:{REPO}", "BASELINE_PREFIX": prefix}
+    log = workdir / "baseline-worker.log"
+    proc = spawn([sys.executable, "-m", "celery", "-A", "run_dispatch:BASELINE", "worker", f"--concurrency={WORKERS}",
+                  "--without-gossip", "--without-mingle", "--loglevel=WARNING", "-n", f"baseline-{prefix}@%h"],
+                 env, log)
+    app = baseline_app(prefix)
+    try:
+        deadline = time.monotonic() + 60
+        while True:  # warm up until the worker answers
+            try:
+                app.send_task("baseline.noop", args=[0]).get(timeout=2)
+                break
+            except Exception:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise RuntimeError(f"baseline worker did not answer: {log.read_text()[-2000:]}") from None
+        timings = []
+        for i in range(samples):
+            started = time.perf_counter()
+            app.send_task("baseline.noop", args=[i]).get(timeout=30)
+            timings.append(time.perf_counter() - started)
+        return timings
+    finally:
+        stop(proc)
+
+
+class Finishes:
+    """Listens to every run's events channel and notes when each run.finished arrives."""
+
+    def __init__(self, prefix: str) -> None:
+        self.client = redis.Redis.from_url(REDIS_URL)
+        self.pubsub = self.client.pubsub()
+        self.pubsub.psubscribe(f"{prefix}runs:*:events")
+        self.done: dict[int, float] = {}
+        self.status: dict[int, str] = {}
+        self.cond = threading.Condition()
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+        self.running = True
+        self.thread.start()
+
+    def _loop(self) -> None:
+        while self.running:
+            message = self.pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)
+            if not message or message.get("type") != "pmessage":
+                continue
+            event = orjson.loads(message["data"])
+            if event["type"] == "run.finished":
+                with self.cond:
+                    self.done[event["run_id"]] = time.perf_counter()
+                    self.status[event["run_id"]] = event["data"]["status"]
+                    self.cond.notify_all()
+
+    def wait(self, run_ids: list[int], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while not all(r in self.done for r in run_ids):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    missing = [r for r in run_ids if r not in self.done]
+                    raise TimeoutError(f"{len(missing)} runs not finished, e.g. {missing[:5]}")
+                self.cond.wait(left)
+
+    def close(self) -> None:
+        self.running = False
+        self.thread.join(2)
+        self.pubsub.close()
+        self.client.close()
+
+
+def measure_runbookd(prefix: str, samples: int, in_flight: int, workdir: Path, db_url: str
+                     ) -> tuple[list[float], float, int]:
+    runbooks = workdir / "runbooks"
+    runbooks.mkdir()
+    (runbooks / "trio.yaml").write_text(RUNBOOK)
+    port = free_port()
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("RUNBOOKD_")},
+           "RUNBOOKD_HOME": str(workdir / "home"), "RUNBOOKD_DATABASE_URL": db_url, "RUNBOOKD_REDIS_URL": REDIS_URL,
+           "RUNBOOKD_REDIS_PREFIX": prefix, "RUNBOOKD_RUNBOOKS_DIR": str(runbooks), "RUNBOOKD_PORT": str(port),
+           "RUNBOOKD_LOG_LEVEL": "WARNING", "RUNBOOKD_WORKER_CONCURRENCY": str(WORKERS)}
+    engine = make_engine(db_url)
+    with session_scope(engine) as session:
+        _t, token = auth.create_token(session, name="bench", role=Role.operator,
+                                      actor=Actor(name="bench", role=Role.admin, source=Source.cli))
+    engine.dispose()
+    api = spawn([sys.executable, "-m", "server.cli", "api"], env, workdir / "api.log")
+    worker = spawn([sys.executable, "-m", "server.cli", "worker", "--hostname", f"bench-{prefix}@%h"], env,
+                   workdir / "worker.log")
+    finishes = Finishes(prefix)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=30) as client:
+            wait_for(lambda: _answers(client), 60, "the api")
+
+            def post() -> tuple[int, float]:
+                started = time.perf_counter()
+                response = client.post("/api/v1/runs", json={"runbook": "trio", "params": {"n": 1}})
+                if response.status_code != 202:
+                    raise RuntimeError(response.text)
+                return response.json()["id"], started
+
+            for _ in range(5):  # warm up: the first waits for the worker to start
+                run_id, _s = post()
+                finishes.wait([run_id], 60)
+            latencies = []
+            for _ in range(samples):
+                run_id, started = post()
+                finishes.wait([run_id], 30)
+                latencies.append(finishes.done[run_id] - started)
+            began = time.perf_counter()
+            with ThreadPoolExecutor(max_workers=16) as pool:
+                posted = list(pool.map(lambda _i: post(), range(in_flight)))
+            ids = [run_id for run_id, _s in posted]
+            finishes.wait(ids, 300)
+            elapsed = max(finishes.done[r] for r in ids) - began
+            failed = sum(1 for r in ids if finishes.status[r] != "succeeded")
+        return latencies, in_flight / elapsed, failed
+    finally:
+        finishes.close()
+        stop(worker)
+        stop(api)
+
+
+def _answers(client: httpx.Client) -> bool:
+    try:
+        return client.get("/healthz").status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--samples", type=int, default=200)
+    parser.add_argument("--in-flight", type=int, default=200)
+    args = parser.parse_args()
+    problem = postgres_problem()
+    if problem:
+        print(f"skipped: {problem}")
+        return 0
+    prefix = f"rbdbench-{uuid.uuid4().hex[:8]}:"
+    name, db_url = create_pg_database()
+    try:
+        upgrade(db_url)
+        with tempfile.TemporaryDirectory(prefix="rbd-bench-") as tmp:
+            workdir = Path(tmp)
+            raw = measure_baseline(prefix, args.samples, workdir)
+            latencies, throughput, failed = measure_runbookd(prefix, args.samples, args.in_flight, workdir, db_url)
+    finally:
+        delete_prefixed_keys(REDIS_URL, prefix)
+        drop_pg_database(name)
+    raw_p50, raw_p95 = statistics.median(raw) * 1000, percentile(raw, 95) * 1000
+    p50, p95 = statistics.median(latencies) * 1000, percentile(latencies, 95) * 1000
+    print(f"raw Celery round trip (no-op, {WORKERS} worker processes): p50 {raw_p50:.2f} ms  p95 {raw_p95:.2f} ms")
+    print(f"runbookd API->finished (log, assert, log):        p50 {p50:.2f} ms  p95 {p95:.2f} ms")
+    print(f"ratio p50 {p50 / raw_p50:.1f}x  p95 {p95 / raw_p95:.1f}x   (target: p50 at most 10x)")
+    print(f"throughput with {args.in_flight} runs in flight: {throughput:.0f} runs/s  "
+          f"(target: at least 150)  failed runs: {failed}")
+    return 1 if failed else 0
+
+
+if __name__ != "__main__" and os.environ.get("BASELINE_PREFIX"):
+    BASELINE = baseline_app(os.environ["BASELINE_PREFIX"])  # what the baseline worker process imports
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: up test lint bench install clean
+.PHONY: up demo test lint bench install clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,9 @@ install: $(STAMP)
 
 up: $(STAMP)
 	$(VENV)/bin/runbookd up
+
+demo: $(STAMP)
+	$(VENV)/bin/runbookd demo
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)

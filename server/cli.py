@@ -55,6 +55,16 @@ def up() -> None:
 
 
 @app.command()
+def demo(
+    service_port: Annotated[int | None, typer.Option(help="faulty-service's port; default a free one.")] = None,
+) -> None:
+    """The embedded stack plus examples/faulty-service, its fault flags and the runbooks to try on it."""
+    from server.demo import run_demo
+
+    raise typer.Exit(run_demo(get_settings(), service_port))
+
+
+@app.command()
 def api() -> None:
     """Run the HTTP API (uvicorn) on RUNBOOKD_HOST:RUNBOOKD_PORT."""
     import uvicorn

@@ -19,12 +19,14 @@ from tests.server.loglevels.processes import worker_process
 from tests.support import http, wait_for
 
 pytestmark = pytest.mark.slow
+# Pings go to a queue only this module's worker consumes: other tests' workers share the default queue.
+OWN_QUEUE = f"control-{uuid.uuid4().hex[:6]}"
 
 
 @pytest.fixture(scope="module")
 def worker(settings, tmp_path_factory):
     log_path = tmp_path_factory.mktemp("control") / "worker.log"
-    with worker_process(settings, log_path, with_beat=True) as hostname:
+    with worker_process(settings, log_path, with_beat=True, own_queue=OWN_QUEUE) as hostname:
         yield hostname, log_path
 
 
@@ -35,7 +37,7 @@ def _pinged(log_path, payload: str) -> bool:
 def test_worker_processes_apply_runbookd_log_levels_and_revert_them(worker, base_url, admin_token, settings):
     _hostname, log_path = worker
     first = f"before-{uuid.uuid4().hex[:6]}"
-    send(PING_TASK, first, settings=settings)
+    send(PING_TASK, first, settings=settings, queue=OWN_QUEUE)
     wait_for(lambda: _pinged(log_path, first), 20, "the worker to log a ping at INFO")
 
     with http(base_url, admin_token) as client:
@@ -45,10 +47,10 @@ def test_worker_processes_apply_runbookd_log_levels_and_revert_them(worker, base
     wait_for(lambda: log_path.read_text().count("'runbookd.worker': 'ERROR'") >= 2, 10,
              "both worker processes to apply the level")
     quiet = f"quiet-{uuid.uuid4().hex[:6]}"
-    send(PING_TASK, quiet, settings=settings)
+    send(PING_TASK, quiet, settings=settings, queue=OWN_QUEUE)
     wait_for(lambda: log_path.read_text().count("restored to") >= 2, 15, "the level to revert in both processes")
     loud = f"after-{uuid.uuid4().hex[:6]}"
-    send(PING_TASK, loud, settings=settings)
+    send(PING_TASK, loud, settings=settings, queue=OWN_QUEUE)
     wait_for(lambda: _pinged(log_path, loud), 20, "the worker to log at INFO again")
     assert not _pinged(log_path, quiet), "a ping handled while the logger was at ERROR must not be logged"
 

@@ -42,14 +42,21 @@ def api_process(settings: Settings, log_path: Path) -> Iterator[tuple[str, subpr
 
 
 @contextmanager
-def worker_process(settings: Settings, log_path: Path, *, with_beat: bool = False) -> Iterator[str]:
-    """`runbookd worker` (and optionally `runbookd beat`); yields the worker's Celery hostname."""
+def worker_process(settings: Settings, log_path: Path, *, with_beat: bool = False,
+                   own_queue: str | None = None) -> Iterator[str]:
+    """`runbookd worker` (and optionally `runbookd beat`); yields the worker's Celery hostname.
+
+    own_queue: a queue this worker alone consumes besides the default one, for tasks a test must see
+    handled here rather than by another test's worker sharing the default queue.
+    """
     hostname = f"ll-{uuid.uuid4().hex[:6]}@test"
+    queues = settings.default_queue + (f",{own_queue}" if own_queue else "")
     procs: list[subprocess.Popen[bytes]] = []
     with log_path.open("wb") as log:
         try:
             procs.append(subprocess.Popen(
-                [sys.executable, "-m", "server.cli", "worker", "--concurrency", "1", "--hostname", hostname],
+                [sys.executable, "-m", "server.cli", "worker", "--concurrency", "1", "--hostname", hostname,
+                 "--queues", queues],
                 env=subprocess_env(settings), stdout=log, stderr=subprocess.STDOUT))
             if with_beat:
                 procs.append(subprocess.Popen([sys.executable, "-m", "server.cli", "beat"],

@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     step_output_cap: int = Field(
         64 * 1024, ge=1024, description="Step outputs larger than this many bytes go to an artifact file."
     )
+    run_progress_fsync: bool = Field(
+        False, description="Wait for PostgreSQL to flush each step's result to disk before the next step."
+    )
     audit_retention_days: int | None = Field(
         None, ge=1, description="Archive (JSONL) and remove audit events older than this; unset keeps them all."
     )

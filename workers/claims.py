@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import Engine, func, update
-from sqlmodel import col, select
+from sqlalchemy import Engine, func, text, update
+from sqlmodel import Session, col, select
 
 from server.db import session_scope
 from server.models_base import as_utc, utcnow
@@ -19,6 +20,20 @@ from server.runs.models import Run, RunStatus, StepRun
 from server.settings import Settings
 
 HOST = socket.gethostname()
+
+
+@contextmanager
+def progress_session(engine: Engine, settings: Settings) -> Iterator[Session]:
+    """A transaction for a run's progress (claims, heartbeats, step results).
+
+    Unless RUNBOOKD_RUN_PROGRESS_FSYNC is set, PostgreSQL acknowledges its commit before the disk flush:
+    the result is committed and visible (a worker killed right after loses nothing), only a crash of the
+    database server itself could lose the last fraction of a second; that halves a quick run's time.
+    """
+    with session_scope(engine) as session:
+        if not settings.run_progress_fsync and engine.dialect.name == "postgresql":
+            session.execute(text("SET LOCAL synchronous_commit = off"))
+        yield session
 
 
 def me() -> str:
@@ -58,7 +73,7 @@ def claim(engine: Engine, settings: Settings, run_id: int, *, limits: Limits) ->
 
     `limits(run)` gives the runbook's concurrency and timeout, read from the run's stored definition.
     """
-    with session_scope(engine) as session:
+    with progress_session(engine, settings) as session:
         run = session.exec(select(Run).where(Run.id == run_id).with_for_update()).one_or_none()
         if run is None:
             return Claim(None, why="no such run")

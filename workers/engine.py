@@ -105,7 +105,7 @@ class Execution:
         """
         if row is not None and self.unsaved:
             earlier, self.unsaved = [*self.unsaved, *(earlier or [])], []
-        with session_scope(self.engine) as session:
+        with claims.progress_session(self.engine, self.settings) as session:
             # The rows stay loaded between transactions (expire_on_commit=False); add() re-attaches them
             # and flushes only what changed, without the SELECT a merge() would cost.
             if row is not None:

@@ -84,9 +84,8 @@ def create_run(body: RunCreate, request: Request, session: SessionDep, actor: Op
             raise
         return _response(request, session, existing, 202)
     assert run.id is not None
+    # No live publish of run.queued: nobody can follow a run before knowing its id; followers read it stored.
     _dispatch(request, session, run)
-    _publish_history(request, session, run.id, 0)
-    session.refresh(run)
     return _response(request, session, run, 202)
 
 
@@ -175,9 +174,8 @@ def rerun(run_id: int, request: Request, session: SessionDep, actor: Operator,
                         settings=_settings(request))
     session.commit()
     assert run.id is not None
+    # No live publish of run.queued: nobody can follow a run before knowing its id; followers read it stored.
     _dispatch(request, session, run)
-    _publish_history(request, session, run.id, 0)
-    session.refresh(run)
     return _response(request, session, run, 202)
 
 

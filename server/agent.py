@@ -4,7 +4,8 @@
     agent = LogLevelAgent("https://runbookd.example", "checkout", token=os.environ["RUNBOOKD_TOKEN"])
     agent.start()   # a daemon thread; agent.stop() restores every level it changed
 
-It polls GET /api/v1/loglevels/{service} (with If-None-Match, so an unchanged answer is a 304), sets
+It polls GET /api/v1/loglevels/{service} (with If-None-Match, so an unchanged answer is a 304), or with
+stream=True follows GET /api/v1/loglevels/{service}/events (Server-Sent Events, pushed on every change); it sets
 each overridden logger with logging.getLogger(name).setLevel, and puts back the level the logger had
 before when its override ends: when the server says so, when the override's expiry passes (even if the
 server cannot be asked), or when the server has been unreachable for longer than `grace`, so a lost
@@ -15,6 +16,7 @@ This module needs only httpx and the standard library, so a service can vendor t
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -74,8 +76,13 @@ class LogLevelAgent:
     """A background thread that keeps this process's loggers in line with the server's overrides."""
 
     def __init__(self, base_url: str, service: str, token: str, *, poll_interval: float = 10.0,
-                 grace: float = 60.0, timeout: float = 5.0, transport: httpx.BaseTransport | None = None) -> None:
+                 grace: float = 60.0, timeout: float = 5.0, stream: bool = False,
+                 transport: httpx.BaseTransport | None = None) -> None:
         self.service = service
+        self.stream = stream
+        self.timeout = timeout
+        # The server sends a keepalive this often, so a silent stream is noticed well within the grace.
+        self.keepalive = max(1.0, min(15.0, grace / 3))
         self.poll_interval = poll_interval
         self.grace = grace
         self.applier = LevelApplier()
@@ -98,7 +105,8 @@ class LogLevelAgent:
         """Stop polling and put every logger back as it was."""
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(self.poll_interval + 5)
+            # A stream read wakes at the next keepalive at the latest.
+            self._thread.join((self.keepalive if self.stream else self.poll_interval) + self.timeout + 1)
             self._thread = None
         self.applier.restore_all()
         self._client.close()
@@ -151,7 +159,35 @@ class LogLevelAgent:
         expiries = [expiry - now for _level, expiry in self._wanted.values() if expiry is not None and expiry > now]
         return max(0.05, min([self.poll_interval, *expiries]))
 
+    def follow_once(self) -> None:
+        """Follow the event stream until it ends or fails; then the caller reconnects (or the grace runs out)."""
+        timeout = httpx.Timeout(self.timeout, read=self.keepalive * 2 + self.timeout)
+        try:
+            with self._client.stream("GET", f"/api/v1/loglevels/{self.service}/events",
+                                     params={"keepalive": self.keepalive}, timeout=timeout) as response:
+                if response.status_code != 200:
+                    response.read()
+                    raise RuntimeError(f"HTTP {response.status_code}: {response.text[:200]}")
+                for line in response.iter_lines():
+                    if self._stop.is_set():
+                        return
+                    self._last_success = time.monotonic()
+                    self.last_error = None
+                    if line.startswith("data:"):
+                        self._wanted = self._parse(json.loads(line[5:]))
+                        self._etag = None
+                    self._apply()
+        except (httpx.HTTPError, RuntimeError, ValueError) as exc:
+            if self.last_error is None:
+                log.warning("runbookd unreachable: %s", exc)
+            self.last_error = str(exc)
+        self._apply()
+
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.poll_once()
-            self._stop.wait(self._next_wait())
+            if self.stream:
+                self.follow_once()
+                self._stop.wait(min(self.poll_interval, 1.0))  # then reconnect
+            else:
+                self.poll_once()
+                self._stop.wait(self._next_wait())

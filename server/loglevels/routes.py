@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
+from sqlalchemy import Engine
+from sqlmodel import Session
+from sse_starlette.sse import EventSourceResponse, ServerSentEvent
+from starlette.concurrency import run_in_threadpool
 
 from server.auth.models import Actor, Role
 from server.db import SessionDep
 from server.deps import Admin, Operator, Viewer, require_role
+from server.errors import DomainError
 from server.loglevels import service as svc
 from server.loglevels.levels import LEVELS, ROOT, get_logger, to_name
 from server.loglevels.models import (
@@ -30,6 +37,11 @@ debug_router = APIRouter(prefix="/debug/loggers", tags=["debug"])
 Client = Annotated[Actor, Depends(require_role(Role.client))]
 
 
+class EventsUnavailable(DomainError):
+    status_code = 503
+    code = "unavailable"
+
+
 def _after_commit(request: Request, services: set[str]) -> None:
     if request.app.state.redis is not None and services:
         publish(request.app.state.redis, request.app.state.settings, services)
@@ -46,6 +58,49 @@ def create_override(body: OverrideCreate, request: Request, session: SessionDep,
     session.commit()
     _after_commit(request, {row.service})
     return svc.public(row, effective=True)
+
+
+def _read_levels(engine: Engine, service_name: str) -> ServiceLevels:
+    with Session(engine) as session:
+        return svc.effective_levels(session, service=service_name)
+
+
+async def _level_events(request: Request, service_name: str, keepalive: float) -> AsyncIterator[ServerSentEvent]:
+    sync = request.app.state.loglevel_sync
+    queue = sync.watch()
+    loop = asyncio.get_running_loop()
+    last = None
+    try:
+        while True:
+            levels = await run_in_threadpool(_read_levels, request.app.state.engine, service_name)
+            etag = svc.levels_etag(levels)
+            if etag != last:
+                last = etag
+                yield ServerSentEvent(data=levels.model_dump_json(), event="levels", id=etag[1:-1])
+            # Wake for a notice about this service, at the next expiry (to send the reverted levels), and
+            # now and then anyway, to re-read in case a notice was lost.
+            expiry = levels.poll_after_seconds
+            deadline = loop.time() + (keepalive if expiry is None else min(keepalive, expiry + 0.05))
+            try:
+                while await asyncio.wait_for(queue.get(), max(0.0, deadline - loop.time())) not in (service_name, "*"):
+                    pass
+            except TimeoutError:
+                pass
+    finally:
+        sync.unwatch(queue)
+
+
+@router.get("/{service_name}/events")
+async def service_level_events(service_name: Annotated[str, Path(pattern=SERVICE_PATTERN)], request: Request,
+                               _actor: Client, keepalive: Annotated[float, Query(ge=1, le=60)] = 15) -> Response:
+    """Server-Sent Events: the levels of GET /api/v1/loglevels/{service} now and after every change."""
+    if getattr(request.app.state, "loglevel_sync", None) is None:
+        raise EventsUnavailable("log-level events need Redis (RUNBOOKD_REDIS_URL); poll "
+                                "GET /api/v1/loglevels/{service} instead")
+    # sse-starlette sends the keepalive pings (so the agent tells a quiet server from a dead one) and ends
+    # the stream when the server shuts down.
+    return EventSourceResponse(_level_events(request, service_name, keepalive), ping=keepalive,
+                               headers={"X-Accel-Buffering": "no"})
 
 
 @router.get("", response_model=list[OverridePublic])

@@ -8,6 +8,7 @@ starts later therefore applies what is already in effect, and each process rever
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -68,6 +69,29 @@ class OwnLoggerSync:
         self._next_expiry: float | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="runbookd-loglevel-sync", daemon=True)
+        # SSE followers in this process: each gets the name of every service whose overrides changed.
+        self._watchers: dict[asyncio.Queue[str], asyncio.AbstractEventLoop] = {}
+        self._watchers_lock = threading.Lock()
+
+    def watch(self) -> asyncio.Queue[str]:
+        """A queue (for the calling event loop) of changed service names; '*' means re-read everything."""
+        queue: asyncio.Queue[str] = asyncio.Queue(maxsize=64)
+        with self._watchers_lock:
+            self._watchers[queue] = asyncio.get_running_loop()
+        return queue
+
+    def unwatch(self, queue: asyncio.Queue[str]) -> None:
+        with self._watchers_lock:
+            self._watchers.pop(queue, None)
+
+    def _fan_out(self, name: str) -> None:
+        with self._watchers_lock:
+            watchers = list(self._watchers.items())
+        for queue, loop in watchers:
+            try:
+                loop.call_soon_threadsafe(_offer, queue, name)
+            except RuntimeError:  # that loop has closed; its stream is gone
+                self.unwatch(queue)
 
     def start(self) -> OwnLoggerSync:
         with _running_lock:
@@ -126,10 +150,14 @@ class OwnLoggerSync:
                     pubsub.subscribe(channel(self.settings))
                     self.safe_refresh()  # subscribed first, so nothing committed after this read is missed
                     last_refresh = time.monotonic()
+                    self._fan_out("*")  # followers may have missed notices while we were not subscribed
                 message = pubsub.get_message(timeout=min(self._timeout(), 1.0))
                 due = self._next_expiry is not None and time.monotonic() >= self._next_expiry
                 stale = time.monotonic() - last_refresh >= RESYNC_SECONDS
-                ours = message is not None and message.get("data") in (SERVER_SERVICE, SERVER_SERVICE.encode())
+                name = _decode(message.get("data")) if message is not None else None
+                if name:
+                    self._fan_out(name)
+                ours = name == SERVER_SERVICE
                 if ours or due or stale:
                     self.safe_refresh()
                     last_refresh = time.monotonic()
@@ -143,3 +171,18 @@ class OwnLoggerSync:
         if pubsub is not None:
             pubsub.close()
         client.close()
+
+
+def _decode(data: object) -> str | None:
+    if isinstance(data, bytes):
+        return data.decode(errors="replace")
+    return data if isinstance(data, str) else None
+
+
+def _offer(queue: asyncio.Queue[str], name: str) -> None:
+    try:
+        queue.put_nowait(name)
+    except asyncio.QueueFull:  # a slow follower: tell it to re-read everything instead
+        while not queue.empty():
+            queue.get_nowait()
+        queue.put_nowait("*")

@@ -11,6 +11,8 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import pytest
+
 from server.auth.models import Role
 from tests.server.loglevels.processes import api_process
 from tests.support import REPO, http, wait_for
@@ -42,8 +44,8 @@ class Output:
 
 
 @contextmanager
-def agent_process(base_url: str, service: str, token: str, grace: float) -> Iterator[Output]:
-    proc = subprocess.Popen([sys.executable, str(SCRIPT), base_url, service, token, str(grace)], cwd=REPO,
+def agent_process(base_url: str, service: str, token: str, grace: float, mode: str) -> Iterator[Output]:
+    proc = subprocess.Popen([sys.executable, str(SCRIPT), base_url, service, token, str(grace), mode], cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     output = Output(proc)
     try:
@@ -59,9 +61,10 @@ def agent_process(base_url: str, service: str, token: str, grace: float) -> Iter
         proc.stdout.close()
 
 
-def test_debug_lines_appear_while_the_override_lasts_and_stop_after(base_url, make_token):
+@pytest.mark.parametrize("mode", ["poll", "stream"])
+def test_debug_lines_appear_while_the_override_lasts_and_stop_after(base_url, make_token, mode):
     service = f"svc-{uuid.uuid4().hex[:8]}"
-    with agent_process(base_url, service, make_token(Role.client), grace=30) as out:
+    with agent_process(base_url, service, make_token(Role.client), grace=30, mode=mode) as out:
         time.sleep(0.5)
         assert out.count("DEBUG app.db tick") == 0  # the service's own level is INFO
         with http(base_url, make_token(Role.operator)) as client:
@@ -75,11 +78,11 @@ def test_debug_lines_appear_while_the_override_lasts_and_stop_after(base_url, ma
         assert out.count("DEBUG app.db tick", restored) == 0, "\n".join(out.lines[restored:])
 
 
-def test_levels_are_restored_when_the_server_is_gone_longer_than_the_grace(settings, admin_token, make_token,
-                                                                           tmp_path):
+@pytest.mark.parametrize("mode", ["poll", "stream"])
+def test_levels_are_restored_when_the_server_is_gone_longer_than_the_grace(settings, make_token, tmp_path, mode):
     service = f"svc-{uuid.uuid4().hex[:8]}"
     with api_process(settings, tmp_path / "api.log") as (url, api):
-        with agent_process(url, service, make_token(Role.client), grace=1.5) as out:
+        with agent_process(url, service, make_token(Role.client), grace=1.5, mode=mode) as out:
             with http(url, make_token(Role.operator)) as client:
                 client.post("/api/v1/loglevels", json={"service": service, "logger": "app.db", "level": "DEBUG",
                                                        "for": "10m"})

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from datetime import timedelta
 
+import httpx
 import pytest
 from sqlmodel import select
 
@@ -168,3 +170,26 @@ def test_a_starting_process_sweeps_expiries_missed_while_nothing_ran(settings, e
                 return session.get(LogLevelOverride, row.id).ended_by == "system"
 
         wait_for(swept, 10, "the starting api to sweep the missed expiry")
+
+
+def test_event_stream_pushes_each_change_and_each_expiry_on_one_connection(base_url, operator_token, make_token):
+    name = _service()
+    events: list[dict] = []
+    with httpx.Client(base_url=base_url, headers={"Authorization": f"Bearer {make_token(Role.client)}"},
+                      timeout=httpx.Timeout(10)) as agent, agent.stream(
+            "GET", f"/api/v1/loglevels/{name}/events", params={"keepalive": 1}) as stream:
+        assert stream.status_code == 200 and stream.headers["content-type"].startswith("text/event-stream")
+        lines = stream.iter_lines()
+
+        def next_levels() -> dict:
+            for line in lines:
+                if line.startswith("data:"):
+                    events.append(json.loads(line[5:]))
+                    return events[-1]
+            raise AssertionError("the stream ended")
+
+        assert next_levels()["loggers"] == {}
+        with http(base_url, operator_token) as client:
+            client.post("/api/v1/loglevels", json={"service": name, "logger": "app", "level": "DEBUG", "for": "1s"})
+        assert next_levels()["loggers"]["app"]["level"] == "DEBUG"
+        assert next_levels()["loggers"] == {}  # sent at the expiry, without anyone asking

@@ -22,7 +22,6 @@ from sqlalchemy import Engine
 from server.auth.models import Actor, Role, Source
 from server.db import session_scope
 from server.models_base import as_utc, utcnow
-from server.queue import RUN_EXECUTE_TASK, send
 from server.redaction import MASK
 from server.runbooks import expressions
 from server.runbooks.kinds import CATALOG
@@ -171,7 +170,7 @@ def execute(run_id: int, queue: str, *, settings: Settings, engine: Engine, clie
     got = claims.claim(engine, settings, run_id, limits=limits)
     if got.run is None:
         if got.retry_in is not None:
-            send(RUN_EXECUTE_TASK, run_id, queue, settings=settings, queue=queue, countdown=got.retry_in)
+            send_run(settings, run_id, queue, countdown=got.retry_in)
         return got.why
     run = got.run
     checked = parsed[0]

@@ -13,7 +13,7 @@ from server.audit import service as audit
 from server.auth.models import Actor
 from server.db import session_scope
 from server.models_base import as_utc, utcnow
-from server.queue import RUN_EXECUTE_TASK, send
+from server.queue import RUN_EXECUTE_TASK, send, sender
 from server.runs import events
 from server.runs.models import Run, RunStatus, StepRun, StepStatus
 from server.runs.service import finish_unstarted, mark_dispatched
@@ -24,10 +24,13 @@ RELAY_MIN_AGE_S = 2.0  # leave the api a moment to send what it just committed
 RESEND_AFTER_S = 600.0  # a queued run dispatched this long ago without starting: its message may be lost
 
 
-def send_run(settings: Settings, run_id: int, queue: str) -> bool:
+def send_run(settings: Settings, run_id: int, queue: str, *, countdown: float | None = None) -> bool:
     """Send the run's task; False (logged) when the broker is unreachable: the relay sends it later."""
     try:
-        send(RUN_EXECUTE_TASK, run_id, queue, settings=settings, queue=queue)
+        if countdown is None:
+            send(RUN_EXECUTE_TASK, run_id, queue, settings=settings, queue=queue)
+        else:  # server.queue.send passes keywords to the task, so a delay goes through the sender itself
+            sender(settings).send_task(RUN_EXECUTE_TASK, args=(run_id, queue), queue=queue, countdown=countdown)
     except Exception as exc:  # kombu raises OperationalError, redis its own: either way, the relay retries
         log.warning("run not enqueued; the relay will send it", extra={"run_id": run_id, "error": str(exc)})
         return False

@@ -6,7 +6,7 @@ import shutil
 
 from server.app import create_app
 from server.auth.models import Role
-from tests.support import http, serve
+from tests.support import http, serve, wait_for
 
 GOOD = "title: Uploaded\nsteps: [{id: a, uses: log, with: {message: hi}}]\n"
 
@@ -50,6 +50,8 @@ def test_a_bad_file_is_listed_as_skipped_and_reload_picks_up_changes(settings, t
         shutil.copy(directory / "fine.yaml", directory / "second.yaml")
         reloaded = client.post("/api/v1/runbooks/reload").json()
         assert [i["id"] for i in reloaded["items"]] == ["fine", "second"]
+        (directory / "third.yaml").write_text(GOOD)  # noticed without a reload, within a second or so
+        wait_for(lambda: len(client.get("/api/v1/runbooks").json()["items"]) == 3, 5, "the new file to be seen")
 
 
 def test_upload_is_admin_only_audited_and_refuses_invalid_text(base_url, make_token, admin_token):

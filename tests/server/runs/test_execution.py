@@ -134,3 +134,15 @@ def test_rerun_uses_the_stored_definition_and_params(operator, run_worker):
     second = wait_run(operator, response.json()["id"])
     assert second["outputs"] == {"n": 7, "greeting": "hello again"}
     assert second["rerun_of"] == first["id"] and second["runbook_hash"] == first["runbook_hash"]
+
+
+def test_concurrency_limit_holds_the_second_run_until_the_first_ends(operator, run_worker):
+    first = start(operator, "one-at-a-time")
+    wait_run(operator, first["id"], statuses={"running"})
+    second = start(operator, "one-at-a-time")
+    time.sleep(0.8)
+    assert operator.get(f"/api/v1/runs/{second['id']}").json()["status"] == "queued"
+    done_first = wait_run(operator, first["id"])
+    done_second = wait_run(operator, second["id"])
+    assert done_first["status"] == done_second["status"] == "succeeded"
+    assert done_second["started_at"] >= done_first["finished_at"]

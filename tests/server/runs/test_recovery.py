@@ -141,3 +141,11 @@ def test_cancel_of_a_queued_run_is_immediate_and_audited(runs_settings, make_tok
                                                       AuditEvent.target_id == str(run["id"]))).one()
         assert event.reason == "wrong runbook"
 
+
+
+def test_beat_runs_the_relay_and_the_reaper(runs_settings):
+    from server.queue import RUN_REAP_TASK, RUN_RELAY_TASK, make_celery
+
+    tasks = {entry["task"]: entry["schedule"].total_seconds()
+             for entry in make_celery(runs_settings).conf.beat_schedule.values()}
+    assert tasks[RUN_RELAY_TASK] <= 10 and tasks[RUN_REAP_TASK] <= runs_settings.run_reap_grace / 2

@@ -64,13 +64,17 @@ def _answer(request: Request, user: ChatUser, command: g.Command | str, response
     return reply.body()
 
 
-@router.post("/slack/commands")
-async def slack_command(request: Request) -> JSONResponse:
+async def _verified_slack_form(request: Request) -> dict[str, str]:
     body = await request.body()
     verify_slack(request.app.state.settings, request.app.state.redis, body=body,
                  timestamp=request.headers.get("x-slack-request-timestamp"),
                  signature=request.headers.get("x-slack-signature"), remote=_remote(request))
-    form = _form(body)
+    return _form(body)
+
+
+@router.post("/slack/commands")
+async def slack_command(request: Request) -> JSONResponse:
+    form = await _verified_slack_form(request)
     user = ChatUser("slack", form.get("team_id", ""), form.get("user_id", ""), form.get("channel_id", ""))
     reply = await run_in_threadpool(_answer, request, user, form.get("text", ""), form.get("response_url"))
     return JSONResponse(reply)
@@ -79,12 +83,9 @@ async def slack_command(request: Request) -> JSONResponse:
 @router.post("/slack/actions")
 async def slack_action(request: Request) -> JSONResponse:
     """Approve / Reject buttons on steps waiting for approval."""
-    body = await request.body()
-    verify_slack(request.app.state.settings, request.app.state.redis, body=body,
-                 timestamp=request.headers.get("x-slack-request-timestamp"),
-                 signature=request.headers.get("x-slack-signature"), remote=_remote(request))
+    form = await _verified_slack_form(request)
     try:
-        payload = orjson.loads(_form(body).get("payload", ""))
+        payload = orjson.loads(form.get("payload", ""))
         action = payload["actions"][0]
         run_id, step_id = action["value"].split(":", 1)
         user = ChatUser("slack", payload.get("team", {}).get("id") or payload["user"].get("team_id", ""),

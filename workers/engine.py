@@ -347,7 +347,7 @@ def step_context(ex: Execution, spec: StepSpec, row: StepRun, deadline: float | 
     actor = Actor(name=ex.run.actor, role=Role.operator, source=Source.system)
     return StepContext(run_id=ex.run_id, step_id=spec.id, attempt=row.attempts, actor=actor,
                        incident_id=ex.run.incident_id, settings=ex.settings, engine=ex.engine, deadline=deadline,
-                       cancelled=threading.Event(), emit=emit, evaluate=evaluate)
+                       cancelled=threading.Event(), emit=emit, evaluate=evaluate, redact=ex.scrub)
 
 
 __all__ = ["CATALOG", "Execution", "RunAborted", "StepFailed", "StepInterrupted", "execute", "load_step_kinds",

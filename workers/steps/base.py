@@ -65,6 +65,9 @@ class StepContext:
     cancelled: threading.Event = field(default_factory=threading.Event)
     emit: Callable[[str], None] = lambda line: None            # one line of live output for followers
     evaluate: Callable[..., Any] = lambda expression, extra=None: None  # evaluate(expr, {"probe": ...})
+    # Masks secret param values: use it on anything a step writes to a log or sends elsewhere itself
+    # (outputs, errors and emitted lines are masked by the engine already).
+    redact: Callable[[Any], Any] = lambda value: value
 
     def remaining(self, default: float | None = None) -> float | None:
         """Seconds left before the deadline (never below 0.1), or default when there is none."""

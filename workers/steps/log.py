@@ -13,6 +13,6 @@ log = logging.getLogger("runbookd.runbook")
 class Log(Step[LogInputs]):
     def run(self, inputs: LogInputs, ctx: StepContext) -> dict[str, Any]:
         ctx.emit(inputs.message)
-        log.log(logging.getLevelName(inputs.level.upper()), inputs.message,
+        log.log(logging.getLevelName(inputs.level.upper()), ctx.redact(inputs.message),
                 extra={"run_id": ctx.run_id, "step_id": ctx.step_id})
         return {"message": inputs.message}

@@ -22,7 +22,10 @@ FINISHED = {"succeeded", "failed", "cancelled", "timed_out"}
 
 @pytest.fixture(scope="session")
 def runs_settings(settings, tmp_path_factory):
+    # A queue of our own: a worker another test module left running on the default queue must not take
+    # these runs (it would have other settings), and our worker must not take theirs.
     return settings.model_copy(update={"runbooks_dir": RUNBOOKS, "run_heartbeat_interval": 0.5,
+                                       "default_queue": f"rbtest-runs-{uuid.uuid4().hex[:6]}",
                                        "artifacts_dir": tmp_path_factory.mktemp("artifacts")})
 
 
@@ -43,7 +46,8 @@ def run_worker(runs_settings, tmp_path_factory):
     """One worker process (two pool children) on the default queue and a second queue, for hand-overs."""
     log_path = tmp_path_factory.mktemp("run-worker") / "worker.log"
     env = subprocess_env(runs_settings, RUNBOOKD_RUN_HEARTBEAT_INTERVAL="0.5",
-                         RUNBOOKD_ARTIFACTS_DIR=str(runs_settings.artifacts_dir))
+                         RUNBOOKD_ARTIFACTS_DIR=str(runs_settings.artifacts_dir),
+                         RUNBOOKD_DEFAULT_QUEUE=runs_settings.default_queue)
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "server.cli", "worker", "--concurrency", "2",

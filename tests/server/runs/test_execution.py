@@ -48,7 +48,9 @@ def test_secret_params_are_masked_in_outputs_api_and_audit(operator, run_worker,
     done = wait_run(operator, run["id"])
     assert done["status"] == "succeeded", (done["error"], [(s["step_id"], s["error"]) for s in done["steps"]])
     assert steps(done)["leak-attempt"]["outputs"]["stdout"].strip() == "the password is ***"
+    assert steps(done)["say-it"]["outputs"]["message"] == "logged: ***"
     assert password not in str(done)
+    assert "logged: ***" in run_worker.read_text() and password not in run_worker.read_text()
     with session_scope(engine) as session:
         events = session.exec(select(AuditEvent).where(AuditEvent.target_id == str(run["id"]))).all()
         assert events and password not in str([e.model_dump() for e in events])

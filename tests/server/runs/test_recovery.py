@@ -53,8 +53,10 @@ def test_sigkilled_worker_run_resumes_at_its_first_unfinished_step(operator, run
 def test_a_duplicate_message_never_runs_a_run_twice(operator, run_worker, runs_settings, tmp_path):
     marker = tmp_path / "once"
     run = start(operator, "crash", {"marker": str(marker)})
-    send(RUN_EXECUTE_TASK, run["id"], runs_settings.default_queue, settings=runs_settings)
-    send(RUN_EXECUTE_TASK, run["id"], runs_settings.default_queue, settings=runs_settings)
+    send(RUN_EXECUTE_TASK, run["id"], runs_settings.default_queue, settings=runs_settings,
+         queue=runs_settings.default_queue)
+    send(RUN_EXECUTE_TASK, run["id"], runs_settings.default_queue, settings=runs_settings,
+         queue=runs_settings.default_queue)
     done = wait_run(operator, run["id"], timeout=30)
     assert done["status"] == "succeeded"
     time.sleep(1)  # let the duplicates be consumed and dropped

@@ -32,13 +32,16 @@ def client_token(make_token):
 @pytest.fixture(scope="module")
 def beat_and_worker(settings, tmp_path_factory):
     log_path = tmp_path_factory.mktemp("flag-beat") / "processes.log"
+    # Beat and worker on a queue of their own: a busy worker other tests left running must not hold the
+    # revert task while this test measures how late it runs.
+    env = subprocess_env(settings, RUNBOOKD_DEFAULT_QUEUE=f"flags-{uuid.uuid4().hex[:8]}")
     procs = []
     with log_path.open("wb") as log:
         try:
             for argv in (["worker", "--concurrency", "1", "--hostname", f"flags-{uuid.uuid4().hex[:6]}@test"],
                          ["beat"]):
                 procs.append(subprocess.Popen([sys.executable, "-m", "server.cli", *argv],
-                                              env=subprocess_env(settings), stdout=log, stderr=subprocess.STDOUT))
+                                              env=env, stdout=log, stderr=subprocess.STDOUT))
             wait_for(lambda: b" ready." in log_path.read_bytes() or any(p.poll() is not None for p in procs), 60,
                      "the worker to start")
             assert all(p.poll() is None for p in procs), log_path.read_text()

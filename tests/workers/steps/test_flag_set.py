@@ -10,13 +10,14 @@ import uuid
 import pytest
 from pydantic import ValidationError
 
+from server.app import create_app
 from server.auth.models import Actor, Role, Source
 from server.db import session_scope
 from server.flags import service
 from server.runbooks.kinds import CATALOG, FlagSetInputs
 from tests.conftest import subprocess_env
 from tests.server.flags.conftest import flag_body, new_key
-from tests.support import http, wait_for
+from tests.support import http, serve, wait_for
 from workers.steps.base import StepContext, StepFailed, load_step_kinds
 
 
@@ -87,14 +88,16 @@ steps:
 """
 
 
-def test_a_failed_run_with_rollback_restores_the_flag(settings, base_url, admin_token, make_token, flag_key,
-                                                      tmp_path):
+def test_a_failed_run_with_rollback_restores_the_flag(settings, admin_token, make_token, flag_key, tmp_path):
     runbook_id = f"flagkill-{uuid.uuid4().hex[:8]}"
     log_path = tmp_path / "worker.log"
-    with log_path.open("wb") as log:
+    # A queue of our own, so that workers other tests leave running cannot take (and sit on) this run.
+    own = settings.model_copy(update={"default_queue": f"flagset-{uuid.uuid4().hex[:8]}"})
+    with log_path.open("wb") as log, serve(create_app(own)) as base_url:
         worker = subprocess.Popen([sys.executable, "-m", "server.cli", "worker", "--concurrency", "1",
                                    "--hostname", f"flagset-{uuid.uuid4().hex[:6]}@test"],
-                                  env=subprocess_env(settings), stdout=log, stderr=subprocess.STDOUT)
+                                  env=subprocess_env(own, RUNBOOKD_DEFAULT_QUEUE=own.default_queue),
+                                  stdout=log, stderr=subprocess.STDOUT)
         try:
             wait_for(lambda: b" ready." in log_path.read_bytes() or worker.poll() is not None, 60, "worker to start")
             with http(base_url, admin_token) as admin:

@@ -22,7 +22,7 @@ from server.auth.models import Role
 from server.db import make_engine, session_scope
 from server.migrate import upgrade
 from server.settings import SHIPPED_RUNBOOKS_DIR, Settings
-from server.stack import free_port
+from server.stack import _die_with_parent, free_port
 from tests.conftest import TEST_ACTOR, subprocess_env
 from tests.support import REPO, http, serve, wait_for
 
@@ -65,7 +65,7 @@ def stack(e2e_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> I
     with serve(create_app(e2e_settings)) as url, log_path.open("wb") as log:
         worker = subprocess.Popen([sys.executable, "-m", "server.cli", "worker", "--concurrency", "2",
                                    "--hostname", f"e2e-{uuid.uuid4().hex[:6]}@%h"],
-                                  env=env, stdout=log, stderr=subprocess.STDOUT)
+                                  env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
         try:
             wait_for(lambda: b" ready." in log_path.read_bytes() or worker.poll() is not None, 60, "worker to start")
             assert worker.poll() is None, log_path.read_text()
@@ -103,8 +103,9 @@ def start_service(stack: Stack, home: Path) -> Service:
     env = {**os.environ, "RUNBOOKD_URL": stack.url, "RUNBOOKD_TOKEN": stack.client_token, "FAULTY_HOME": str(home),
            "FAULTY_LOG": str(home / "faulty-service.jsonl"), "FAULTY_PID_FILE": str(home / "faulty-service.pid")}
     with (home / "stdout.txt").open("ab") as out:
+        # Dies with the test process even when pytest is killed outright and no fixture finalizer runs.
         process = subprocess.Popen([sys.executable, str(SERVICE_APP), "--port", str(port)], env=env, stdout=out,
-                                   stderr=subprocess.STDOUT, start_new_session=True)
+                                   stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent)
     url = f"http://127.0.0.1:{port}"
 
     def healthy() -> bool:

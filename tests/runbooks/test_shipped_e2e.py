@@ -106,7 +106,7 @@ def test_memory_leak_calls_the_leaking_process_leaking(stack, service):
                                                 "interval": "250ms"})
     assert done["status"] == "succeeded", explain(done)
     assert done["outputs"]["verdict"] == "leaking", done["outputs"]
-    assert done["outputs"]["growth_mb_per_min"] > 50
+    assert done["outputs"]["growth_mb_per_min"] > 20  # ~150 MiB/min unloaded; the threshold is 10
     assert done["outputs"]["pid"] == service.process.pid
 
 

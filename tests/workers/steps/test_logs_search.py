@@ -151,7 +151,8 @@ def test_relative_times_count_back_from_now(tmp_path):
 def test_numeric_levels_and_local_time_offsets(tmp_path):
     """pino-style numeric levels and +02:00 timestamps take the slow paths, and still match exactly."""
     plus2 = timezone(timedelta(hours=2))
-    lines = [{"time": (NOW - timedelta(minutes=m)).astimezone(plus2).isoformat(), "level": lvl, "msg": "x"}
+    now = datetime.now(UTC)  # not NOW: `since: 15m` counts back from the clock, and the suite may run for long
+    lines = [{"time": (now - timedelta(minutes=m)).astimezone(plus2).isoformat(), "level": lvl, "msg": "x"}
              for m, lvl in [(30, 50), (10, 50), (5, 30), (1, 60)]]
     write(tmp_path / "pino.log", lines)
     outputs = LogsSearch().run(LogsSearchInputs(paths=[str(tmp_path / "pino.log")], since="15m", level="error"),

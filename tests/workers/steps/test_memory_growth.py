@@ -36,7 +36,7 @@ def test_a_leaking_process_is_called_leaking(leaky, tmp_path):
     outputs = MemoryGrowth().run(MemoryGrowthInputs(pid=leaky.pid, window="2s", interval="100ms",
                                                     threshold_mb_per_min=50), ctx)
     assert outputs["verdict"] == "leaking"
-    assert 200 < outputs["growth_mb_per_min"] < 1500, outputs["growth_mb_per_min"]
+    assert 100 < outputs["growth_mb_per_min"] < 1500, outputs["growth_mb_per_min"]  # ~600 unloaded
     assert outputs["end_mb"] > outputs["start_mb"] + 5
     assert outputs["sample_count"] >= 15
     plot = Path(outputs["files"]["plot"]["path"])

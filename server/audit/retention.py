@@ -57,7 +57,7 @@ def prune(session: Session, *, older_than: timedelta, archive_dir: Path, actor: 
         out.flush()
     with path.open("rb") as fh:
         os.fsync(fh.fileno())
-    session.exec(delete(AuditEvent).where(col(AuditEvent.id) <= through))  # type: ignore[call-overload]
+    session.exec(delete(AuditEvent).where(col(AuditEvent.id) <= through))
     head = audit.locked_head(session)
     head.checkpoint_id, head.checkpoint_hash = through, prev_hash
     session.add(head)

@@ -132,5 +132,6 @@ def subprocess_env(settings: Settings, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RUNBOOKD_") or k.startswith("RUNBOOKD_TEST_")}
     env.update(RUNBOOKD_HOME=str(settings.home), RUNBOOKD_DATABASE_URL=settings.effective_database_url,
                RUNBOOKD_REDIS_URL=settings.redis_url or "", RUNBOOKD_REDIS_PREFIX=settings.redis_prefix,
-               PYTHONUNBUFFERED="1", **extra)
+               RUNBOOKD_DEFAULT_QUEUE=settings.default_queue, PYTHONUNBUFFERED="1")
+    env.update(extra)
     return env

@@ -14,12 +14,16 @@ from tests.conftest import subprocess_env
 from tests.support import wait_for
 
 
+# A queue only this module's worker consumes: workers other modules keep running share the default one.
+QUEUE = f"celery-test-{uuid.uuid4().hex[:8]}"
+
+
 @pytest.fixture(scope="module")
 def worker(settings, tmp_path_factory):
     log_path = tmp_path_factory.mktemp("worker") / "worker.log"
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "server.cli", "worker", "--concurrency", "1",
+            [sys.executable, "-m", "server.cli", "worker", "--concurrency", "1", "--queues", QUEUE,
              "--hostname", f"test-{uuid.uuid4().hex[:6]}@%h"],
             env=subprocess_env(settings), stdout=log, stderr=subprocess.STDOUT,
         )
@@ -36,7 +40,7 @@ def test_task_is_consumed_and_carries_the_request_id(worker, settings):
     request_id = f"req-{uuid.uuid4().hex}"
     token = request_id_var.set(request_id)
     try:
-        send(PING_TASK, {"hello": "worker"}, settings=settings)
+        send(PING_TASK, {"hello": "worker"}, settings=settings, queue=QUEUE)
     finally:
         request_id_var.reset(token)
 

@@ -51,7 +51,9 @@ class ResponseUrl:
 
 @pytest.fixture(scope="module")
 def e2e(chat_settings, tmp_path_factory):
-    settings = chat_settings.model_copy(update={"runbooks_dir": RUNBOOKS})
+    # A queue of its own for runs and beat's tasks: other modules' workers must not hold this module's runs.
+    settings = chat_settings.model_copy(update={"runbooks_dir": RUNBOOKS,
+                                                "default_queue": f"chat-e2e-{uuid.uuid4().hex[:8]}"})
     logs = tmp_path_factory.mktemp("e2e-procs")
     procs = []
     env = subprocess_env(settings)

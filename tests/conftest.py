@@ -123,6 +123,19 @@ def make_token(engine: Engine) -> Callable[[Role], str]:
 
 
 @pytest.fixture(scope="session")
+def make_incident(engine: Engine) -> Callable[[], str]:
+    """Open a real incident and return its id (INC-<n>): runs, flag changes and overrides may only name those."""
+    from server.incidents import service as incidents
+    from server.incidents.models import IncidentCreate
+
+    def make() -> str:
+        with session_scope(engine) as session:
+            return incidents.open_incident(session, body=IncidentCreate(title="test incident"), actor=TEST_ACTOR).key
+
+    return make
+
+
+@pytest.fixture(scope="session")
 def admin_token(make_token: Callable[[Role], str]) -> str:
     return make_token(Role.admin)
 

@@ -28,6 +28,7 @@ from server.flags.models import (
     FlagVersion,
     Rule,
 )
+from server.incidents import service as incidents
 from server.models_base import as_utc, utcnow
 
 
@@ -130,6 +131,7 @@ def expiry_time(*, duration: timedelta | None, expires_at: datetime | None) -> d
 
 def _write(session: Session, *, flag: Flag | None, key: str, spec: FlagSpec, action: str, actor: Actor,
            reason: str | None, incident_id: str | None, expires_at: datetime | None) -> FlagVersion:
+    incident_id = incidents.resolve_ref(session, ref=incident_id)
     now = utcnow()
     before: dict[str, Any] | None = flag.spec if flag is not None else None
     after = spec.model_dump(mode="json")

@@ -43,10 +43,18 @@ def get_incident(session: Session, *, ref: str | int) -> Incident:
 
 
 def resolve_ref(session: Session, *, ref: str | None) -> str | None:
-    """Normalise an incident reference given with a run, flag change or override; it must exist."""
+    """Normalise an incident reference given with a run, flag change or override (7 -> INC-7); it must exist.
+
+    An unknown incident is a 422 naming the incident_id field: the request is wrong, not the URL.
+    """
     if ref is None or ref == "":
         return None
-    return get_incident(session, ref=ref).key
+    number = incident_number(ref)
+    incident = session.get(Incident, number) if number is not None else None
+    if incident is None:
+        raise InvalidInput(f"no incident {ref!r}; open it first (incident ids look like INC-12)",
+                           details=[{"field": "incident_id", "message": "unknown incident"}])
+    return incident.key
 
 
 def list_incidents(session: Session, *, status: IncidentStatus | None = None, limit: int = 50) -> list[Incident]:

@@ -13,6 +13,7 @@ from server.audit import service as audit
 from server.auth.models import Actor
 from server.durations import format_duration
 from server.errors import InvalidInput, NotFound
+from server.incidents import service as incidents
 from server.loglevels.levels import VERBOSE, canonical
 from server.loglevels.models import SERVER_SERVICE, LogLevelOverride, OverridePublic, ServiceLevels
 from server.models_base import as_utc, utcnow
@@ -82,6 +83,7 @@ def raise_level(
                            "(RUNBOOKD_LOGLEVEL_MAX_DURATION)")
     now = utcnow()
     previous = _winners(_live_rows(session, service=service, logger=logger, now=now)).get((service, logger))
+    incident_id = incidents.resolve_ref(session, ref=incident_id)
     row = LogLevelOverride(service=service, logger=logger, level=level, reason=reason, incident_id=incident_id,
                            created_by=actor.name, created_at=now,
                            expires_at=now + duration if duration is not None else None)

@@ -15,6 +15,7 @@ from sqlmodel import Session, col, select
 from server.audit import service as audit
 from server.auth.models import Actor
 from server.errors import Conflict, InvalidInput, NotFound
+from server.incidents import service as incidents
 from server.models_base import as_utc, utcnow
 from server.runbooks import params as param_rules
 from server.runbooks.validation import Checked, check_text
@@ -44,6 +45,7 @@ def create_run(session: Session, *, checked: Checked, given: dict[str, Any], act
     """Write a queued Run, its pending steps, an event and the audit record; the caller commits, then dispatches."""
     runbook = checked.runbook
     assert runbook is not None
+    incident_id = incidents.resolve_ref(session, ref=incident_id)
     values, problems = param_rules.coerce(runbook, given)
     if problems:
         names = ", ".join(p["field"].removeprefix("params.") for p in problems)

@@ -18,7 +18,8 @@ def runbookd(base_url: str, token: str, *args: str, stdin: str | None = None) ->
                           text=True, timeout=60)
 
 
-def test_set_on_kill_history_rollback(base_url, operator_token, client_token, tmp_path):
+def test_set_on_kill_history_rollback(base_url, operator_token, client_token, tmp_path, make_incident):
+    inc = make_incident()
     key = new_key("cli")
     spec = tmp_path / "flag.yaml"
     spec.write_text(f"key: {key}\ntype: string\nvariants: {{old: v1, new: v2}}\ndefault_variant: old\n"
@@ -34,8 +35,8 @@ def test_set_on_kill_history_rollback(base_url, operator_token, client_token, tm
     with http(base_url, client_token) as client:
         assert client.post(f"/ofrep/v1/evaluate/flags/{key}", json={}).json()["value"] == "v2"
 
-    killed = runbookd(base_url, operator_token, "flag", "kill", key, "--for", "1h", "--reason", "INC-5 errors",
-                      "--incident", "INC-5")
+    killed = runbookd(base_url, operator_token, "flag", "kill", key, "--for", "1h", "--reason", f"{inc} errors",
+                      "--incident", inc)
     assert killed.returncode == 0, killed.stderr
     assert "killed in production (version 4; reverts at" in killed.stderr
     with http(base_url, client_token) as client:
@@ -48,7 +49,7 @@ def test_set_on_kill_history_rollback(base_url, operator_token, client_token, tm
 
     history = runbookd(base_url, operator_token, "flags", "history", key)
     assert history.returncode == 0
-    assert "INC-5 errors" in history.stdout and "replace /environments/production/enabled" in history.stdout
+    assert f"{inc} errors" in history.stdout and "replace /environments/production/enabled" in history.stdout
 
     back = runbookd(base_url, operator_token, "flags", "rollback", key, "--to", "3", "--reason", "fixed")
     assert back.returncode == 0 and "rolled back to version 3 (version 5)" in back.stderr

@@ -9,7 +9,8 @@ from tests.server.flags.conftest import flag_body, new_key
 from tests.support import http
 
 
-def test_create_read_update_and_versions(api, make_flag):
+def test_create_read_update_and_versions(api, make_flag, make_incident):
+    inc = make_incident()
     flag = make_flag(tags=["checkout"], owner="team-payments", enabled=True)
     key = flag["key"]
     assert flag["version"] == 1
@@ -19,7 +20,7 @@ def test_create_read_update_and_versions(api, make_flag):
     got = api.get(f"/api/v1/flags/{key}")
     assert got.headers["etag"] == '"1"'
     changed = api.patch(f"/api/v1/flags/{key}", json={
-        "environments": {"production": {"enabled": False}}, "reason": "turn off for INC-7", "incident_id": "INC-7"})
+        "environments": {"production": {"enabled": False}}, "reason": f"turn off for {inc}", "incident_id": inc})
     assert changed.status_code == 200, changed.text
     assert changed.headers["etag"] == '"2"'
     assert changed.json()["spec"]["environments"]["production"] == {"enabled": False, "default_variant": None,
@@ -29,22 +30,23 @@ def test_create_read_update_and_versions(api, make_flag):
     versions = api.get(f"/api/v1/flags/{key}/versions").json()
     assert [v["version"] for v in versions] == [2, 1]
     latest = versions[0]
-    assert latest["actor"].startswith("operator-") and latest["reason"] == "turn off for INC-7"
-    assert latest["incident_id"] == "INC-7"
+    assert latest["actor"].startswith("operator-") and latest["reason"] == f"turn off for {inc}"
+    assert latest["incident_id"] == inc
     assert latest["diff"] == [{"op": "replace", "path": "/environments/production/enabled", "value": False}]
     assert api.get(f"/api/v1/flags/{key}/versions/1").json()["spec"]["environments"]["production"]["enabled"]
     assert key in [f["key"] for f in api.get("/api/v1/flags", params={"tag": "checkout"}).json()]
 
 
-def test_every_change_is_audited_with_before_and_after(api, make_flag):
+def test_every_change_is_audited_with_before_and_after(api, make_flag, make_incident):
+    inc = make_incident()
     key = make_flag()["key"]
-    api.patch(f"/api/v1/flags/{key}", json={"description": "new words", "incident_id": "INC-9", "reason": "r"})
+    api.patch(f"/api/v1/flags/{key}", json={"description": "new words", "incident_id": inc, "reason": "r"})
     events = api.get("/api/v1/audit", params={"target_type": "flag", "target_id": key}).json()["items"]
     assert [e["action"] for e in events] == ["flag.update", "flag.create"]
     update = events[0]
     assert update["before"]["version"] == 1 and update["before"]["spec"]["description"] == "test flag"
     assert update["after"]["version"] == 2 and update["after"]["spec"]["description"] == "new words"
-    assert update["incident_id"] == "INC-9" and update["reason"] == "r"
+    assert update["incident_id"] == inc and update["reason"] == "r"
 
 
 def test_rollback_writes_a_new_version_equal_to_the_old_one(api, make_flag):

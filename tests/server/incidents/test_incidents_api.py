@@ -39,3 +39,15 @@ def test_bad_input_is_named(base_url, make_token):
     assert {d["field"] for d in bad.json()["error"]["details"]} == {"title", "severity", "colour"}
     assert missing.status_code == 404 and "INC-12" in missing.json()["error"]["message"]
     assert nothing.status_code == 422 and "nothing to change" in nothing.json()["error"]["message"]
+
+
+def test_runs_flags_and_overrides_may_only_name_a_real_incident(base_url, make_token, make_incident):
+    real = make_incident()
+    with http(base_url, make_token(Role.operator)) as client:
+        typo = client.post("/api/v1/loglevels", json={"service": "checkout", "logger": "app.db", "level": "INFO",
+                                                      "incident_id": "INC-999999"})
+        short = client.post("/api/v1/loglevels", json={"service": "checkout", "logger": "app.db", "level": "INFO",
+                                                       "incident_id": real.removeprefix("INC-")})
+    assert typo.status_code == 422
+    assert typo.json()["error"]["details"] == [{"field": "incident_id", "message": "unknown incident"}]
+    assert short.status_code == 201 and short.json()["incident_id"] == real  # "7" is INC-7

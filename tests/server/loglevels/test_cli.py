@@ -19,11 +19,12 @@ def runbookd(base_url: str, token: str, *args: str) -> subprocess.CompletedProce
                           text=True, timeout=60)
 
 
-def test_set_list_end(base_url, make_token):
+def test_set_list_end(base_url, make_token, make_incident):
+    inc = make_incident()
     operator = make_token(Role.operator)
     service = f"svc-{uuid.uuid4().hex[:8]}"
     done = runbookd(base_url, operator, "set", service, "app.db", "debug", "--for", "15m", "--reason", "slow",
-                    "--incident", "INC-4")
+                    "--incident", inc)
     assert done.returncode == 0, done.stderr
     override_id = int(done.stdout.strip())
     assert f"{service} app.db at DEBUG" in done.stderr

@@ -34,20 +34,21 @@ def test_only_admins_may_read_or_change_them(base_url, make_token, role):
         assert client.post("/debug/loggers/x", json={"configuredLevel": "INFO"}).status_code == 403
 
 
-def test_set_applies_here_is_audited_and_reverts_when_for_ends(base_url, admin_token):
+def test_set_applies_here_is_audited_and_reverts_when_for_ends(base_url, admin_token, make_incident):
+    inc = make_incident()
     name = _name()
     target = logging.getLogger(name)
     with http(base_url, admin_token) as client:
         refused = client.post(f"/debug/loggers/{name}", json={"configuredLevel": "DEBUG"})
         assert refused.status_code == 422 and "needs `for`" in refused.text
         done = client.post(f"/debug/loggers/{name}", json={"configuredLevel": "DEBUG", "for": "1500ms",
-                                                           "reason": "why is it slow", "incident_id": "INC-3"})
+                                                           "reason": "why is it slow", "incident_id": inc})
         assert done.status_code == 204, done.text
         # The answering process applied it before answering (the api under test runs in this process).
         assert target.level == logging.DEBUG
         one = client.get(f"/debug/loggers/{name}").json()
         assert one["configuredLevel"] == "DEBUG" and one["effectiveLevel"] == "DEBUG"
-        assert one["override"]["incident_id"] == "INC-3"
+        assert one["override"]["incident_id"] == inc
         wait_for(lambda: target.level == logging.NOTSET, 10, "the level to revert by itself")
         assert client.get(f"/debug/loggers/{name}").json()["configuredLevel"] is None
         events = client.get("/api/v1/audit", params={"target_type": "server_logger",

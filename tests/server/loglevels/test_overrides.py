@@ -49,16 +49,18 @@ def test_rails_refuse_with_a_clear_422_and_write_nothing(base_url, operator_toke
     assert listed == [] and audit == []
 
 
-def test_an_override_is_read_by_its_service_with_etag_and_304_and_is_audited(base_url, operator_token, make_token):
+def test_an_override_is_read_by_its_service_with_etag_and_304_and_is_audited(base_url, operator_token, make_token,
+                                                                               make_incident):
+    inc = make_incident()
     name = _service()
     with http(base_url, operator_token) as client:
         created = client.post("/api/v1/loglevels", json={
             "service": name, "logger": "app.db", "level": "debug", "for": "15m",
-            "reason": "checkout p99", "incident_id": "INC-7"})
+            "reason": "checkout p99", "incident_id": inc})
     assert created.status_code == 201, created.text
     override = created.json()
     assert override["level"] == "DEBUG" and override["active"] and override["effective"]
-    assert override["incident_id"] == "INC-7"
+    assert override["incident_id"] == inc
 
     with http(base_url, make_token(Role.client)) as agent:  # the lowest role is enough for a service's agent
         first = agent.get(f"/api/v1/loglevels/{name}")
@@ -79,7 +81,7 @@ def test_an_override_is_read_by_its_service_with_etag_and_304_and_is_audited(bas
         events = client.get("/api/v1/audit", params={"target_id": f"{name}/app.db"}).json()["items"]
     assert [e["action"] for e in events] == ["loglevel.raise"]
     assert events[0]["before"] is None and events[0]["after"]["level"] == "DEBUG"
-    assert events[0]["reason"] == "checkout p99" and events[0]["incident_id"] == "INC-7"
+    assert events[0]["reason"] == "checkout p99" and events[0]["incident_id"] == inc
 
 
 def test_overlapping_overrides_newest_wins_and_they_revert_in_order(base_url, operator_token):
@@ -116,11 +118,12 @@ def test_overlapping_overrides_newest_wins_and_they_revert_in_order(base_url, op
 
 
 def test_expired_overrides_stop_applying_on_time_and_the_sweep_audits_them_as_system(base_url, operator_token,
-                                                                                      engine):
+                                                                                      engine, make_incident):
+    inc = make_incident()
     name = _service()
     with http(base_url, operator_token) as client:
         short = client.post("/api/v1/loglevels", json={"service": name, "logger": "app", "level": "DEBUG",
-                                                       "for": "1s", "incident_id": "INC-9"}).json()
+                                                       "for": "1s", "incident_id": inc}).json()
         assert set(client.get(f"/api/v1/loglevels/{name}").json()["loggers"]) == {"app"}
         time.sleep(1.2)
         # Not swept yet, but already out of effect: agents never wait for beat.
@@ -135,17 +138,18 @@ def test_expired_overrides_stop_applying_on_time_and_the_sweep_audits_them_as_sy
         assert row.ended_by == "system" and row.end_reason == "expire"
         event = session.exec(select(AuditEvent).where(AuditEvent.target_id == f"{name}/app",
                                                       AuditEvent.action == "loglevel.expire")).one()
-        assert event.actor == "system" and event.source == "system" and event.incident_id == "INC-9"
+        assert event.actor == "system" and event.source == "system" and event.incident_id == inc
         assert event.before["ended_at"] is None and event.after["ended_by"] == "system"
         assert "expired" in event.reason
 
 
-def test_raise_level_is_the_function_steps_and_chat_call(engine):
+def test_raise_level_is_the_function_steps_and_chat_call(engine, make_incident):
+    inc = make_incident()
     actor = Actor(name="runbook:checkout-latency", role=Role.operator, source=Source.system)
     name = _service()
     with session_scope(engine) as session:
         row = service.raise_level(session, service=name, logger="app.db", level="WARNING",
-                                  duration=timedelta(minutes=5), actor=actor, incident_id="INC-1")
+                                  duration=timedelta(minutes=5), actor=actor, incident_id=inc)
         assert row.level == "WARN"
     with session_scope(engine) as session:
         assert service.effective_levels(session, service=name).loggers["app.db"].level == "WARN"

@@ -20,12 +20,14 @@ def test_invalid_params_are_422_naming_each_bad_param(operator):
     assert unknown.status_code == 404
 
 
-def test_idempotency_key_same_body_same_run_different_body_409(operator):
+def test_idempotency_key_same_body_same_run_different_body_409(operator, make_incident):
+    inc = make_incident()
     key = uuid.uuid4().hex
-    body = {"runbook": "approval", "params": {}, "incident_id": "INC-1"}
+    body = {"runbook": "approval", "params": {}, "incident_id": inc}
     first = operator.post("/api/v1/runs", json=body, headers={"Idempotency-Key": key})
     again = operator.post("/api/v1/runs", json=body, headers={"Idempotency-Key": key})
-    other = operator.post("/api/v1/runs", json={**body, "incident_id": "INC-2"}, headers={"Idempotency-Key": key})
+    other = operator.post("/api/v1/runs", json={**body, "incident_id": make_incident()},
+                          headers={"Idempotency-Key": key})
     assert first.status_code == again.status_code == 202
     assert first.json()["id"] == again.json()["id"]
     assert other.status_code == 409 and other.json()["error"]["code"] == "conflict"
@@ -39,8 +41,8 @@ def test_secret_params_are_masked_when_shown(operator):
     assert "s3cret-value" not in listed
 
 
-def test_filters_and_paging(operator):
-    incident = f"INC-{uuid.uuid4().hex[:6]}"
+def test_filters_and_paging(operator, make_incident):
+    incident = make_incident()
     ids = [start(operator, "approval", incident_id=incident)["id"] for _ in range(3)]
     page = operator.get("/api/v1/runs", params={"incident_id": incident, "limit": 2}).json()
     assert [r["id"] for r in page["items"]] == ids[::-1][:2] and page["next_cursor"]

@@ -13,7 +13,6 @@ from server.queue import PING_TASK, send
 from tests.conftest import subprocess_env
 from tests.support import wait_for
 
-
 # A queue only this module's worker consumes: workers other modules keep running share the default one.
 QUEUE = f"celery-test-{uuid.uuid4().hex[:8]}"
 

@@ -31,13 +31,16 @@ FAULTS = ("slow", "errors", "leak", "cpu", "crash")
 FINISHED = {"succeeded", "failed", "cancelled", "timed_out"}
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def e2e_settings(redis_url: str, redis_prefix: str, tmp_path_factory: pytest.TempPathFactory) -> Settings:
-    """SQLite only: these tests are about the runbooks, the engine's backends have their own tests."""
+    """SQLite only: these tests are about the runbooks, the engine's backends have their own tests. A Redis prefix
+    of its own (under the session's, so its keys are removed with the rest): this stack's worker must never take
+    the tasks of the other tests' stacks, which share the session's prefix and queue names."""
     home = tmp_path_factory.mktemp("e2e-home")
     url = f"sqlite:///{home / 'runbookd.sqlite3'}"
     upgrade(url)
-    return Settings(home=home, database_url=url, redis_url=redis_url, redis_prefix=redis_prefix, log_format="json",
+    return Settings(home=home, database_url=url, redis_url=redis_url, redis_prefix=f"{redis_prefix}e2e:",
+                    log_format="json",
                     runbooks_dir=SHIPPED_RUNBOOKS_DIR, artifacts_dir=home / "artifacts", run_heartbeat_interval=0.5)
 
 
@@ -49,7 +52,7 @@ class Stack:
     settings: Settings
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")  # its worker stops when these tests end
 def stack(e2e_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     engine = make_engine(e2e_settings.effective_database_url)
     with session_scope(engine) as session:
@@ -128,7 +131,7 @@ def stop_service(service: Service) -> None:
             service.process.wait(10)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def service(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     started = start_service(stack, tmp_path_factory.mktemp("faulty-service"))
     yield started

@@ -31,6 +31,9 @@ log = logging.getLogger("runbookd.loglevels")
 _APPLIER = LevelApplier()
 _running: set[OwnLoggerSync] = set()
 _running_lock = threading.Lock()
+# Reading the overrides and applying them is one step per process: otherwise a sync that read just before a
+# change commits could apply its stale view after another sync applied the new one.
+_refresh_lock = threading.Lock()
 
 
 def channel(settings: Settings) -> str:
@@ -111,10 +114,11 @@ class OwnLoggerSync:
 
     def refresh(self) -> None:
         """Read runbookd's live overrides and apply them."""
-        with Session(self.engine) as session:
-            levels = service.effective_levels(session, service=SERVER_SERVICE)
-        wanted = {name: entry.level for name, entry in levels.loggers.items()}
-        changes = self.applier.apply(wanted)
+        with _refresh_lock:
+            with Session(self.engine) as session:
+                levels = service.effective_levels(session, service=SERVER_SERVICE)
+            wanted = {name: entry.level for name, entry in levels.loggers.items()}
+            changes = self.applier.apply(wanted)
         self.applied = wanted
         wait = levels.poll_after_seconds
         self._next_expiry = time.monotonic() + wait if wait is not None else None

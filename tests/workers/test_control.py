@@ -55,11 +55,12 @@ def test_worker_processes_apply_runbookd_log_levels_and_revert_them(worker, base
     assert not _pinged(log_path, quiet), "a ping handled while the logger was at ERROR must not be logged"
 
 
-def test_beat_ends_expired_overrides_as_the_system(worker, base_url, make_token, engine):
+def test_beat_ends_expired_overrides_as_the_system(worker, base_url, make_token, engine, make_incident):
+    incident = make_incident()
     service = f"svc-{uuid.uuid4().hex[:8]}"
     with http(base_url, make_token(Role.operator)) as client:
         created = client.post("/api/v1/loglevels", json={"service": service, "logger": "app", "level": "DEBUG",
-                                                         "for": "1s", "incident_id": "INC-11"}).json()
+                                                         "for": "1s", "incident_id": incident}).json()
 
     def ended() -> LogLevelOverride | None:
         with session_scope(engine) as session:
@@ -75,7 +76,7 @@ def test_beat_ends_expired_overrides_as_the_system(worker, base_url, make_token,
     with session_scope(engine) as session:
         event = session.exec(select(AuditEvent).where(AuditEvent.target_id == f"{service}/app",
                                                       AuditEvent.action == "loglevel.expire")).one()
-    assert event.actor == "system" and event.incident_id == "INC-11"
+    assert event.actor == "system" and event.incident_id == incident
 
 
 def test_debug_state_lists_the_live_worker_and_queue_depths(worker, base_url, admin_token, settings):

@@ -58,13 +58,15 @@ def _evaluate(base_url, token, key):
         return client.post(f"/ofrep/v1/evaluate/flags/{key}", json={"context": {}}).json()
 
 
-def test_kill_switch_for_a_while_reverts_by_itself(beat_and_worker, base_url, operator_token, client_token, engine):
+def test_kill_switch_for_a_while_reverts_by_itself(beat_and_worker, base_url, operator_token, client_token, engine,
+                                                   make_incident):
+    incident = make_incident()
     key = new_key("kill")
     with http(base_url, operator_token) as api:
         assert api.post("/api/v1/flags", json=flag_body(key, enabled=True, default_variant="on")).status_code == 201
         killed = api.patch(f"/api/v1/flags/{key}", json={"environments": {"production": {"enabled": False}},
-                                                        "for": "2s", "reason": "INC-42 checkout errors",
-                                                        "incident_id": "INC-42"})
+                                                        "for": "2s", "reason": f"{incident} checkout errors",
+                                                        "incident_id": incident})
         assert killed.status_code == 200, killed.text
         assert killed.json()["pending_expiries"][0]["revert_to"] == 1
         assert _evaluate(base_url, client_token, key)["reason"] == "DISABLED"
@@ -73,7 +75,7 @@ def test_kill_switch_for_a_while_reverts_by_itself(beat_and_worker, base_url, op
         versions = api.get(f"/api/v1/flags/{key}/versions").json()
         revert = versions[0]
         assert revert["action"] == "flag.expire" and revert["actor"] == "system"
-        assert revert["incident_id"] == "INC-42" and "INC-42 checkout errors" in revert["reason"]
+        assert revert["incident_id"] == incident and f"{incident} checkout errors" in revert["reason"]
         assert revert["spec"] == versions[2]["spec"]
         events = api.get("/api/v1/audit", params={"target_id": key, "action": "flag.expire"}).json()["items"]
         assert events[0]["actor"] == "system" and events[0]["before"]["version"] == 2

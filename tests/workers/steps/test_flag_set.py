@@ -21,9 +21,14 @@ from tests.support import http, serve, wait_for
 from workers.steps.base import StepContext, StepFailed, load_step_kinds
 
 
-def _ctx(settings, engine) -> StepContext:
+@pytest.fixture(scope="module")
+def incident(make_incident):
+    return make_incident()
+
+
+def _ctx(settings, engine, incident) -> StepContext:
     actor = Actor(name="alice", role=Role.operator, source=Source.api)
-    return StepContext(run_id=7, step_id="kill-pricing", attempt=1, actor=actor, incident_id="INC-3",
+    return StepContext(run_id=7, step_id="kill-pricing", attempt=1, actor=actor, incident_id=incident,
                        settings=settings, engine=engine)
 
 
@@ -35,41 +40,42 @@ def flag_key(base_url, make_token):
     return key
 
 
-def test_set_then_compensate(settings, engine, flag_key):
+def test_set_then_compensate(settings, engine, flag_key, incident):
     step = load_step_kinds()["flag.set"]()
     assert CATALOG["flag.set"].compensates and step.has_compensation()
     inputs = FlagSetInputs.model_validate({"flag": flag_key, "enabled": False, "for": "1h"})
-    outputs = step.run(inputs, _ctx(settings, engine))
+    outputs = step.run(inputs, _ctx(settings, engine, incident))
     assert outputs["version"] == 2 and outputs["previous_version"] == 1 and outputs["expires_at"]
     with session_scope(engine) as session:
         flag = service.get_flag(session, key=flag_key)
         assert flag.spec["environments"]["production"]["enabled"] is False
         latest = service.list_versions(session, key=flag_key)[0]
-        assert (latest.actor, latest.incident_id, latest.reason) == ("alice", "INC-3", "run 7, step kill-pricing")
+        assert (latest.actor, latest.incident_id, latest.reason) == ("alice", incident, "run 7, step kill-pricing")
 
-    step.compensate(inputs, outputs, _ctx(settings, engine))
+    step.compensate(inputs, outputs, _ctx(settings, engine, incident))
     with session_scope(engine) as session:
         flag = service.get_flag(session, key=flag_key)
         assert flag.version == 3 and flag.spec["environments"]["production"]["enabled"] is True
         assert service.pending_expiries(session, key=flag_key) == []  # the rollback superseded the expiry
 
 
-def test_compensation_leaves_a_newer_change_alone(settings, engine, flag_key):
+def test_compensation_leaves_a_newer_change_alone(settings, engine, flag_key, incident):
     step = load_step_kinds()["flag.set"]()
     inputs = FlagSetInputs.model_validate({"flag": flag_key, "variant": "off"})
-    outputs = step.run(inputs, _ctx(settings, engine))
+    outputs = step.run(inputs, _ctx(settings, engine, incident))
     with session_scope(engine) as session:
         service.set_flag_state(session, key=flag_key, environment="production", enabled=False,
                                actor=Actor.system())
-    step.compensate(inputs, outputs, _ctx(settings, engine))
+    step.compensate(inputs, outputs, _ctx(settings, engine, incident))
     with session_scope(engine) as session:
         assert service.get_flag(session, key=flag_key).version == 3
 
 
-def test_failures_and_bad_inputs(settings, engine):
+def test_failures_and_bad_inputs(settings, engine, incident):
     step = load_step_kinds()["flag.set"]()
     with pytest.raises(StepFailed, match="no flag"):
-        step.run(FlagSetInputs.model_validate({"flag": "missing-flag", "enabled": False}), _ctx(settings, engine))
+        step.run(FlagSetInputs.model_validate({"flag": "missing-flag", "enabled": False}),
+                 _ctx(settings, engine, incident))
     with pytest.raises(ValidationError, match="enabled, variant or both"):
         FlagSetInputs.model_validate({"flag": "x"})
 
@@ -88,7 +94,9 @@ steps:
 """
 
 
-def test_a_failed_run_with_rollback_restores_the_flag(settings, admin_token, make_token, flag_key, tmp_path):
+def test_a_failed_run_with_rollback_restores_the_flag(settings, admin_token, make_token, flag_key, tmp_path,
+                                                      make_incident):
+    incident = make_incident()
     runbook_id = f"flagkill-{uuid.uuid4().hex[:8]}"
     log_path = tmp_path / "worker.log"
     # A queue of our own, so that workers other tests leave running cannot take (and sit on) this run.
@@ -105,7 +113,7 @@ def test_a_failed_run_with_rollback_restores_the_flag(settings, admin_token, mak
                                                                                         key=flag_key)})
                 assert uploaded.status_code == 201, uploaded.text
             with http(base_url, make_token(Role.operator)) as operator:
-                run = operator.post("/api/v1/runs", json={"runbook": runbook_id, "incident_id": "INC-8"})
+                run = operator.post("/api/v1/runs", json={"runbook": runbook_id, "incident_id": incident})
                 assert run.status_code == 202, run.text
                 run_id = run.json()["id"]
                 deadline = time.monotonic() + 30
@@ -118,5 +126,5 @@ def test_a_failed_run_with_rollback_restores_the_flag(settings, admin_token, mak
             worker.terminate()
             worker.wait(30)
     assert [v["action"] for v in versions] == ["flag.rollback", "flag.update", "flag.create"]
-    assert versions[0]["spec"] == versions[2]["spec"] and versions[0]["incident_id"] == "INC-8"
+    assert versions[0]["spec"] == versions[2]["spec"] and versions[0]["incident_id"] == incident
     assert versions[1]["spec"]["environments"]["production"]["enabled"] is False

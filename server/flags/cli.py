@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -14,7 +13,7 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from server.client import Client, ClientError
+from server.client import ClientError, cli_client
 
 flags_app = typer.Typer(help="Feature flags and kill switches on a running server (RUNBOOKD_URL, RUNBOOKD_TOKEN).",
                         no_args_is_help=True)
@@ -27,16 +26,6 @@ Env = Annotated[str, typer.Option("--env", "-e", help="Environment.")]
 For = Annotated[str | None, typer.Option("--for", help="Revert by itself after this long, e.g. 30m, 1h.")]
 Reason = Annotated[str | None, typer.Option(help="Why; kept with the version and the audit event.")]
 Incident = Annotated[str | None, typer.Option("--incident", help="Incident id this change belongs to.")]
-
-
-@contextmanager
-def _client() -> Iterator[Client]:
-    try:
-        with Client() as client:
-            yield client
-    except ClientError as exc:
-        err.print(f"[red]error:[/] {exc.message}")
-        raise typer.Exit(1) from None
 
 
 def _meta(reason: str | None, incident: str | None, duration: str | None) -> dict[str, Any]:
@@ -53,7 +42,7 @@ def _said(flag: dict[str, Any], what: str) -> None:
 
 
 def _set_env(key: str, env: str, change: dict[str, Any], meta: dict[str, Any], what: str) -> None:
-    with _client() as client:
+    with cli_client() as client:
         flag = client.request("PATCH", f"/api/v1/flags/{key}", json={"environments": {env: change}, **meta})
     _said(flag, what)
 
@@ -64,7 +53,7 @@ def list_flags(
     include_deleted: Annotated[bool, typer.Option("--all", help="Include deleted flags.")] = False,
 ) -> None:
     """List flags with their state in each environment."""
-    with _client() as client:
+    with cli_client() as client:
         params: dict[str, Any] = {"include_deleted": include_deleted}
         if tag:
             params["tag"] = tag
@@ -84,7 +73,7 @@ def list_flags(
 @flags_app.command("show")
 def show(key: str) -> None:
     """Print a flag's whole configuration and pending expiries as JSON."""
-    with _client() as client:
+    with cli_client() as client:
         flag = client.request("GET", f"/api/v1/flags/{key}", params={"include_deleted": True})
     print(json.dumps(flag, indent=2))
 
@@ -117,7 +106,7 @@ def set_flag(
         raise typer.BadParameter("nothing to set: give --file or --env with --variant")
     body.update({k: v for k, v in _meta(reason, incident, duration).items() if v is not None})
     headers = {"If-Match": f'"{if_match}"'} if if_match is not None else None
-    with _client() as client:
+    with cli_client() as client:
         try:
             changes = {k: v for k, v in body.items() if k != "key"}
             flag = client.request("PATCH", f"/api/v1/flags/{key}", json=changes, headers=headers)
@@ -159,7 +148,7 @@ flag_app.command("kill")(kill)
 @flags_app.command("history")
 def history(key: str) -> None:
     """Every version of a flag, newest first, with who, why and what changed."""
-    with _client() as client:
+    with cli_client() as client:
         versions = client.request("GET", f"/api/v1/flags/{key}/versions")
     table = Table("version", "when", "action", "actor", "reason", "incident", "changed", "reverts at")
     for v in versions:
@@ -178,7 +167,7 @@ def rollback(
     reason: Reason = None, incident: Incident = None, duration: For = None,
 ) -> None:
     """Write a new version equal to version --to."""
-    with _client() as client:
+    with cli_client() as client:
         flag = client.request("POST", f"/api/v1/flags/{key}/rollback",
                               json={"to_version": to, **_meta(reason, incident, duration)})
     _said(flag, f"rolled back to version {to}")

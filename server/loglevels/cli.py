@@ -2,30 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from server.client import Client, ClientError
+from server.client import cli_client
 
 loglevel_app = typer.Typer(help="Raise a service's log level for a while, list and end overrides "
                                 "(on a running server: RUNBOOKD_URL, RUNBOOKD_TOKEN).", no_args_is_help=True)
 console = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
-
-
-@contextmanager
-def _client() -> Iterator[Client]:
-    try:
-        with Client() as client:
-            yield client
-    except ClientError as exc:
-        err.print(f"[red]error:[/] {exc.message}")
-        raise typer.Exit(1) from None
 
 
 def _until(override: dict[str, Any]) -> str:
@@ -45,7 +33,7 @@ def set_level(
     body: dict[str, Any] = {"reason": reason, "incident_id": incident}
     if duration:
         body["for"] = duration
-    with _client() as client:
+    with cli_client() as client:
         if service == "_runbookd":
             client.post(f"/debug/loggers/{logger}", json={"configuredLevel": level, **body})
             err.print(f"runbookd's logger {logger!r} set to {level.upper()}" + (f" for {duration}" if duration else ""))
@@ -68,7 +56,7 @@ def list_levels(
         params["service"] = service
     if incident:
         params["incident_id"] = incident
-    with _client() as client:
+    with cli_client() as client:
         overrides = client.get("/api/v1/loglevels", params=params)
     table = Table("id", "service", "logger", "level", "until", "by", "reason", "ended")
     for o in overrides:
@@ -84,7 +72,7 @@ def end_level(
     reason: Annotated[str | None, typer.Option(help="Why; kept in the audit log.")] = None,
 ) -> None:
     """End an override now; the logger goes back to the next older override, or to its own level."""
-    with _client() as client:
+    with cli_client() as client:
         override = client.delete(f"/api/v1/loglevels/overrides/{override_id}",
                                  params={"reason": reason} if reason else None)
     err.print(f"override {override['id']} ({override['service']} {override['logger']}) ended")

@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import os
 import shlex
-import signal
 import subprocess
 import threading
 import time
@@ -10,10 +9,10 @@ from typing import IO, Any
 
 from server.runbooks.kinds import ShellInputs
 from workers.steps.base import Step, StepContext, StepFailed, StepInterrupted, register
+from workers.toolkit.proc import kill_group
 
 # What one stream may hold in memory; the engine moves anything over the per-step cap to an artifact.
 STREAM_LIMIT = 8 * 1024 * 1024
-TERM_GRACE_S = 0.5
 
 
 def _pump(stream: IO[bytes], sink: list[bytes], ctx: StepContext, prefix: str) -> None:
@@ -24,22 +23,6 @@ def _pump(stream: IO[bytes], sink: list[bytes], ctx: StepContext, prefix: str) -
             size += len(raw)
         ctx.emit(prefix + raw.decode(errors="replace").rstrip("\n"))
     stream.close()
-
-
-def _kill_group(proc: subprocess.Popen[bytes]) -> None:
-    """TERM the whole process group, then KILL what is left: children of the program die with it."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(TERM_GRACE_S)
-            # The leader is gone; KILL stragglers that ignored TERM in the same group.
-            os.killpg(proc.pid, signal.SIGKILL)
-        except (subprocess.TimeoutExpired, ProcessLookupError):
-            continue
-        return
 
 
 @register("shell")
@@ -70,7 +53,7 @@ class Shell(Step[ShellInputs]):
             elif deadline is not None and time.monotonic() >= deadline:
                 interrupted = "timed out"
             if interrupted:
-                _kill_group(proc)
+                kill_group(proc)
                 break
         proc.wait()
         for pump in pumps:

@@ -46,6 +46,7 @@ from tests.support import (  # noqa: E402
     delete_prefixed_keys,
     drop_pg_database,
     postgres_problem,
+    stop_process,
     wait_for,
 )
 
@@ -85,13 +86,6 @@ def spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[b
     return subprocess.Popen(args, env=env, stdout=handle, stderr=subprocess.STDOUT, cwd=REPO)
 
 
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(10)
 
 
 def measure_baseline(prefix: str, samples: int, workdir: Path) -> list[float]:
@@ -117,7 +111,7 @@ def measure_baseline(prefix: str, samples: int, workdir: Path) -> list[float]:
             timings.append(time.perf_counter() - started)
         return timings
     finally:
-        stop(proc)
+        stop_process(proc)
 
 
 class Finishes:
@@ -214,8 +208,8 @@ def measure_runbookd(prefix: str, samples: int, in_flight: int, workdir: Path, d
         return latencies, in_flight / elapsed, failed
     finally:
         finishes.close()
-        stop(worker)
-        stop(api)
+        stop_process(worker)
+        stop_process(api)
 
 
 def _answers(client: httpx.Client) -> bool:

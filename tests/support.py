@@ -126,3 +126,15 @@ def http(base_url: str, token: str | None = None) -> httpx.Client:
 def free_port_url(scheme: str) -> str:
     """A URL on a loopback port where nothing listens: for 'unreachable' cases."""
     return f"{scheme}://127.0.0.1:{free_port()}/0"
+
+
+def stop_process(proc: subprocess.Popen[bytes], grace: float = 20) -> None:
+    """SIGTERM (a worker's warm shutdown finishes its task), then SIGKILL if it will not go."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)

@@ -24,7 +24,7 @@ from server.migrate import upgrade
 from server.settings import SHIPPED_RUNBOOKS_DIR, Settings
 from server.stack import _die_with_parent, free_port
 from tests.conftest import TEST_ACTOR, subprocess_env
-from tests.support import REPO, http, serve, wait_for
+from tests.support import REPO, http, serve, stop_process, wait_for
 
 SERVICE_APP = REPO / "examples" / "faulty-service" / "app.py"
 FAULTS = ("slow", "errors", "leak", "cpu", "crash")
@@ -83,12 +83,7 @@ def stack(e2e_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> I
                     assert response.status_code == 201, response.text
                 yield Stack(url, operator, client_token, e2e_settings)
         finally:
-            worker.terminate()
-            try:
-                worker.wait(20)
-            except subprocess.TimeoutExpired:
-                worker.kill()
-                worker.wait(10)
+            stop_process(worker)
 
 
 @dataclass
@@ -122,13 +117,7 @@ def start_service(stack: Stack, home: Path) -> Service:
 
 
 def stop_service(service: Service) -> None:
-    if service.process.poll() is None:
-        service.process.terminate()
-        try:
-            service.process.wait(10)
-        except subprocess.TimeoutExpired:
-            service.process.kill()
-            service.process.wait(10)
+    stop_process(service.process, grace=10)
 
 
 @pytest.fixture(scope="package")

@@ -13,7 +13,7 @@ import pytest
 from server.app import create_app
 from server.auth.models import Role
 from tests.conftest import subprocess_env
-from tests.support import http, serve, wait_for
+from tests.support import http, serve, stop_process, wait_for
 
 RUNBOOKS = Path(__file__).parent / "runbooks"
 OTHER_QUEUE = "rbtest-other"
@@ -58,12 +58,7 @@ def run_worker(runs_settings, tmp_path_factory):
             assert proc.poll() is None, log_path.read_text()
             yield log_path
         finally:
-            proc.terminate()
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
+            stop_process(proc)
 
 
 def start(client, runbook: str, params: dict | None = None, **extra) -> dict:

@@ -42,9 +42,9 @@ class ChatContext:
     after_commit: list[Callable[[], Any]]
 
     def incident(self, named: str | None) -> str | None:
-        """The named incident, else the open incident linked to this channel, else none."""
+        """The named incident (the services check that it exists), else the channel's open incident, else none."""
         if named:
-            return incidents.resolve_ref(self.session, ref=named)
+            return named
         linked = incidents.open_incident_for_channel(self.session, channel=self.user.channel_ref)
         return linked.key if linked else None
 

@@ -52,6 +52,10 @@ class Up:
             proc.wait(60)
 
     def ready(self) -> bool:
+        # `up` prints the URL and first token only after its own /readyz check passes, so a test
+        # that polled /readyz alone could read the output before those lines were written.
+        if "Press Ctrl-C to stop." not in self.output.read_text():
+            return False
         try:
             return httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200
         except httpx.TransportError:

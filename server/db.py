@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
@@ -15,11 +16,23 @@ from sqlmodel import Session, create_engine
 from server.settings import get_settings
 
 
-def make_engine(url: str, **kwargs: Any) -> Engine:
-    """Create an engine; SQLite gets WAL, a busy timeout and write-locking transactions."""
+_ASYNC_COMMIT: weakref.WeakSet[Engine] = weakref.WeakSet()
+
+
+def make_engine(url: str, *, synchronous_commit: bool = True, **kwargs: Any) -> Engine:
+    """Create an engine; SQLite gets WAL, a busy timeout and write-locking transactions.
+
+    synchronous_commit=False (PostgreSQL only) sets it off for every connection of the engine: a commit
+    returns before its WAL reaches the disk. Workers use it for run progress (see claims.progress_session).
+    """
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
-        return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20, **kwargs)
+        if synchronous_commit:
+            return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20, **kwargs)
+        engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20,
+                               connect_args={"options": "-c synchronous_commit=off"}, **kwargs)
+        _ASYNC_COMMIT.add(engine)
+        return engine
     if parsed.database and parsed.database != ":memory:":
         from pathlib import Path
 
@@ -48,6 +61,11 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
 
 def is_postgres(engine: Engine) -> bool:
     return engine.dialect.name == "postgresql"
+
+
+def commits_asynchronously(engine: Engine) -> bool:
+    """Whether every connection of this engine already has synchronous_commit off."""
+    return engine in _ASYNC_COMMIT
 
 
 @lru_cache

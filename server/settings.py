@@ -50,7 +50,9 @@ class Settings(BaseSettings):
         64 * 1024, ge=1024, description="Step outputs larger than this many bytes go to an artifact file."
     )
     run_progress_fsync: bool = Field(
-        False, description="Wait for PostgreSQL to flush each step's result to disk before the next step."
+        False, description="Wait for PostgreSQL to flush each step's result (and the step's own writes) to disk "
+        "before the next step. Off: a crash of the database server, not of a worker, can lose the last fraction "
+        "of a second of a run's progress, which the resumed run then repeats.",
     )
     audit_retention_days: int | None = Field(
         None, ge=1, description="Archive (JSONL) and remove audit events older than this; unset keeps them all."

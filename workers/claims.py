@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import Engine, func, text, update
 from sqlmodel import Session, col, select
 
-from server.db import session_scope
+from server.db import commits_asynchronously, is_postgres, session_scope
 from server.models_base import as_utc, utcnow
 from server.runs import events
 from server.runs.models import Run, RunStatus, StepRun
@@ -31,7 +31,8 @@ def progress_session(engine: Engine, settings: Settings) -> Iterator[Session]:
     database server itself could lose the last fraction of a second; that halves a quick run's time.
     """
     with session_scope(engine) as session:
-        if not settings.run_progress_fsync and engine.dialect.name == "postgresql":
+        if not settings.run_progress_fsync and is_postgres(engine) and not commits_asynchronously(engine):
+            # The worker's own engine has it off per connection (no extra round trip); others set it here.
             session.execute(text("SET LOCAL synchronous_commit = off"))
         yield session
 
@@ -105,7 +106,7 @@ def claim(engine: Engine, settings: Settings, run_id: int, *, limits: Limits) ->
                               data={"worker": run.worker, "previous_worker": None if first else previous})
         session.flush()
         steps = list(session.exec(select(StepRun).where(StepRun.run_id == run_id).order_by(col(StepRun.position))))
-        return Claim(run, event=events.as_message(event), steps=steps)
+        return Claim(run, event=event, steps=steps)
 
 
 def heartbeat(engine: Engine, run_id: int) -> tuple[bool, bool]:

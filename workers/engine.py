@@ -17,7 +17,7 @@ from functools import lru_cache
 from typing import Any
 
 import redis
-from sqlalchemy import Engine
+from sqlalchemy import Engine, bindparam, update
 
 from server.auth.models import Actor, Role, Source
 from server.db import session_scope
@@ -39,6 +39,23 @@ from workers.steps.base import StepContext, StepFailed, StepInterrupted, load_st
 log = logging.getLogger("runbookd.engine")
 MAX_LIVE_LINES = 2000  # output lines one step may publish live; all of it is still in its outputs
 CANCEL_POLL_S = 0.2
+# What the engine changes on its rows; save() writes these columns and no others, with statements built
+# once (so SQLAlchemy compiles them once).
+STEP_PROGRESS = ("status", "attempts", "started_at", "finished_at", "outputs", "error", "approval", "compensated")
+RUN_PROGRESS = ("status", "queue", "worker", "dispatched_at", "finished_at", "error", "secrets", "outputs")
+
+
+def _progress_update(table: Any, columns: tuple[str, ...]) -> Any:
+    return update(table).where(table.c.id == bindparam("row_id")).values(
+        {c: bindparam(f"new_{c}", type_=table.c[c].type) for c in columns})
+
+
+def _progress(row: Run | StepRun, columns: tuple[str, ...]) -> dict[str, Any]:
+    return {"row_id": row.id, **{f"new_{c}": getattr(row, c) for c in columns}}
+
+
+SAVE_STEP = _progress_update(StepRun.__table__, STEP_PROGRESS)  # type: ignore[attr-defined]
+SAVE_RUN = _progress_update(Run.__table__, RUN_PROGRESS)  # type: ignore[attr-defined]
 
 
 class RunAborted(Exception):
@@ -100,27 +117,21 @@ class Execution:
         """Commit a step row (and the run row) with its events in one transaction, then publish them.
 
         `earlier` events were already published live (a quick step's step.started); they are stored
-        here, in order, but not published again.
+        here, in order, but not published again. Core statements rather than the ORM's unit of work:
+        this runs several times per run, and the flush machinery cost more than the SQL.
         """
         if row is not None and self.unsaved:
             earlier, self.unsaved = [*self.unsaved, *(earlier or [])], []
+        items = [*(earlier or []), *([event] if event is not None else [])]
         with claims.progress_session(self.engine, self.settings) as session:
-            # The rows stay loaded between transactions (expire_on_commit=False); add() re-attaches them
-            # and flushes only what changed, without the SELECT a merge() would cost.
             if row is not None:
-                session.add(row)
+                session.execute(SAVE_STEP, _progress(row, STEP_PROGRESS))
             if run:
-                session.add(self.run)
-            step_id = row.step_id if row else None
-            stored = [events.record(session, run_id=self.run_id, type=t, step_id=step_id, data=d)
-                      for t, d in (earlier or [])]
-            recorded = events.record(session, run_id=self.run_id, type=event[0], step_id=step_id,
-                                     data=event[1]) if event is not None else None
-            session.flush()
-            message = events.as_message(recorded) if recorded is not None else None
-            del stored
-        if message:
-            self.publish([message])
+                session.execute(SAVE_RUN, _progress(self.run, RUN_PROGRESS))
+            stored = events.record_many(session, run_id=self.run_id, step_id=row.step_id if row else None,
+                                        items=items) if items else []
+        if event is not None:
+            self.publish([stored[-1]])
 
     def announce(self, row: StepRun, event: tuple[str, dict[str, Any]]) -> None:
         """Publish a live event now and store it with the row's next save (see save's `earlier`)."""

@@ -5,10 +5,12 @@ from __future__ import annotations
 import logging
 import os
 import time
+from functools import lru_cache
 from typing import Any
 
 import redis
 from celery.signals import worker_ready
+from sqlalchemy import Engine
 
 from server.db import get_engine, make_engine
 from server.queue import (
@@ -75,12 +77,20 @@ def _redis() -> redis.Redis:
     return _clients[pid]
 
 
+@lru_cache
+def _run_engine() -> Engine:
+    """The engine runs execute on: unless RUNBOOKD_RUN_PROGRESS_FSYNC, its commits do not wait for the
+    disk flush (see claims.progress_session); steps' own writes share it, so a database crash loses
+    a step's effect and its recorded result together, and the resumed run repeats both."""
+    return make_engine(settings.effective_database_url, synchronous_commit=settings.run_progress_fsync)
+
+
 @app.task(name=RUN_EXECUTE_TASK)
 def execute_run(run_id: int, queue: str | None = None) -> str:
     """Execute (or resume) a run; acks late, so a worker killed mid-run gets it redelivered."""
     from workers.engine import execute
 
-    outcome = execute(run_id, queue or settings.default_queue, settings=settings, engine=get_engine(),
+    outcome = execute(run_id, queue or settings.default_queue, settings=settings, engine=_run_engine(),
                       client=_redis())
     log.info("run task done", extra={"run_id": run_id, "outcome": outcome})
     return outcome

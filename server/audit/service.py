@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import func
+from sqlalchemy import func, insert, update
 from sqlmodel import Session, col, select
 
 from server.audit.models import GENESIS_HASH, AuditEvent, AuditHead
@@ -55,9 +55,25 @@ def record(
     reason: str | None = None,
     incident_id: str | None = None,
 ) -> AuditEvent:
-    """Append one event to the chain in the caller's transaction; secrets in before/after are masked."""
-    head = locked_head(session)
+    """Append one event to the chain in the caller's transaction; secrets in before/after are masked.
+
+    Written with Core statements (this is on every mutation's path): the head row is locked, the event
+    gets the id after the head's, so its hash is known before the insert, and the head moves on. The
+    caller's pending changes are flushed first, so the lock is held only for these three statements
+    and the commit.
+    """
+    session.flush()
+    head_table = AuditHead.__table__  # type: ignore[attr-defined]
+    head = session.execute(select(head_table.c.last_id, head_table.c.last_hash)
+                           .where(head_table.c.id == 1).with_for_update()).one_or_none()
+    if head is None:
+        session.execute(insert(head_table).values(id=1, last_id=0, last_hash=GENESIS_HASH,
+                                                  checkpoint_id=0, checkpoint_hash=GENESIS_HASH))
+        last_id, last_hash = 0, GENESIS_HASH
+    else:
+        last_id, last_hash = head.last_id, head.last_hash
     event = AuditEvent(
+        id=last_id + 1,
         ts=utcnow(),
         actor=actor.name,
         source=actor.source.value,
@@ -69,16 +85,13 @@ def record(
         reason=reason,
         incident_id=incident_id,
         request_id=request_id_var.get(),
-        prev_hash=head.last_hash,
+        prev_hash=last_hash,
         hash="",
     )
-    session.add(event)
-    session.flush()
-    event.hash = event_hash(event, head.last_hash)
-    assert event.id is not None
-    head.last_id = event.id
-    head.last_hash = event.hash
-    session.add(head)
+    event.hash = event_hash(event, last_hash)
+    session.execute(insert(AuditEvent.__table__).values(  # type: ignore[attr-defined]
+        {name: getattr(event, name) for name in (*HASHED_FIELDS, "prev_hash", "hash")}))
+    session.execute(update(head_table).where(head_table.c.id == 1).values(last_id=event.id, last_hash=event.hash))
     return event
 
 

@@ -73,8 +73,8 @@ def execute(command: g.Command, ctx: ChatContext) -> Reply:
 
 def _run(cmd: g.RunCommand, ctx: ChatContext) -> Reply:
     checked = runbooks.get_runbook(ctx.session, store=ctx.runbooks, runbook_id=cmd.runbook).checked
-    run = runs.create_run(ctx.session, checked=checked, given=dict(cmd.params), actor=ctx.actor,
-                          settings=ctx.settings, incident_id=ctx.incident(cmd.incident))
+    run, _steps = runs.create_run(ctx.session, checked=checked, given=dict(cmd.params), actor=ctx.actor,
+                                  settings=ctx.settings, incident_id=ctx.incident(cmd.incident))
     assert run.id is not None
     if ctx.response_url:
         ctx.session.add(ChatFollowup(run_id=run.id, platform=ctx.user.platform, response_url=ctx.response_url,

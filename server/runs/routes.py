@@ -25,6 +25,7 @@ from server.runs.models import (
     RunPage,
     RunPublic,
     RunStatus,
+    StepRun,
 )
 from server.settings import Settings
 
@@ -55,9 +56,12 @@ def _dispatch(request: Request, session: SessionDep, run: Run) -> None:
         session.commit()
 
 
-def _response(request: Request, session: SessionDep, run: Run, status_code: int) -> JSONResponse:
+def _response(request: Request, session: SessionDep, run: Run, status_code: int,
+              steps: list[StepRun] | None = None) -> JSONResponse:
     assert run.id is not None
-    body = views.public(run, service.steps_of(session, run_id=run.id), _settings(request))
+    if steps is None:
+        steps = service.steps_of(session, run_id=run.id)
+    body = views.public(run, steps, _settings(request))
     return JSONResponse(body.model_dump(mode="json"), status_code=status_code)
 
 
@@ -71,13 +75,14 @@ def create_run(body: RunCreate, request: Request, session: SessionDep, actor: Op
             return _response(request, session, existing, 202)
     settings = _settings(request)
     entry = runbooks.get_runbook(session, store=runbooks.store_for(settings.runbooks_dir), runbook_id=body.runbook)
-    run = service.create_run(session, checked=entry.checked, given=body.params, actor=actor, settings=settings,
-                             incident_id=body.incident_id, dry_run=body.dry_run, idempotency_key=idempotency_key,
-                             body_hash=body_hash)
     try:
+        run, steps = service.create_run(session, checked=entry.checked, given=body.params, actor=actor,
+                                        settings=settings, incident_id=body.incident_id, dry_run=body.dry_run,
+                                        idempotency_key=idempotency_key, body_hash=body_hash)
         session.commit()
     except IntegrityError:
-        # Two requests with one Idempotency-Key raced: the other one won, answer with its run.
+        # Two requests with one Idempotency-Key raced: the other one won (its insert raises here, at the
+        # flush or at the commit), so answer with its run.
         session.rollback()
         existing = service.find_idempotent(session, key=idempotency_key or "", body_hash=body_hash)
         if existing is None:
@@ -86,7 +91,7 @@ def create_run(body: RunCreate, request: Request, session: SessionDep, actor: Op
     assert run.id is not None
     # No live publish of run.queued: nobody can follow a run before knowing its id; followers read it stored.
     _dispatch(request, session, run)
-    return _response(request, session, run, 202)
+    return _response(request, session, run, 202, steps)
 
 
 @router.get("", response_model=RunPage)

@@ -41,7 +41,7 @@ def find_idempotent(session: Session, *, key: str, body_hash: str) -> Run | None
 
 def create_run(session: Session, *, checked: Checked, given: dict[str, Any], actor: Actor, settings: Settings,
                incident_id: str | None = None, dry_run: bool = False, idempotency_key: str | None = None,
-               body_hash: str | None = None, rerun_of: int | None = None) -> Run:
+               body_hash: str | None = None, rerun_of: int | None = None) -> tuple[Run, list[StepRun]]:
     """Write a queued Run, its pending steps, an event and the audit record; the caller commits, then dispatches."""
     runbook = checked.runbook
     assert runbook is not None
@@ -64,15 +64,15 @@ def create_run(session: Session, *, checked: Checked, given: dict[str, Any], act
     session.add(run)
     session.flush()
     assert run.id is not None
-    for position, step in enumerate(runbook.steps):
-        session.add(StepRun(run_id=run.id, step_id=step.id, position=position, uses=step.uses, phase=step.phase,
-                            incident_id=incident_id))
+    steps = [StepRun(run_id=run.id, step_id=step.id, position=position, uses=step.uses, phase=step.phase,
+                     incident_id=incident_id) for position, step in enumerate(runbook.steps)]
+    session.add_all(steps)
     events.record(session, run_id=run.id, type="run.queued", data={"runbook": runbook.id, "actor": actor.name})
     audit.record(session, actor=actor, action="run.create", target_type="run", target_id=run.id,
                  after={"runbook": runbook.id, "runbook_hash": run.runbook_hash, "params": run.params,
                         "dry_run": dry_run, "rerun_of": rerun_of},
                  incident_id=incident_id)
-    return run
+    return run, steps
 
 
 def get_run(session: Session, *, run_id: int) -> Run:
@@ -186,8 +186,9 @@ def rerun(session: Session, *, run_id: int, actor: Actor, overrides: dict[str, A
         raise Conflict(f"run {run_id}'s runbook no longer validates: {checked.errors[0]}")
     given = {k: v for k, v in old.params.items() if k not in checked.runbook.secret_params()}
     given.update(overrides)
-    return create_run(session, checked=checked, given=given, actor=actor, settings=settings,
-                      incident_id=old.incident_id, dry_run=old.dry_run, rerun_of=run_id)
+    run, _steps = create_run(session, checked=checked, given=given, actor=actor, settings=settings,
+                             incident_id=old.incident_id, dry_run=old.dry_run, rerun_of=run_id)
+    return run
 
 
 def mark_undispatched(session: Session, *, run_id: int) -> None:

@@ -124,8 +124,8 @@ def test_sse_gives_history_to_a_late_follower_and_live_output_to_an_early_one(op
         for line in live.iter_lines():
             if line.startswith("event:"):
                 seen.append(line.split(":", 1)[1].strip())
-    assert seen[0] == "run.queued" and seen[-1] == "run.finished"
-    assert "step.output" in seen and seen.count("step.started") == 3
+    assert seen[0] == "run.queued" and seen[-1] == "run.finished", seen
+    assert "step.output" in seen and seen.count("step.started") == 3, seen
     late = operator.get(f"/api/v1/runs/{run['id']}/events").text
     late_types = [line.split(":", 1)[1].strip() for line in late.splitlines() if line.startswith("event:")]
     assert late_types == [t for t in seen if t != "step.output"]  # the stored history, in order

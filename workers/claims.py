@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import Engine, func, text, update
+from sqlalchemy import Connection, Engine, func, text, update
 from sqlmodel import Session, col, select
 
 from server.db import commits_asynchronously, is_postgres, session_scope
@@ -31,10 +31,24 @@ def progress_session(engine: Engine, settings: Settings) -> Iterator[Session]:
     database server itself could lose the last fraction of a second; that halves a quick run's time.
     """
     with session_scope(engine) as session:
-        if not settings.run_progress_fsync and is_postgres(engine) and not commits_asynchronously(engine):
-            # The worker's own engine has it off per connection (no extra round trip); others set it here.
+        if _set_async_commit(engine, settings):
             session.execute(text("SET LOCAL synchronous_commit = off"))
         yield session
+
+
+@contextmanager
+def progress_connection(engine: Engine, settings: Settings) -> Iterator[Connection]:
+    """progress_session's transaction as a bare Connection, for the engine's Core statements."""
+    with engine.begin() as conn:
+        if _set_async_commit(engine, settings):
+            conn.execute(text("SET LOCAL synchronous_commit = off"))
+        yield conn
+
+
+def _set_async_commit(engine: Engine, settings: Settings) -> bool:
+    """Whether a progress transaction must turn synchronous_commit off itself: the worker's run engine
+    has it off on every connection already (no extra round trip), other engines do not."""
+    return not settings.run_progress_fsync and is_postgres(engine) and not commits_asynchronously(engine)
 
 
 def me() -> str:

@@ -81,6 +81,7 @@ class Execution:
     next_cancel_check: float = 0.0
     failed: list[str] = field(default_factory=list)
     unsaved: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # announced, not yet stored
+    deferred: list[tuple[StepRun | None, list[tuple[str, dict[str, Any]]]]] = field(default_factory=list)
 
     @property
     def run_id(self) -> int:
@@ -113,34 +114,43 @@ class Execution:
         events.publish(self.redis, self.settings, self.run_id, messages)
 
     def save(self, row: StepRun | None = None, run: bool = False, event: tuple[str, dict[str, Any]] | None = None,
-             *, earlier: list[tuple[str, dict[str, Any]]] | None = None) -> None:
-        """Commit a step row (and the run row) with its events in one transaction, then publish them.
+             *, defer: bool = False) -> None:
+        """Commit a step row (and/or the run row) with its events in one transaction, then publish them.
 
-        `earlier` events were already published live (a quick step's step.started); they are stored
-        here, in order, but not published again. Core statements rather than the ORM's unit of work:
-        this runs several times per run, and the flush machinery cost more than the SQL.
+        The row's events not stored yet (a quick step's step.started, see announce) are stored first.
+        `defer` keeps a step's result for the next save's transaction: the engine does so for the last
+        step, whose next save is the run's end, so a quick runbook costs one commit less. A worker that
+        dies in that instant re-runs the step on redelivery, as if it had died just before the commit.
+        Core statements rather than the ORM's unit of work: this runs several times per run, and the
+        flush machinery cost more than the SQL.
         """
-        if row is not None and self.unsaved:
-            earlier, self.unsaved = [*self.unsaved, *(earlier or [])], []
-        items = [*(earlier or []), *([event] if event is not None else [])]
-        with claims.progress_session(self.engine, self.settings) as session:
-            if row is not None:
-                session.execute(SAVE_STEP, _progress(row, STEP_PROGRESS))
+        items = [*self.unsaved, *([event] if event is not None else [])] if row is not None else \
+            [event] if event is not None else []
+        if row is not None:
+            self.unsaved = []
+        if defer and row is not None:
+            self.deferred.append((row, items))
+            return
+        pending, self.deferred = [*self.deferred, (row, items)], []
+        stored: list[dict[str, Any]] = []
+        with claims.progress_connection(self.engine, self.settings) as conn:
+            for step_row, step_items in pending:
+                if step_row is not None:
+                    conn.execute(SAVE_STEP, _progress(step_row, STEP_PROGRESS))
+                if step_items:
+                    stored += events.record_many(conn, run_id=self.run_id, items=step_items,
+                                                 step_id=step_row.step_id if step_row is not None else None)
             if run:
-                session.execute(SAVE_RUN, _progress(self.run, RUN_PROGRESS))
-            stored = events.record_many(session, run_id=self.run_id, step_id=row.step_id if row else None,
-                                        items=items) if items else []
-        if event is not None:
-            self.publish([stored[-1]])
+                conn.execute(SAVE_RUN, _progress(self.run, RUN_PROGRESS))
+        self.publish(stored)
 
     def announce(self, row: StepRun, event: tuple[str, dict[str, Any]]) -> None:
-        """Publish a live event now and store it with the row's next save (see save's `earlier`)."""
-        self.publish([{"id": None, "run_id": self.run_id, "ts": utcnow().isoformat(), "type": event[0],
-                       "step_id": row.step_id, "data": event[1]}])
+        """Note an event (a step's start) to store with the row's next save: at the step's end when it is
+        quick, or at the first poll while it runs (flush_announced). Followers see it once stored."""
         self.unsaved.append(event)
 
     def flush_announced(self, row: StepRun) -> None:
-        """A step that takes a while gets its running status and step.started stored at once."""
+        """A step that takes a while gets its running status and step.started stored (and published) at once."""
         if self.unsaved:
             self.save(row)
 
@@ -246,6 +256,7 @@ def _step(ex: Execution, spec: StepSpec, row: StepRun) -> str:
     from workers.stepexec import run_step
 
     context = ex.context()
+    last = spec is ex.runbook.steps[-1]  # its result is committed with the run's end (see Execution.save)
     if spec.if_ is not None:
         try:
             wanted = spec.if_ if isinstance(spec.if_, bool) else expressions.evaluate(
@@ -258,7 +269,7 @@ def _step(ex: Execution, spec: StepSpec, row: StepRun) -> str:
                          "compare explicitly, e.g. `x == 'yes'`")
         if not wanted:
             row.status, row.finished_at = StepStatus.skipped.value, utcnow()
-            ex.save(row, event=("step.finished", {"status": "skipped", "reason": "if: was false"}))
+            ex.save(row, event=("step.finished", {"status": "skipped", "reason": "if: was false"}), defer=last)
             return "next"
     if spec.approval == "required" and not ex.run.dry_run:
         if row.approval is None:
@@ -276,12 +287,12 @@ def _step(ex: Execution, spec: StepSpec, row: StepRun) -> str:
             preview = {"unrendered": spec.with_, "note": str(exc)}
         row.status, row.finished_at = StepStatus.skipped.value, utcnow()
         row.outputs = to_json({"dry_run": True, "uses": spec.uses, "inputs": preview})
-        ex.save(row, event=("step.finished", {"status": "skipped", "reason": "dry run"}))
+        ex.save(row, event=("step.finished", {"status": "skipped", "reason": "dry run"}), defer=last)
         return "next"
     status, outputs, error = run_step(ex, spec, row)
     if status == StepStatus.succeeded:
         row.status, row.outputs, row.error, row.finished_at = status.value, outputs, None, utcnow()
-        ex.save(row, event=("step.finished", {"status": status.value, "attempts": row.attempts}))
+        ex.save(row, event=("step.finished", {"status": status.value, "attempts": row.attempts}), defer=last)
         return "next"
     return _fail(ex, spec, row, status, error or "failed", outputs)
 

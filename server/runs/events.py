@@ -7,7 +7,7 @@ from typing import Any
 
 import orjson
 import redis
-from sqlalchemy import func, insert
+from sqlalchemy import Connection, func, insert
 from sqlmodel import Session, col, select
 
 from server.models_base import as_utc, utcnow
@@ -37,7 +37,7 @@ def record(session: Session, *, run_id: int, type: str, step_id: str | None = No
     return record_many(session, run_id=run_id, step_id=step_id, items=[(type, data)])[-1]
 
 
-def record_many(session: Session, *, run_id: int, step_id: str | None,
+def record_many(session: Session | Connection, *, run_id: int, step_id: str | None,
                 items: list[tuple[str, dict[str, Any] | None]]) -> list[dict[str, Any]]:
     """Store several events of one step in one statement, in order; returns their messages.
 

@@ -117,7 +117,8 @@ def test_with_redis_down_the_run_is_committed_and_the_relay_sends_it(runs_settin
 
 
 def test_sse_gives_history_to_a_late_follower_and_live_output_to_an_early_one(operator, run_worker, runs_api):
-    run = start(operator, "slow-shell", {"seconds": 1})
+    # Output lines are live only: the step stays quiet until this follower has surely connected.
+    run = start(operator, "slow-shell", {"seconds": 1, "quiet_for": 0.5})
     seen: list[str] = []
     with operator.stream("GET", f"/api/v1/runs/{run['id']}/events", timeout=httpx.Timeout(30, read=30)) as live:
         assert live.headers["content-type"].startswith("text/event-stream")

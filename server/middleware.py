@@ -39,12 +39,12 @@ class RequestContextMiddleware:
         token = request_id_var.set(request_id)
         started = time.perf_counter()
         status = 500
-        started = False
+        responded = False
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status, started
+            nonlocal status, responded
             if message["type"] == "http.response.start":
-                status, started = message["status"], True
+                status, responded = message["status"], True
                 MutableHeaders(scope=message)["X-Request-ID"] = request_id
             await send(message)
 
@@ -54,7 +54,7 @@ class RequestContextMiddleware:
             # Handled here rather than by Starlette's outermost ServerErrorMiddleware, so the 500 still
             # carries the request id, is logged once, and never shows a stack trace.
             log.exception("unhandled error", extra={"method": scope["method"], "path": scope["path"]})
-            if status == 500 and not started:
+            if status == 500 and not responded:
                 response = error_response(500, "internal_error",
                                           "Internal server error; the request id locates it in the logs.")
                 await response(scope, receive, send_with_id)

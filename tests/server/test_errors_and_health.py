@@ -100,6 +100,12 @@ def test_metrics_are_prometheus_text(base_url):
         response = client.get("/metrics")
     assert response.headers["content-type"].startswith("text/plain")
     assert 'runbookd_http_requests_total{method="GET",route="/healthz",status="200"}' in response.text
+    samples = {line.split(" ")[0]: float(line.split(" ")[1]) for line in response.text.splitlines()
+               if line.startswith("runbookd_http_request_duration_seconds_") and 'route="/healthz"' in line
+               and "_bucket" not in line}
+    mean = samples['runbookd_http_request_duration_seconds_sum{method="GET",route="/healthz"}'] / \
+        samples['runbookd_http_request_duration_seconds_count{method="GET",route="/healthz"}']
+    assert 0 < mean < 1.0, f"a /healthz request took {mean:.3f} s on average: the latency is measured wrongly"
 
 
 def test_readyz_is_503_until_the_database_is_migrated(settings: Settings, tmp_path):

@@ -15,7 +15,6 @@ from sqlmodel import Session, create_engine
 
 from server.settings import get_settings
 
-
 _ASYNC_COMMIT: weakref.WeakSet[Engine] = weakref.WeakSet()
 
 

@@ -124,10 +124,9 @@ class Execution:
         Core statements rather than the ORM's unit of work: this runs several times per run, and the
         flush machinery cost more than the SQL.
         """
-        items = [*self.unsaved, *([event] if event is not None else [])] if row is not None else \
-            [event] if event is not None else []
+        items = [event] if event is not None else []
         if row is not None:
-            self.unsaved = []
+            items, self.unsaved = [*self.unsaved, *items], []
         if defer and row is not None:
             self.deferred.append((row, items))
             return

@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import func, insert, update
+from sqlalchemy import bindparam, func, insert, update
 from sqlmodel import Session, col, select
 
 from server.audit.models import GENESIS_HASH, AuditEvent, AuditHead
@@ -43,6 +43,12 @@ def locked_head(session: Session) -> AuditHead:
     return head
 
 
+_HEAD = AuditHead.__table__  # type: ignore[attr-defined]
+_LOCK_HEAD = select(_HEAD.c.last_id, _HEAD.c.last_hash).where(_HEAD.c.id == 1).with_for_update()
+_INSERT_EVENT = insert(AuditEvent.__table__)  # type: ignore[attr-defined]
+_MOVE_HEAD = update(_HEAD).where(_HEAD.c.id == 1).values(last_id=bindparam("new_id"), last_hash=bindparam("new_hash"))
+
+
 def record(
     session: Session,
     *,
@@ -63,12 +69,11 @@ def record(
     and the commit.
     """
     session.flush()
-    head_table = AuditHead.__table__  # type: ignore[attr-defined]
-    head = session.execute(select(head_table.c.last_id, head_table.c.last_hash)
-                           .where(head_table.c.id == 1).with_for_update()).one_or_none()
+    conn = session.connection()  # Core statements on the session's connection skip the ORM's execute path
+    head = conn.execute(_LOCK_HEAD).one_or_none()
     if head is None:
-        session.execute(insert(head_table).values(id=1, last_id=0, last_hash=GENESIS_HASH,
-                                                  checkpoint_id=0, checkpoint_hash=GENESIS_HASH))
+        conn.execute(insert(_HEAD).values(id=1, last_id=0, last_hash=GENESIS_HASH,
+                                          checkpoint_id=0, checkpoint_hash=GENESIS_HASH))
         last_id, last_hash = 0, GENESIS_HASH
     else:
         last_id, last_hash = head.last_id, head.last_hash
@@ -89,9 +94,8 @@ def record(
         hash="",
     )
     event.hash = event_hash(event, last_hash)
-    session.execute(insert(AuditEvent.__table__).values(  # type: ignore[attr-defined]
-        {name: getattr(event, name) for name in (*HASHED_FIELDS, "prev_hash", "hash")}))
-    session.execute(update(head_table).where(head_table.c.id == 1).values(last_id=event.id, last_hash=event.hash))
+    conn.execute(_INSERT_EVENT, {name: getattr(event, name) for name in (*HASHED_FIELDS, "prev_hash", "hash")})
+    conn.execute(_MOVE_HEAD, {"new_id": event.id, "new_hash": event.hash})
     return event
 
 

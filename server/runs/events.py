@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
@@ -38,7 +39,7 @@ def record(session: Session, *, run_id: int, type: str, step_id: str | None = No
 
 
 def record_many(session: Session | Connection, *, run_id: int, step_id: str | None,
-                items: list[tuple[str, dict[str, Any] | None]]) -> list[dict[str, Any]]:
+                items: Sequence[tuple[str, dict[str, Any] | None]]) -> list[dict[str, Any]]:
     """Store several events of one step in one statement, in order; returns their messages.
 
     A Core insert rather than ORM objects: every step of every run passes here, and the unit of work
@@ -46,7 +47,8 @@ def record_many(session: Session | Connection, *, run_id: int, step_id: str | No
     """
     now = utcnow()
     rows = [{"run_id": run_id, "ts": now, "type": t, "step_id": step_id, "data": d} for t, d in items]
-    ids = session.execute(_INSERT, rows).scalars().all()
+    conn = session.connection() if isinstance(session, Session) else session  # Core: skip the ORM's execute path
+    ids = conn.execute(_INSERT, rows).scalars().all()
     ts = now.isoformat()
     return [{"id": event_id, "run_id": run_id, "ts": ts, "type": row["type"], "step_id": step_id,
              "data": row["data"]} for event_id, row in zip(ids, rows, strict=True)]

@@ -72,10 +72,11 @@ def create_run(session: Session, *, checked: Checked, given: dict[str, Any], act
               dispatched_at=utcnow())
     # Core inserts (the ORM's flush cost more than the SQL on this path, see bench/run_dispatch.py): the Run
     # and StepRun objects returned are not attached to the session; they carry what the response shows.
-    run.id = session.execute(_INSERT_RUN, _columns(run, exclude="id")).scalar_one()
+    conn = session.connection()
+    run.id = conn.execute(_INSERT_RUN, _columns(run, exclude="id")).scalar_one()
     steps = [StepRun(run_id=run.id, step_id=step.id, position=position, uses=step.uses, phase=step.phase,
                      incident_id=incident_id) for position, step in enumerate(runbook.steps)]
-    session.execute(_INSERT_STEPS, [_columns(step, exclude="id") for step in steps])
+    conn.execute(_INSERT_STEPS, [_columns(step, exclude="id") for step in steps])
     events.record(session, run_id=run.id, type="run.queued", data={"runbook": runbook.id, "actor": actor.name})
     audit.record(session, actor=actor, action="run.create", target_type="run", target_id=run.id,
                  after={"runbook": runbook.id, "runbook_hash": run.runbook_hash, "params": run.params,

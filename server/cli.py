@@ -65,7 +65,11 @@ def demo(
 
 
 @app.command()
-def api() -> None:
+def api(
+    processes: Annotated[
+        int | None, typer.Option(min=1, help="Processes sharing the port; default RUNBOOKD_API_PROCESSES.")
+    ] = None,
+) -> None:
     """Run the HTTP API (uvicorn) on RUNBOOKD_HOST:RUNBOOKD_PORT."""
     import uvicorn
 
@@ -74,8 +78,14 @@ def api() -> None:
 
     settings = get_settings()
     configure_logging(settings.log_level, settings.log_format)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_config=None,
-                access_log=False, server_header=False)
+    count = processes or settings.api_processes
+    if count == 1:
+        uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_config=None,
+                    access_log=False, server_header=False)
+        return
+    # Several processes need the app by name; each builds it from the same environment.
+    uvicorn.run("server.app:create_app", factory=True, workers=count, host=settings.host, port=settings.port,
+                log_config=None, access_log=False, server_header=False)
 
 
 def _celery_app() -> object:

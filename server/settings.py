@@ -22,6 +22,7 @@ class Settings(BaseSettings):
     home: Path = Field(Path(".runbookd"), description="Data directory of the embedded stack: SQLite, Redis, logs.")
     host: str = Field("127.0.0.1", description="Address the api listens on.")
     port: int = Field(8000, ge=1, le=65535, description="Port the api listens on.")
+    api_processes: int = Field(1, ge=1, description="Processes of `runbookd api` sharing its port (uvicorn workers).")
     public_url: str | None = Field(None, description="URL users reach the api at, for links; default http://HOST:PORT.")
     database_url: str | None = Field(
         None, description="SQLAlchemy URL; default SQLite at $RUNBOOKD_HOME/runbookd.sqlite3."

@@ -222,15 +222,16 @@ def execute(run_id: int, queue: str, *, settings: Settings, engine: Engine, clie
             if outcome == "stop":
                 _after_failure(ex)
                 return "failed"
+        _complete(ex)
     except RunAborted as aborted:
         _abort(ex, aborted)
         return aborted.status.value
     except Exception as exc:
-        # A bug here must not leave the run "running" until the reaper: end it with the reason.
+        # A bug here must not leave the run "running" until the reaper (nor lose the last step's
+        # deferred result): end it with the reason.
         log.exception("engine error", extra={"run_id": run_id})
         _finish(ex, RunStatus.failed, f"engine error: {type(exc).__name__}: {exc}")
         return "engine error"
-    _complete(ex)
     return ex.run.status
 
 

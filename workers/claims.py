@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, func, text, update
+from sqlalchemy import Connection, Engine, bindparam, func, text, update
 from sqlmodel import Session, col, select
 
 from server.db import commits_asynchronously, is_postgres, session_scope
@@ -80,6 +80,11 @@ class Claim:
     steps: list[StepRun] = field(default_factory=list)
 
 
+CLAIMED = ("status", "worker", "heartbeat_at", "started_at", "deadline_at")
+_RUNS = Run.__table__  # type: ignore[attr-defined]
+_CLAIM = update(_RUNS).where(_RUNS.c.id == bindparam("run_id")).values(
+    {c: bindparam(f"new_{c}", type_=_RUNS.c[c].type) for c in CLAIMED})
+
 Limits = Callable[[Run], tuple[int | None, timedelta]]
 
 
@@ -110,15 +115,15 @@ def claim(engine: Engine, settings: Settings, run_id: int, *, limits: Limits) ->
                 Run.runbook_id == run.runbook_id, Run.status == RunStatus.running.value)).one()
             if running >= concurrency:
                 return Claim(None, retry_in=1.0, why=f"{running} runs of {run.runbook_id} already running")
+        session.expunge(run)  # changed below and written with one Core update, never flushed by the ORM
         now = utcnow()
         first, previous = run.started_at is None, run.worker
         run.status, run.worker, run.heartbeat_at = RunStatus.running.value, me(), now
         run.started_at = run.started_at or now
         run.deadline_at = run.deadline_at or as_utc(run.started_at) + timeout
-        session.add(run)
+        session.connection().execute(_CLAIM, {"run_id": run_id, **{f"new_{c}": getattr(run, c) for c in CLAIMED}})
         event = events.record(session, run_id=run_id, type="run.started" if first else "run.resumed",
                               data={"worker": run.worker, "previous_worker": None if first else previous})
-        session.flush()
         steps = list(session.exec(select(StepRun).where(StepRun.run_id == run_id).order_by(col(StepRun.position))))
         return Claim(run, event=event, steps=steps)
 

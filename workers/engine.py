@@ -349,8 +349,9 @@ def _finish(ex: Execution, status: RunStatus, error: str | None) -> None:
     ex.run.status, ex.run.error, ex.run.finished_at = status.value, ex.scrub(error), utcnow()
     ex.run.secrets = None  # secret values live only as long as the run needs them
     ex.save(run=True, event=("run.finished", {"status": status.value, "error": ex.run.error}))
-    with contextlib.suppress(redis.RedisError):
-        ex.redis.delete(events.cancel_key(ex.settings, ex.run_id))
+    if status == RunStatus.cancelled:  # the cancel request's key; any other expires by itself within a day
+        with contextlib.suppress(redis.RedisError):
+            ex.redis.delete(events.cancel_key(ex.settings, ex.run_id))
 
 
 def step_context(ex: Execution, spec: StepSpec, row: StepRun, deadline: float | None) -> StepContext:

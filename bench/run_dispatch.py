@@ -3,13 +3,14 @@
 Baseline, measured in the same run on the same Redis and the same number of worker processes (2):
 a no-op Celery task sent and its result awaited (a Celery app with a Redis result backend, nothing else).
 runbookd: POST /api/v1/runs of a `log`, `assert`, `log` runbook until its run.finished event, through a
-real `runbookd api --processes 2` (uvicorn) and a real `runbookd worker --concurrency 2` over PostgreSQL.
+real `runbookd api` (uvicorn; `--api-processes N` runs N processes) and a real `runbookd worker --concurrency 2`
+over PostgreSQL.
 Targets (issue 3): p50 API->finished at most 10x the raw round trip; at least 150 runs/s with 200 in flight.
 
 The throughput phase posts from 16 threads with http.client (one keep-alive connection each): everything
 runs on one machine, and httpx cost the load generator three times the CPU, taken from the system measured.
 
-    .venv/bin/python bench/run_dispatch.py [--samples 200] [--in-flight 200] [--api-processes 2]
+    .venv/bin/python bench/run_dispatch.py [--samples 200] [--in-flight 200] [--api-processes 1]
 
 Uses PostgreSQL at RUNBOOKD_TEST_POSTGRES_URL (default postgresql://postgres@127.0.0.1:5432/postgres) in a
 database it creates and drops, and the Redis at RUNBOOKD_TEST_REDIS_URL (default redis://127.0.0.1:6379/0)
@@ -247,7 +248,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=200)
     parser.add_argument("--in-flight", type=int, default=200)
-    parser.add_argument("--api-processes", type=int, default=2)
+    parser.add_argument("--api-processes", type=int, default=1)
     args = parser.parse_args()
     problem = postgres_problem()
     if problem:

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
+import uuid
 from datetime import timedelta
 
 import httpx
-from sqlmodel import select
+from sqlalchemy import update
+from sqlmodel import col, select
 
 from server.app import create_app
 from server.audit.models import AuditEvent
@@ -18,8 +22,9 @@ from server.models_base import utcnow
 from server.queue import RUN_EXECUTE_TASK, send
 from server.runs import sweeps
 from server.runs.models import Run, StepRun
+from tests.conftest import subprocess_env
 from tests.server.runs.conftest import start, steps, wait_run
-from tests.support import free_port_url, http, serve, wait_for
+from tests.support import free_port_url, http, serve, stop_process, wait_for
 
 
 def _lines(path) -> list[str]:
@@ -130,6 +135,31 @@ def test_sse_gives_history_to_a_late_follower_and_live_output_to_an_early_one(op
     late = operator.get(f"/api/v1/runs/{run['id']}/events").text
     late_types = [line.split(":", 1)[1].strip() for line in late.splitlines() if line.startswith("event:")]
     assert late_types == [t for t in seen if t != "step.output"]  # the stored history, in order
+
+
+def test_a_starting_worker_sends_the_runs_the_api_could_not(runs_settings, engine, make_token, tmp_path):
+    # A queue no other worker reads, and no beat: only the new worker's relay at start can send the run.
+    queue = f"rbtest-relay-{uuid.uuid4().hex[:6]}"
+    offline = runs_settings.model_copy(update={"redis_url": free_port_url("redis"), "default_queue": queue})
+    with serve(create_app(offline)) as url, http(url, make_token(Role.operator)) as client:
+        run_id = start(client, "trio", {"who": "later"})["id"]
+    with session_scope(engine) as session:  # older than the relay's grace for a just-committed run
+        session.execute(update(Run).where(col(Run.id) == run_id).values(created_at=utcnow() - timedelta(seconds=30)))
+    log_path = tmp_path / "worker.log"
+    with log_path.open("wb") as log:
+        worker = subprocess.Popen([sys.executable, "-m", "server.cli", "worker", "--queues", queue, "--hostname",
+                                   f"relay-{uuid.uuid4().hex[:6]}@%h"],
+                                  env=subprocess_env(runs_settings.model_copy(update={"default_queue": queue})),
+                                  stdout=log, stderr=subprocess.STDOUT)
+    try:
+        def finished() -> bool:
+            with session_scope(engine) as session:
+                return session.get(Run, run_id).status == "succeeded"
+
+        wait_for(finished, 60, f"the run to be relayed and executed; worker log:\n{log_path}")
+    finally:
+        stop_process(worker)
+    assert "relayed queued runs" in log_path.read_text()
 
 
 def test_cancel_of_a_queued_run_is_immediate_and_audited(runs_settings, make_token, engine):

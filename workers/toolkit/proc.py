@@ -90,14 +90,15 @@ def allow_core_dumps() -> None:
 def run(command: Sequence[str | os.PathLike[str]], ctx: StepContext, *, timeout: float | None = None,
         cwd: str | Path | None = None, env: dict[str, str] | None = None, emit: bool = False,
         check: bool = True) -> Completed:
-    """Run argv to completion; StepInterrupted on cancel or deadline (the step's or `timeout`), StepFailed when it
-    cannot start or (with check) exits non-zero."""
+    """Run argv to completion.
+
+    StepInterrupted on cancel, or "timed out" when the step's deadline passes (the engine records the step as
+    timed out); StepFailed when it cannot start, when it overruns its own `timeout` (the tool hung: the step
+    failed, and says which tool), or (with check) when it exits non-zero.
+    """
     argv = [os.fspath(a) for a in command]
-    deadline = ctx.deadline
-    if timeout is not None:
-        own = time.monotonic() + timeout
-        deadline = own if deadline is None else min(deadline, own)
     started = time.monotonic()
+    own_deadline = None if timeout is None else started + timeout
     try:
         proc = subprocess.Popen(argv, cwd=cwd, env={**os.environ, **(env or {})}, stdin=subprocess.DEVNULL,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
@@ -111,13 +112,16 @@ def run(command: Sequence[str | os.PathLike[str]], ctx: StepContext, *, timeout:
     for pump in pumps:
         pump.start()
     interrupted: str | None = None
+    overran = False
     try:
         while proc.poll() is None:
             if ctx.cancelled.wait(0.05):
                 interrupted = "cancelled"
-            elif deadline is not None and time.monotonic() >= deadline:
-                interrupted = f"{argv[0]} timed out after {time.monotonic() - started:.1f}s"
-            if interrupted:
+            elif ctx.deadline is not None and time.monotonic() >= ctx.deadline:
+                interrupted = "timed out"
+            elif own_deadline is not None and time.monotonic() >= own_deadline:
+                overran = True
+            if interrupted or overran:
                 break
     finally:
         if proc.poll() is None:
@@ -129,6 +133,8 @@ def run(command: Sequence[str | os.PathLike[str]], ctx: StepContext, *, timeout:
         raise StepInterrupted(interrupted)
     done = Completed(argv, proc.returncode, b"".join(out).decode(errors="replace"),
                      b"".join(err).decode(errors="replace"), round(time.monotonic() - started, 3))
+    if overran:
+        raise StepFailed(f"{Path(argv[0]).name} timed out after {done.seconds:.1f}s and was killed: {done.tail()}")
     if check and done.returncode != 0:
         raise StepFailed(f"{Path(argv[0]).name} exited with {done.returncode}: {done.tail()}")
     return done

@@ -138,3 +138,27 @@ def stop_process(proc: subprocess.Popen[bytes], grace: float = 20) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait(10)
+
+
+# -- runs over the API ----------------------------------------------------------------------------
+FINISHED = {"succeeded", "failed", "cancelled", "timed_out"}
+
+
+def start(client, runbook: str, params: dict | None = None, **extra) -> dict:
+    response = client.post("/api/v1/runs", json={"runbook": runbook, "params": params or {}, **extra})
+    assert response.status_code == 202, response.text
+    return response.json()
+
+
+def wait_run(client, run_id: int, statuses=FINISHED, timeout: float = 30) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        run = client.get(f"/api/v1/runs/{run_id}").json()
+        if run["status"] in statuses:
+            return run
+        time.sleep(0.1)
+    raise TimeoutError(f"run {run_id} still {run['status']} after {timeout}s: {run}")
+
+
+def steps(run: dict) -> dict[str, dict]:
+    return {s["step_id"]: s for s in run["steps"]}

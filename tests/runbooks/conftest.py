@@ -7,7 +7,6 @@ import contextlib
 import os
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,11 +23,10 @@ from server.migrate import upgrade
 from server.settings import SHIPPED_RUNBOOKS_DIR, Settings
 from server.stack import _die_with_parent, free_port
 from tests.conftest import TEST_ACTOR, subprocess_env
-from tests.support import REPO, http, serve, stop_process, wait_for
+from tests.support import REPO, http, serve, start, stop_process, wait_for, wait_run
 
 SERVICE_APP = REPO / "examples" / "faulty-service" / "app.py"
 FAULTS = ("slow", "errors", "leak", "cpu", "crash")
-FINISHED = {"succeeded", "failed", "cancelled", "timed_out"}
 
 
 @pytest.fixture(scope="package")
@@ -146,20 +144,7 @@ def fault(stack: Stack, name: str) -> Iterator[None]:
 
 def run(stack: Stack, runbook: str, params: dict, timeout: float = 60) -> dict:
     """Start a run over the API and wait for it to finish; returns the run with its steps."""
-    response = stack.operator.post("/api/v1/runs", json={"runbook": runbook, "params": params})
-    assert response.status_code == 202, response.text
-    run_id = response.json()["id"]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        current = stack.operator.get(f"/api/v1/runs/{run_id}").json()
-        if current["status"] in FINISHED:
-            return current
-        time.sleep(0.2)
-    raise TimeoutError(f"run {run_id} of {runbook} still {current['status']} after {timeout}s")
-
-
-def steps(done: dict) -> dict[str, dict]:
-    return {s["step_id"]: s for s in done["steps"]}
+    return wait_run(stack.operator, start(stack.operator, runbook, params)["id"], timeout=timeout)
 
 
 def explain(done: dict) -> str:

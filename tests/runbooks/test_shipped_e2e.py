@@ -13,8 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.runbooks.conftest import explain, fault, run, set_fault, start_service, steps, stop_service
-from tests.support import REPO, wait_for
+from tests.runbooks.conftest import explain, fault, run, set_fault, start_service, stop_service
+from tests.support import REPO, steps, wait_for
 from tests.workers.steps.test_git_bisect import PLANTED, build_repo
 from tests.workers.steps.toolkit_support import ptrace_problem
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
@@ -17,7 +16,6 @@ from tests.support import http, serve, stop_process, wait_for
 
 RUNBOOKS = Path(__file__).parent / "runbooks"
 OTHER_QUEUE = "rbtest-other"
-FINISHED = {"succeeded", "failed", "cancelled", "timed_out"}
 
 
 @pytest.fixture(scope="session")
@@ -60,22 +58,3 @@ def run_worker(runs_settings, tmp_path_factory):
         finally:
             stop_process(proc)
 
-
-def start(client, runbook: str, params: dict | None = None, **extra) -> dict:
-    response = client.post("/api/v1/runs", json={"runbook": runbook, "params": params or {}, **extra})
-    assert response.status_code == 202, response.text
-    return response.json()
-
-
-def wait_run(client, run_id: int, statuses=FINISHED, timeout: float = 30) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        run = client.get(f"/api/v1/runs/{run_id}").json()
-        if run["status"] in statuses:
-            return run
-        time.sleep(0.1)
-    raise TimeoutError(f"run {run_id} still {run['status']} after {timeout}s: {run}")
-
-
-def steps(run: dict) -> dict[str, dict]:
-    return {s["step_id"]: s for s in run["steps"]}

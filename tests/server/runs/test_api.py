@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 
-from tests.server.runs.conftest import start
+from tests.support import start
 
 
 def test_invalid_params_are_422_naming_each_bad_param(operator):

@@ -8,8 +8,7 @@ from sqlmodel import select
 
 from server.audit.models import AuditEvent
 from server.db import session_scope
-from tests.server.runs.conftest import start, steps, wait_run
-from tests.support import wait_for
+from tests.support import start, steps, wait_for, wait_run
 
 
 def test_trivial_run_succeeds_with_native_outputs(operator, run_worker):

@@ -23,8 +23,7 @@ from server.queue import RUN_EXECUTE_TASK, send
 from server.runs import sweeps
 from server.runs.models import Run, StepRun
 from tests.conftest import subprocess_env
-from tests.server.runs.conftest import start, steps, wait_run
-from tests.support import free_port_url, http, serve, stop_process, wait_for
+from tests.support import free_port_url, http, serve, start, steps, stop_process, wait_for, wait_run
 
 
 def _lines(path) -> list[str]:

@@ -26,11 +26,11 @@ def make_engine(url: str, *, synchronous_commit: bool = True, **kwargs: Any) -> 
     """
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
-        if synchronous_commit:
-            return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20, **kwargs)
-        engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20,
-                               connect_args={"options": "-c synchronous_commit=off"}, **kwargs)
-        _ASYNC_COMMIT.add(engine)
+        if not synchronous_commit:
+            kwargs["connect_args"] = {**kwargs.get("connect_args", {}), "options": "-c synchronous_commit=off"}
+        engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20, **kwargs)
+        if not synchronous_commit:
+            _ASYNC_COMMIT.add(engine)
         return engine
     if parsed.database and parsed.database != ":memory:":
         from pathlib import Path

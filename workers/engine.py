@@ -17,7 +17,7 @@ from functools import lru_cache
 from typing import Any
 
 import redis
-from sqlalchemy import Engine, bindparam, update
+from sqlalchemy import Engine
 
 from server.auth.models import Actor, Role, Source
 from server.db import session_scope
@@ -39,23 +39,10 @@ from workers.steps.base import StepContext, StepFailed, StepInterrupted, load_st
 log = logging.getLogger("runbookd.engine")
 MAX_LIVE_LINES = 2000  # output lines one step may publish live; all of it is still in its outputs
 CANCEL_POLL_S = 0.2
-# What the engine changes on its rows; save() writes these columns and no others, with statements built
-# once (so SQLAlchemy compiles them once).
+# What the engine changes on its rows; save() writes these columns and no others.
 STEP_PROGRESS = ("status", "attempts", "started_at", "finished_at", "outputs", "error", "approval", "compensated")
 RUN_PROGRESS = ("status", "queue", "worker", "dispatched_at", "finished_at", "error", "secrets", "outputs")
-
-
-def _progress_update(table: Any, columns: tuple[str, ...]) -> Any:
-    return update(table).where(table.c.id == bindparam("row_id")).values(
-        {c: bindparam(f"new_{c}", type_=table.c[c].type) for c in columns})
-
-
-def _progress(row: Run | StepRun, columns: tuple[str, ...]) -> dict[str, Any]:
-    return {"row_id": row.id, **{f"new_{c}": getattr(row, c) for c in columns}}
-
-
-SAVE_STEP = _progress_update(StepRun.__table__, STEP_PROGRESS)  # type: ignore[attr-defined]
-SAVE_RUN = _progress_update(Run.__table__, RUN_PROGRESS)  # type: ignore[attr-defined]
+SAVE_STEP, SAVE_RUN = claims.row_update(StepRun, STEP_PROGRESS), claims.row_update(Run, RUN_PROGRESS)
 
 
 class RunAborted(Exception):
@@ -135,12 +122,12 @@ class Execution:
         with claims.progress_connection(self.engine, self.settings) as conn:
             for step_row, step_items in pending:
                 if step_row is not None:
-                    conn.execute(SAVE_STEP, _progress(step_row, STEP_PROGRESS))
+                    conn.execute(SAVE_STEP, claims.row_values(step_row, STEP_PROGRESS))
                 if step_items:
                     stored += events.record_many(conn, run_id=self.run_id, items=step_items,
                                                  step_id=step_row.step_id if step_row is not None else None)
             if run:
-                conn.execute(SAVE_RUN, _progress(self.run, RUN_PROGRESS))
+                conn.execute(SAVE_RUN, claims.row_values(self.run, RUN_PROGRESS))
         self.publish(stored)
 
     def announce(self, row: StepRun, event: tuple[str, dict[str, Any]]) -> None:

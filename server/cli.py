@@ -79,13 +79,9 @@ def api(
     settings = get_settings()
     configure_logging(settings.log_level, settings.log_format)
     count = processes or settings.api_processes
-    if count == 1:
-        uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_config=None,
-                    access_log=False, server_header=False)
-        return
-    # Several processes need the app by name; each builds it from the same environment.
-    uvicorn.run("server.app:create_app", factory=True, workers=count, host=settings.host, port=settings.port,
-                log_config=None, access_log=False, server_header=False)
+    # Several processes need the app by name (a factory); each builds it from the same environment.
+    uvicorn.run(create_app(settings) if count == 1 else "server.app:create_app", factory=count > 1, workers=count,
+                host=settings.host, port=settings.port, log_config=None, access_log=False, server_header=False)
 
 
 def _celery_app() -> object:

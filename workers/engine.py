@@ -39,6 +39,7 @@ from workers.steps.base import StepContext, StepFailed, StepInterrupted, load_st
 log = logging.getLogger("runbookd.engine")
 MAX_LIVE_LINES = 2000  # output lines one step may publish live; all of it is still in its outputs
 CANCEL_POLL_S = 0.2
+DEFER_WINDOW_S = 0.1  # the longest a finished step's result waits in memory for the next commit (Execution.save)
 # What the engine changes on its rows; save() writes these columns and no others.
 STEP_PROGRESS = ("status", "attempts", "started_at", "finished_at", "outputs", "error", "approval", "compensated")
 RUN_PROGRESS = ("status", "queue", "worker", "dispatched_at", "finished_at", "error", "secrets", "outputs")
@@ -68,7 +69,9 @@ class Execution:
     next_cancel_check: float = 0.0
     failed: list[str] = field(default_factory=list)
     unsaved: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # announced, not yet stored
-    deferred: list[tuple[StepRun | None, list[tuple[str, dict[str, Any]]]]] = field(default_factory=list)
+    deferred_rows: list[StepRun] = field(default_factory=list)  # finished, committed with the next save
+    deferred_events: list[events.Item] = field(default_factory=list)
+    deferred_since: float = 0.0
 
     @property
     def run_id(self) -> int:
@@ -105,27 +108,34 @@ class Execution:
         """Commit a step row (and/or the run row) with its events in one transaction, then publish them.
 
         The row's events not stored yet (a quick step's step.started, see announce) are stored first.
-        `defer` keeps a step's result for the next save's transaction: the engine does so for the last
-        step, whose next save is the run's end, so a quick runbook costs one commit less. A worker that
-        dies in that instant re-runs the step on redelivery, as if it had died just before the commit.
+        `defer` keeps a finished step's result for the next save's transaction, for at most DEFER_WINDOW_S:
+        the engine does so for the last step (the next save is the run's end) and for quick steps whose
+        kind is side-effect free (see _deferrable), so a runbook of quick steps commits once at its end
+        instead of once per step. A worker that dies in between runs those steps again on redelivery, as
+        if it had died just before their commit; nobody saw them finish, since events go out after commits.
         Core statements rather than the ORM's unit of work: this runs several times per run, and the
         flush machinery cost more than the SQL.
         """
-        items = [event] if event is not None else []
+        items: list[events.Item] = []
         if row is not None:
-            items, self.unsaved = [*self.unsaved, *items], []
-        if defer and row is not None:
-            self.deferred.append((row, items))
+            items, self.unsaved = [(row.step_id, kind, data) for kind, data in self.unsaved], []
+        if event is not None:
+            items.append((row.step_id if row is not None else None, *event))
+        now = time.monotonic()
+        if defer and row is not None and (not self.deferred_rows or now - self.deferred_since < DEFER_WINDOW_S):
+            if not self.deferred_rows:
+                self.deferred_since = now
+            self.deferred_rows.append(row)
+            self.deferred_events += items
             return
-        pending, self.deferred = [*self.deferred, (row, items)], []
+        rows, self.deferred_rows = [*self.deferred_rows, *([row] if row is not None else [])], []
+        items, self.deferred_events = [*self.deferred_events, *items], []
         stored: list[dict[str, Any]] = []
         with claims.progress_connection(self.engine, self.settings) as conn:
-            for step_row, step_items in pending:
-                if step_row is not None:
-                    conn.execute(SAVE_STEP, claims.row_values(step_row, STEP_PROGRESS))
-                if step_items:
-                    stored += events.record_many(conn, run_id=self.run_id, items=step_items,
-                                                 step_id=step_row.step_id if step_row is not None else None)
+            if rows:
+                conn.execute(SAVE_STEP, [claims.row_values(r, STEP_PROGRESS) for r in rows])
+            if items:
+                stored = events.record_many(conn, run_id=self.run_id, items=items)
             if run:
                 conn.execute(SAVE_RUN, claims.row_values(self.run, RUN_PROGRESS))
         self.publish(stored)
@@ -243,7 +253,6 @@ def _step(ex: Execution, spec: StepSpec, row: StepRun) -> str:
     from workers.stepexec import run_step
 
     context = ex.context()
-    last = spec is ex.runbook.steps[-1]  # its result is committed with the run's end (see Execution.save)
     if spec.if_ is not None:
         try:
             wanted = spec.if_ if isinstance(spec.if_, bool) else expressions.evaluate(
@@ -256,7 +265,7 @@ def _step(ex: Execution, spec: StepSpec, row: StepRun) -> str:
                          "compare explicitly, e.g. `x == 'yes'`")
         if not wanted:
             row.status, row.finished_at = StepStatus.skipped.value, utcnow()
-            ex.save(row, event=("step.finished", {"status": "skipped", "reason": "if: was false"}), defer=last)
+            ex.save(row, event=("step.finished", {"status": "skipped", "reason": "if: was false"}), defer=True)
             return "next"
     if spec.approval == "required" and not ex.run.dry_run:
         if row.approval is None:
@@ -274,14 +283,25 @@ def _step(ex: Execution, spec: StepSpec, row: StepRun) -> str:
             preview = {"unrendered": spec.with_, "note": str(exc)}
         row.status, row.finished_at = StepStatus.skipped.value, utcnow()
         row.outputs = to_json({"dry_run": True, "uses": spec.uses, "inputs": preview})
-        ex.save(row, event=("step.finished", {"status": "skipped", "reason": "dry run"}), defer=last)
+        ex.save(row, event=("step.finished", {"status": "skipped", "reason": "dry run"}), defer=True)
         return "next"
     status, outputs, error = run_step(ex, spec, row)
     if status == StepStatus.succeeded:
         row.status, row.outputs, row.error, row.finished_at = status.value, outputs, None, utcnow()
-        ex.save(row, event=("step.finished", {"status": status.value, "attempts": row.attempts}), defer=last)
+        ex.save(row, event=("step.finished", {"status": status.value, "attempts": row.attempts}),
+                defer=_deferrable(ex, spec, row))
         return "next"
     return _fail(ex, spec, row, status, error or "failed", outputs)
+
+
+def _deferrable(ex: Execution, spec: StepSpec, row: StepRun) -> bool:
+    """Whether a succeeded step's commit may wait for the next save (see Execution.save): the last step's
+    (the run's end follows at once), or a quick one's that did nothing outside the run."""
+    if spec is ex.runbook.steps[-1]:
+        return True
+    if not CATALOG[spec.uses].side_effect_free or row.started_at is None or row.finished_at is None:
+        return False
+    return (as_utc(row.finished_at) - as_utc(row.started_at)).total_seconds() < DEFER_WINDOW_S
 
 
 def _fail(ex: Execution, spec: StepSpec, row: StepRun, status: StepStatus, error: str,

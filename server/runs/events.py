@@ -35,22 +35,24 @@ _INSERT = insert(_TABLE).returning(_TABLE.c.id, sort_by_parameter_order=True)
 def record(session: Session, *, run_id: int, type: str, step_id: str | None = None,
            data: dict[str, Any] | None = None) -> dict[str, Any]:
     """Store an event in the caller's transaction; returns it as the message to publish after the commit."""
-    return record_many(session, run_id=run_id, step_id=step_id, items=[(type, data)])[-1]
+    return record_many(session, run_id=run_id, items=[(step_id, type, data)])[-1]
 
 
-def record_many(session: Session | Connection, *, run_id: int, step_id: str | None,
-                items: Sequence[tuple[str, dict[str, Any] | None]]) -> list[dict[str, Any]]:
-    """Store several events of one step in one statement, in order; returns their messages.
+Item = tuple[str | None, str, dict[str, Any] | None]  # (step id or None, type, data)
+
+
+def record_many(session: Session | Connection, *, run_id: int, items: Sequence[Item]) -> list[dict[str, Any]]:
+    """Store several events of one run in one statement, in order; returns their messages.
 
     A Core insert rather than ORM objects: every step of every run passes here, and the unit of work
     cost more than the statement itself. The run's row must already be in the database (flushed).
     """
     now = utcnow()
-    rows = [{"run_id": run_id, "ts": now, "type": t, "step_id": step_id, "data": d} for t, d in items]
+    rows = [{"run_id": run_id, "ts": now, "type": t, "step_id": s, "data": d} for s, t, d in items]
     conn = session.connection() if isinstance(session, Session) else session  # Core: skip the ORM's execute path
     ids = conn.execute(_INSERT, rows).scalars().all()
     ts = now.isoformat()
-    return [{"id": event_id, "run_id": run_id, "ts": ts, "type": row["type"], "step_id": step_id,
+    return [{"id": event_id, "run_id": run_id, "ts": ts, "type": row["type"], "step_id": row["step_id"],
              "data": row["data"]} for event_id, row in zip(ids, rows, strict=True)]
 
 

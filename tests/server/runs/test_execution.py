@@ -81,6 +81,22 @@ def test_cancel_stops_a_running_shell_step_within_two_seconds(operator, run_work
     assert again.status_code == 409
 
 
+def test_a_quick_steps_result_is_committed_once_the_next_step_outlives_a_poll(operator, run_worker):
+    # `before` (log) is side-effect free, so its commit waits for the next save (Execution.save); the
+    # slow shell step after it makes that save at its first poll, so followers never wait on it for long.
+    run = start(operator, "slow-shell", {"seconds": 60})
+    wait_for(lambda: steps(operator.get(f"/api/v1/runs/{run['id']}").json())["sleeper"]["status"] == "running",
+             20, "the shell step to be recorded as running")
+    before = steps(operator.get(f"/api/v1/runs/{run['id']}").json())["before"]
+    assert before["status"] == "succeeded" and before["outputs"] == {"message": "starting"}
+    assert operator.post(f"/api/v1/runs/{run['id']}/cancel", json={}).status_code == 202
+    assert wait_run(operator, run["id"], timeout=10)["status"] == "cancelled"
+    history = operator.get(f"/api/v1/runs/{run['id']}/events").text
+    kinds = [line.removeprefix("event: ") for line in history.splitlines() if line.startswith("event: ")]
+    assert kinds[:4] == ["run.queued", "run.started", "step.started", "step.finished"], kinds
+    assert kinds[4] == "step.started" and kinds[-1] == "run.finished", kinds
+
+
 def test_approval_parks_the_run_until_an_operator_decides(operator, run_worker, make_token, runs_api):
     from server.auth.models import Role
     from tests.support import http

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import weakref
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
+from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import Engine, event
 from sqlalchemy.engine import make_url
 from sqlmodel import Session, create_engine
@@ -22,7 +23,7 @@ def make_engine(url: str, *, synchronous_commit: bool = True, **kwargs: Any) -> 
     """Create an engine; SQLite gets WAL, a busy timeout and write-locking transactions.
 
     synchronous_commit=False (PostgreSQL only) sets it off for every connection of the engine: a commit
-    returns before its WAL reaches the disk. Workers use it for run progress (see claims.progress_session).
+    returns before its WAL reaches the disk. Workers use it for run progress (see claims.progress_connection).
     """
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
@@ -84,9 +85,18 @@ def session_scope(engine: Engine | None = None) -> Iterator[Session]:
             raise
 
 
-def _request_session(request: Request) -> Iterator[Session]:
-    with Session(request.app.state.engine, expire_on_commit=False) as session:
+async def _request_session(request: Request) -> AsyncIterator[Session]:
+    """The request's session. An async dependency: a sync one costs two thread-pool hops per request (in
+    and out), and opening a Session does no I/O. Closing one does when a transaction is still open (a
+    rollback), so that goes to the thread pool; after a commit it is free."""
+    session = Session(request.app.state.engine, expire_on_commit=False)
+    try:
         yield session
+    finally:
+        if session.in_transaction():
+            await run_in_threadpool(session.close)
+        else:
+            session.close()
 
 
 SessionDep = Annotated[Session, Depends(_request_session)]

@@ -11,7 +11,7 @@ from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import Connection, Engine, bindparam, func, text, update
-from sqlmodel import Session, col, select
+from sqlmodel import col, select
 
 from server.db import commits_asynchronously, is_postgres, session_scope
 from server.models_base import as_utc, utcnow
@@ -23,22 +23,13 @@ HOST = socket.gethostname()
 
 
 @contextmanager
-def progress_session(engine: Engine, settings: Settings) -> Iterator[Session]:
-    """A transaction for a run's progress (claims, heartbeats, step results).
+def progress_connection(engine: Engine, settings: Settings) -> Iterator[Connection]:
+    """A transaction for a run's progress (claims, step results), on a bare Connection for Core statements.
 
     Unless RUNBOOKD_RUN_PROGRESS_FSYNC is set, PostgreSQL acknowledges its commit before the disk flush:
     the result is committed and visible (a worker killed right after loses nothing), only a crash of the
     database server itself could lose the last fraction of a second; that halves a quick run's time.
     """
-    with session_scope(engine) as session:
-        if _set_async_commit(engine, settings):
-            session.execute(text("SET LOCAL synchronous_commit = off"))
-        yield session
-
-
-@contextmanager
-def progress_connection(engine: Engine, settings: Settings) -> Iterator[Connection]:
-    """progress_session's transaction as a bare Connection, for the engine's Core statements."""
     with engine.begin() as conn:
         if _set_async_commit(engine, settings):
             conn.execute(text("SET LOCAL synchronous_commit = off"))
@@ -94,6 +85,11 @@ def row_values(row: Run | StepRun, columns: tuple[str, ...]) -> dict[str, Any]:
 
 CLAIMED = ("status", "worker", "heartbeat_at", "started_at", "deadline_at")
 _CLAIM = row_update(Run, CLAIMED)
+_RUNS, _STEPS = Run.__table__, StepRun.__table__  # type: ignore[attr-defined]
+# Core statements built once: the claim runs for every run, and building and ORM-loading them cost more
+# than the SQL. The rows become detached Run/StepRun objects that the engine changes and writes back.
+_LOAD_RUN = select(_RUNS).where(_RUNS.c.id == bindparam("run_id")).with_for_update()
+_LOAD_STEPS = select(_STEPS).where(_STEPS.c.run_id == bindparam("run_id")).order_by(_STEPS.c.position)
 
 Limits = Callable[[Run], tuple[int | None, timedelta]]
 
@@ -103,10 +99,11 @@ def claim(engine: Engine, settings: Settings, run_id: int, *, limits: Limits) ->
 
     `limits(run)` gives the runbook's concurrency and timeout, read from the run's stored definition.
     """
-    with progress_session(engine, settings) as session:
-        run = session.exec(select(Run).where(Run.id == run_id).with_for_update()).one_or_none()
-        if run is None:
+    with progress_connection(engine, settings) as conn:
+        found = conn.execute(_LOAD_RUN, {"run_id": run_id}).mappings().one_or_none()
+        if found is None:
             return Claim(None, why="no such run")
+        run = Run(**found)
         concurrency, timeout = limits(run)
         status = RunStatus(run.status)
         if status.finished or status == RunStatus.waiting_approval:
@@ -121,20 +118,20 @@ def claim(engine: Engine, settings: Settings, run_id: int, *, limits: Limits) ->
             if dead is None and fresh:
                 return Claim(None, retry_in=settings.run_heartbeat_interval, why=f"run is held by {run.worker}")
         elif concurrency is not None:
-            running = session.exec(select(func.count()).select_from(Run).where(
-                Run.runbook_id == run.runbook_id, Run.status == RunStatus.running.value)).one()
+            running = conn.execute(select(func.count()).select_from(_RUNS).where(
+                _RUNS.c.runbook_id == run.runbook_id, _RUNS.c.status == RunStatus.running.value)).scalar_one()
             if running >= concurrency:
                 return Claim(None, retry_in=1.0, why=f"{running} runs of {run.runbook_id} already running")
-        session.expunge(run)  # changed below and written with one Core update, never flushed by the ORM
         now = utcnow()
         first, previous = run.started_at is None, run.worker
         run.status, run.worker, run.heartbeat_at = RunStatus.running.value, me(), now
         run.started_at = run.started_at or now
         run.deadline_at = run.deadline_at or as_utc(run.started_at) + timeout
-        session.connection().execute(_CLAIM, row_values(run, CLAIMED))
-        event = events.record(session, run_id=run_id, type="run.started" if first else "run.resumed",
-                              data={"worker": run.worker, "previous_worker": None if first else previous})
-        steps = list(session.exec(select(StepRun).where(StepRun.run_id == run_id).order_by(col(StepRun.position))))
+        conn.execute(_CLAIM, row_values(run, CLAIMED))
+        event = events.record_many(conn, run_id=run_id, items=[(
+            None, "run.started" if first else "run.resumed",
+            {"worker": run.worker, "previous_worker": None if first else previous})])[0]
+        steps = [StepRun(**row) for row in conn.execute(_LOAD_STEPS, {"run_id": run_id}).mappings()]
         return Claim(run, event=event, steps=steps)
 
 

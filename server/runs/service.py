@@ -41,7 +41,8 @@ def find_idempotent(session: Session, *, key: str, body_hash: str) -> Run | None
 
 _RUNS, _STEPS = Run.__table__, StepRun.__table__  # type: ignore[attr-defined]
 _INSERT_RUN = insert(_RUNS).returning(_RUNS.c.id)
-_INSERT_STEPS = insert(_STEPS)
+# RETURNING with sort_by_parameter_order makes the steps one multi-row INSERT instead of one per step.
+_INSERT_STEPS = insert(_STEPS).returning(_STEPS.c.id, sort_by_parameter_order=True)
 
 
 def _columns(row: Run | StepRun, *, exclude: str) -> dict[str, Any]:
@@ -76,7 +77,9 @@ def create_run(session: Session, *, checked: Checked, given: dict[str, Any], act
     run.id = conn.execute(_INSERT_RUN, _columns(run, exclude="id")).scalar_one()
     steps = [StepRun(run_id=run.id, step_id=step.id, position=position, uses=step.uses, phase=step.phase,
                      incident_id=incident_id) for position, step in enumerate(runbook.steps)]
-    conn.execute(_INSERT_STEPS, [_columns(step, exclude="id") for step in steps])
+    ids = conn.execute(_INSERT_STEPS, [_columns(step, exclude="id") for step in steps]).scalars().all()
+    for step, step_id in zip(steps, ids, strict=True):
+        step.id = step_id
     events.record(session, run_id=run.id, type="run.queued", data={"runbook": runbook.id, "actor": actor.name})
     audit.record(session, actor=actor, action="run.create", target_type="run", target_id=run.id,
                  after={"runbook": runbook.id, "runbook_hash": run.runbook_hash, "params": run.params,

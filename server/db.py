@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import weakref
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
@@ -11,6 +12,7 @@ from typing import Annotated, Any
 from fastapi import Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import Engine, event
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 from sqlmodel import Session, create_engine
 
@@ -29,7 +31,8 @@ def make_engine(url: str, *, synchronous_commit: bool = True, **kwargs: Any) -> 
     if parsed.get_backend_name() != "sqlite":
         if not synchronous_commit:
             kwargs["connect_args"] = {**kwargs.get("connect_args", {}), "options": "-c synchronous_commit=off"}
-        engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20, **kwargs)
+        engine = create_engine(url, pool_size=10, max_overflow=20, **kwargs)
+        _ping_after_idle(engine)
         if not synchronous_commit:
             _ASYNC_COMMIT.add(engine)
         return engine
@@ -57,6 +60,36 @@ def make_engine(url: str, *, synchronous_commit: bool = True, **kwargs: Any) -> 
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
+
+
+PING_AFTER_IDLE_S = 1.0
+
+
+def _ping_after_idle(engine: Engine) -> None:
+    """SQLAlchemy's pool_pre_ping, for connections idle longer than PING_AFTER_IDLE_S only.
+
+    pool_pre_ping costs a round trip at every checkout, three per quick run (the api's request, the
+    worker's claim and end). A connection used a moment ago is as good as a ping; one that sat idle may
+    have been dropped (a database restart, an idle timeout), and a failed ping invalidates the pool, as
+    pool_pre_ping does, so the checkout gets a fresh connection instead of an error. Uses the pool's
+    documented checkout-event hook (DisconnectionError), not a fork of the pool.
+    """
+
+    @event.listens_for(engine, "connect")
+    @event.listens_for(engine, "checkin")
+    def _stamp(_dbapi_connection: Any, record: Any) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _ping(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        if time.monotonic() - record.info.get("idle_since", 0.0) < PING_AFTER_IDLE_S:
+            return
+        try:
+            engine.dialect.do_ping(dbapi_connection)
+        except engine.dialect.loaded_dbapi.Error as exc:
+            if engine.dialect.is_disconnect(exc, dbapi_connection, None):
+                raise sa_exc.InvalidatePoolError(str(exc)) from exc
+            raise
 
 
 def is_postgres(engine: Engine) -> bool:

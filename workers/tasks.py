@@ -25,6 +25,7 @@ from server.queue import (
 from server.redis_client import key, make_redis
 from server.runs import sweeps
 from workers.celery_app import app, settings
+from workers.steps.base import load_step_kinds
 
 log = logging.getLogger("runbookd.worker")
 
@@ -126,3 +127,7 @@ def chat_followups() -> None:
     from server.chat.followups import post_due
 
     post_due(get_engine(), settings)
+
+
+# Every step kind imported before the pool forks: the children share it, and no run pays for the import.
+load_step_kinds()

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import redis
 from fastapi import APIRouter, Header, Query, Request
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, Response
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 from sse_starlette.sse import EventSourceResponse
@@ -57,17 +57,17 @@ def _dispatch(request: Request, session: SessionDep, run: Run) -> None:
 
 
 def _response(request: Request, session: SessionDep, run: Run, status_code: int,
-              steps: list[StepRun] | None = None) -> JSONResponse:
+              steps: list[StepRun] | None = None) -> Response:
     assert run.id is not None
     if steps is None:
         steps = service.steps_of(session, run_id=run.id)
     body = views.public(run, steps, _settings(request))
-    return JSONResponse(body.model_dump(mode="json"), status_code=status_code)
+    return Response(body.model_dump_json(), status_code=status_code, media_type="application/json")
 
 
 @router.post("", status_code=202, response_model=RunPublic)
 def create_run(body: RunCreate, request: Request, session: SessionDep, actor: Operator,
-               idempotency_key: Annotated[str | None, Header(max_length=200)] = None) -> JSONResponse:
+               idempotency_key: Annotated[str | None, Header(max_length=200)] = None) -> Response:
     body_hash = service.request_hash(body.model_dump(mode="json"))
     if idempotency_key:
         existing = service.find_idempotent(session, key=idempotency_key, body_hash=body_hash)
@@ -136,7 +136,7 @@ def get_run(run_id: int, request: Request, session: SessionDep, _actor: Viewer) 
 
 @router.post("/{run_id}/cancel", response_model=RunPublic)
 def cancel_run(run_id: int, request: Request, session: SessionDep, actor: Operator,
-               body: CancelRequest | None = None) -> JSONResponse:
+               body: CancelRequest | None = None) -> Response:
     last = _last_event_id(session, run_id)
     run = service.cancel(session, run_id=run_id, actor=actor, reason=body.reason if body else None)
     session.commit()
@@ -150,7 +150,7 @@ def cancel_run(run_id: int, request: Request, session: SessionDep, actor: Operat
 
 
 def _decide(run_id: int, step_id: str, request: Request, session: SessionDep, actor: Operator,
-            body: DecisionRequest | None, approve: bool) -> JSONResponse:
+            body: DecisionRequest | None, approve: bool) -> Response:
     last = _last_event_id(session, run_id)
     run = service.decide(session, run_id=run_id, step_id=step_id, actor=actor, approve=approve,
                          reason=body.reason if body else None)
@@ -162,19 +162,19 @@ def _decide(run_id: int, step_id: str, request: Request, session: SessionDep, ac
 
 @router.post("/{run_id}/steps/{step_id}/approve", status_code=202, response_model=RunPublic)
 def approve_step(run_id: int, step_id: str, request: Request, session: SessionDep, actor: Operator,
-                 body: DecisionRequest | None = None) -> JSONResponse:
+                 body: DecisionRequest | None = None) -> Response:
     return _decide(run_id, step_id, request, session, actor, body, True)
 
 
 @router.post("/{run_id}/steps/{step_id}/reject", status_code=202, response_model=RunPublic)
 def reject_step(run_id: int, step_id: str, request: Request, session: SessionDep, actor: Operator,
-                body: DecisionRequest | None = None) -> JSONResponse:
+                body: DecisionRequest | None = None) -> Response:
     return _decide(run_id, step_id, request, session, actor, body, False)
 
 
 @router.post("/{run_id}/rerun", status_code=202, response_model=RunPublic)
 def rerun(run_id: int, request: Request, session: SessionDep, actor: Operator,
-          body: RerunRequest | None = None) -> JSONResponse:
+          body: RerunRequest | None = None) -> Response:
     run = service.rerun(session, run_id=run_id, actor=actor, overrides=body.params if body else {},
                         settings=_settings(request))
     session.commit()

@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from server import health
 from server.audit.routes import router as audit_router
 from server.auth.routes import router as tokens_router
+from server.auth.token_cache import RevocationFollower, TokenCache
 from server.chat.routes import router as chat_router
 from server.db import make_engine
 from server.debug.routes import router as debug_router
@@ -48,9 +49,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.loglevel_sync = (
             OwnLoggerSync(settings, app.state.engine).start() if app.state.redis is not None else None
         )
+        # Tokens revoked through another api process are forgotten here too (see server.auth.token_cache).
+        revocations = (RevocationFollower(settings, app.state.token_cache).start()
+                       if app.state.redis is not None else None)
         try:
             yield
         finally:
+            if revocations is not None:
+                revocations.stop()
             app.state.flag_cache.stop()
             if app.state.loglevel_sync is not None:
                 app.state.loglevel_sync.stop()
@@ -61,6 +67,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="runbookd", version="0.1.0", lifespan=lifespan,
                   description="Debugging automation: runbooks, flags, log levels, incident history.")
     app.state.settings = settings
+    app.state.token_cache = TokenCache(settings.auth_cache_seconds)
     app.state.migration_heads = code_heads()
     install_error_handlers(app)
     for router in ROUTERS:

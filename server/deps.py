@@ -7,10 +7,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from server.auth import service as auth
-from server.auth.models import Actor, Role, Source
-from server.auth.token_cache import TokenCache
-from server.db import SessionDep
+from server.auth.models import Actor, Role
 from server.errors import Forbidden, Unauthorized
 
 
@@ -27,28 +24,17 @@ def _presented_token(request: Request) -> str:
     raise Unauthorized("missing API token: send 'Authorization: Bearer <token>'")
 
 
-def current_actor(request: Request, session: SessionDep) -> Actor:
-    token = auth.authenticate(session, raw=_presented_token(request))
-    actor = Actor(name=token.name, role=Role(token.role), source=Source.api, token_id=token.id)
+async def current_actor(request: Request) -> Actor:
+    """Who is calling. Answered from the process's token cache (server.auth.token_cache): async, so no
+    thread-pool hop, and the database is asked once per token per RUNBOOKD_AUTH_CACHE_SECONDS. A revoked
+    token stops working at once (the cache forgets it when the revocation commits or is announced)."""
+    state = request.app.state
+    actor: Actor = await state.token_cache.actor(state.engine, _presented_token(request))
     request.state.actor = actor
     return actor
 
 
 CurrentActor = Annotated[Actor, Depends(current_actor)]
-
-
-async def cached_actor(request: Request) -> Actor:
-    """current_actor for the hot evaluation path: no database round trip per request.
-
-    Tokens are remembered for RUNBOOKD_AUTH_CACHE_SECONDS (server.auth.token_cache), so a revocation
-    reaches this path within that time; every other endpoint checks the database each time.
-    """
-    state = request.app.state
-    if getattr(state, "token_cache", None) is None:
-        state.token_cache = TokenCache(state.settings.auth_cache_seconds)
-    actor: Actor = await state.token_cache.actor(state.engine, _presented_token(request))
-    request.state.actor = actor
-    return actor
 
 
 def require_role(needed: Role) -> Callable[[Actor], Awaitable[Actor]]:

@@ -78,7 +78,9 @@ class Settings(BaseSettings):
         1.0, gt=0, description="How often each api process checks that it missed no flag change notice."
     )
     auth_cache_seconds: float = Field(
-        5.0, ge=0, description="How long OFREP evaluation trusts a checked token; revocation lags by this much."
+        5.0, ge=0, description="How long an api process trusts a checked token without asking the database. "
+        "A revocation is announced over Redis and takes effect at once; without Redis it lags by this much. "
+        "0 asks the database on every request."
     )
     loglevel_max_duration: Duration = Field(
         timedelta(hours=4), description="Longest temporary log-level override (issue 4's safety rail)."

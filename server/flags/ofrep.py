@@ -16,7 +16,7 @@ from fastapi import APIRouter, Request, Response
 from sse_starlette.sse import EventSourceResponse, ServerSentEvent
 
 from server.auth.models import Actor
-from server.deps import cached_actor
+from server.deps import current_actor
 from server.errors import Forbidden
 from server.flags.cache import FlagCache
 from server.flags.evaluation import EvaluationError, check_context, resolution
@@ -61,7 +61,7 @@ def environment_of(actor: Actor, context: dict[str, Any], cache: FlagCache, defa
 
 @router.post("/evaluate/flags/{key}", summary="OFREP single flag evaluation")
 async def evaluate_flag(key: str, request: Request) -> Response:
-    actor = await cached_actor(request)
+    actor = await current_actor(request)
     cache: FlagCache = request.app.state.flag_cache
     try:
         context = await _parse(request)
@@ -101,7 +101,7 @@ def _events_url(request: Request) -> str:
 
 @router.post("/evaluate/flags", summary="OFREP bulk evaluation")
 async def evaluate_all(request: Request) -> Response:
-    actor = await cached_actor(request)
+    actor = await current_actor(request)
     cache: FlagCache = request.app.state.flag_cache
     try:
         context = await _parse(request)
@@ -126,7 +126,7 @@ async def evaluate_all(request: Request) -> Response:
 
 @router.get("/events", summary="SSE stream of flag change notices (OFREP refetchEvaluation events)")
 async def events(request: Request) -> EventSourceResponse:
-    await cached_actor(request)
+    await current_actor(request)
     cache: FlagCache = request.app.state.flag_cache
     listener = cache.subscribe()
 
@@ -148,7 +148,7 @@ async def events(request: Request) -> EventSourceResponse:
 
 @router.get("/configuration", summary="OFREP provider configuration")
 async def configuration(request: Request) -> Response:
-    await cached_actor(request)
+    await current_actor(request)
     body = {"name": "runbookd",
             "capabilities": {"cacheInvalidation": {"polling": {"enabled": True, "minPollingIntervalMs": 1000}},
                              "flagEvaluation": {"supportedTypes": ["boolean", "string", "int", "float", "object"]}}}

@@ -7,13 +7,14 @@ real `runbookd api` (uvicorn; `--api-processes N` runs N processes) and a real `
 over PostgreSQL.
 Targets (issue 3): p50 API->finished at most 10x the raw round trip; at least 150 runs/s with 200 in flight.
 Throughput is absolute, so it is also printed as a share of raw Celery's no-op throughput with as many tasks
-in flight, measured in the same run: that share does not move with the machine's speed.
+in flight (best of three bursts), measured in the same run: that share moves less with the machine's speed.
 
-The throughput phase posts from 16 threads with http.client (one keep-alive connection each): everything
-runs on one machine, and httpx cost the load generator 0.39-0.57 ms of CPU per POST against 0.12 ms for
-http.client, taken from the system measured.
+The throughput phase keeps 200 runs in flight (a run is posted as soon as one finishes) until 1000 ran, so
+the figure is a steady state rather than a burst's ramp and drain. It posts from 16 threads with http.client
+(one keep-alive connection each): everything runs on one machine, and httpx cost the load generator
+0.39-0.57 ms of CPU per POST against 0.12 ms for http.client, taken from the system measured.
 
-    .venv/bin/python bench/run_dispatch.py [--samples 200] [--in-flight 200] [--api-processes 1]
+    .venv/bin/python bench/run_dispatch.py [--samples 200] [--runs 1000] [--in-flight 200] [--api-processes 1]
 
 Uses PostgreSQL at RUNBOOKD_TEST_POSTGRES_URL (default postgresql://postgres@127.0.0.1:5432/postgres) in a
 database it creates and drops, and the Redis at RUNBOOKD_TEST_REDIS_URL (default redis://127.0.0.1:6379/0)
@@ -32,6 +33,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -117,11 +119,14 @@ def measure_baseline(prefix: str, samples: int, in_flight: int, workdir: Path) -
             started = time.perf_counter()
             app.send_task("baseline.noop", args=[i]).get(timeout=30)
             timings.append(time.perf_counter() - started)
-        began = time.perf_counter()
-        pending = [app.send_task("baseline.noop", args=[i]) for i in range(in_flight)]
-        for result in pending:
-            result.get(timeout=60)
-        return timings, in_flight / (time.perf_counter() - began)
+        bursts = []
+        for _ in range(3):  # a burst lasts well under a second: the best of three is the machine's pace
+            began = time.perf_counter()
+            pending = [app.send_task("baseline.noop", args=[i]) for i in range(in_flight)]
+            for result in pending:
+                result.get(timeout=60)
+            bursts.append(in_flight / (time.perf_counter() - began))
+        return timings, max(bursts)
     finally:
         stop_process(proc)
 
@@ -136,6 +141,7 @@ class Finishes:
         self.done: dict[int, float] = {}
         self.status: dict[int, str] = {}
         self.cond = threading.Condition()
+        self.on_finish: Callable[[], None] | None = None  # called once per run.finished (frees a slot)
         self.thread = threading.Thread(target=self._loop, daemon=True)
         self.running = True
         self.thread.start()
@@ -153,6 +159,8 @@ class Finishes:
                     self.done[event["run_id"]] = time.perf_counter()
                     self.status[event["run_id"]] = event["data"]["status"]
                     self.cond.notify_all()
+                if self.on_finish is not None:
+                    self.on_finish()
 
     def wait(self, run_ids: list[int], timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -171,8 +179,42 @@ class Finishes:
         self.client.close()
 
 
-def measure_runbookd(prefix: str, samples: int, in_flight: int, workdir: Path, db_url: str, api_processes: int
-                     ) -> tuple[list[float], float, int]:
+class Posted(list[int]):
+    began: float = 0.0
+
+
+def sustain(poster: LightPoster, finishes: Finishes, runs: int, in_flight: int) -> Posted:
+    """Post `runs` runs from 16 threads, never more than `in_flight` unfinished at once; returns their ids."""
+    slots = threading.BoundedSemaphore(in_flight)
+    finishes.on_finish = slots.release
+    ids, lock = Posted(), threading.Lock()
+
+    def post_until_done() -> None:
+        while True:
+            with lock:
+                if len(ids) + posting[0] >= runs:
+                    return
+                posting[0] += 1
+            slots.acquire()
+            run_id = poster.post({"runbook": "trio", "params": {"n": 1}})
+            with lock:
+                ids.append(run_id)
+                posting[0] -= 1
+
+    posting = [0]
+    ids.began = time.perf_counter()
+    try:
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            for future in [pool.submit(post_until_done) for _ in range(16)]:
+                future.result()
+        finishes.wait(list(ids), 300)
+    finally:
+        finishes.on_finish = None
+    return ids
+
+
+def measure_runbookd(prefix: str, samples: int, runs: int, in_flight: int, workdir: Path, db_url: str,
+                     api_processes: int) -> tuple[list[float], float, int]:
     runbooks = workdir / "runbooks"
     runbooks.mkdir()
     (runbooks / "trio.yaml").write_text(RUNBOOK)
@@ -213,15 +255,10 @@ def measure_runbookd(prefix: str, samples: int, in_flight: int, workdir: Path, d
                 finishes.wait([run_id], 30)
                 latencies.append(finishes.done[run_id] - started)
             print(f"  (of which POST /api/v1/runs answered in p50 {statistics.median(accepted) * 1000:.2f} ms)")
-            poster = LightPoster(port, token)
-            began = time.perf_counter()
-            with ThreadPoolExecutor(max_workers=16) as pool:
-                ids = list(pool.map(lambda _i: poster.post({"runbook": "trio", "params": {"n": 1}}),
-                                    range(in_flight)))
-            finishes.wait(ids, 300)
-            elapsed = max(finishes.done[r] for r in ids) - began
+            ids = sustain(LightPoster(port, token), finishes, runs, in_flight)
+            elapsed = max(finishes.done[r] for r in ids) - ids.began
             failed = sum(1 for r in ids if finishes.status[r] != "succeeded")
-        return latencies, in_flight / elapsed, failed
+        return latencies, runs / elapsed, failed
     finally:
         finishes.close()
         stop_process(worker)
@@ -256,7 +293,8 @@ def _answers(client: httpx.Client) -> bool:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=200)
-    parser.add_argument("--in-flight", type=int, default=200)
+    parser.add_argument("--in-flight", type=int, default=200, help="unfinished runs kept in flight")
+    parser.add_argument("--runs", type=int, default=1000, help="runs in the throughput phase")
     parser.add_argument("--api-processes", type=int, default=1)
     args = parser.parse_args()
     problem = postgres_problem()
@@ -270,8 +308,8 @@ def main() -> int:
         with tempfile.TemporaryDirectory(prefix="rbd-bench-") as tmp:
             workdir = Path(tmp)
             raw, raw_throughput = measure_baseline(prefix, args.samples, args.in_flight, workdir)
-            latencies, throughput, failed = measure_runbookd(prefix, args.samples, args.in_flight, workdir, db_url,
-                                                             args.api_processes)
+            latencies, throughput, failed = measure_runbookd(prefix, args.samples, args.runs, args.in_flight,
+                                                             workdir, db_url, args.api_processes)
     finally:
         delete_prefixed_keys(REDIS_URL, prefix)
         drop_pg_database(name)
@@ -280,7 +318,7 @@ def main() -> int:
     print(f"raw Celery round trip (no-op, {WORKERS} worker processes): p50 {raw_p50:.2f} ms  p95 {raw_p95:.2f} ms")
     print(f"runbookd API->finished (log, assert, log):        p50 {p50:.2f} ms  p95 {p95:.2f} ms")
     print(f"ratio p50 {p50 / raw_p50:.1f}x  p95 {p95 / raw_p95:.1f}x   (target: p50 at most 10x)")
-    print(f"throughput with {args.in_flight} runs in flight ({args.api_processes} api processes): "
+    print(f"throughput, {args.runs} runs with {args.in_flight} in flight ({args.api_processes} api processes): "
           f"{throughput:.0f} runs/s  "
           f"(target: at least 150)  failed runs: {failed}")
     print(f"  raw Celery no-op throughput, {args.in_flight} in flight: {raw_throughput:.0f} tasks/s; "

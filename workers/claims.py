@@ -128,9 +128,8 @@ def claim(engine: Engine, settings: Settings, run_id: int, *, limits: Limits) ->
         run.started_at = run.started_at or now
         run.deadline_at = run.deadline_at or as_utc(run.started_at) + timeout
         conn.execute(_CLAIM, row_values(run, CLAIMED))
-        event = events.record_many(conn, run_id=run_id, items=[(
-            None, "run.started" if first else "run.resumed",
-            {"worker": run.worker, "previous_worker": None if first else previous})])[0]
+        event = events.record(conn, run_id=run_id, type="run.started" if first else "run.resumed",
+                              data={"worker": run.worker, "previous_worker": None if first else previous})
         steps = [StepRun(**row) for row in conn.execute(_LOAD_STEPS, {"run_id": run_id}).mappings()]
         return Claim(run, event=event, steps=steps)
 

@@ -32,7 +32,7 @@ _TABLE = RunEvent.__table__  # type: ignore[attr-defined]
 _INSERT = insert(_TABLE).returning(_TABLE.c.id, sort_by_parameter_order=True)
 
 
-def record(session: Session, *, run_id: int, type: str, step_id: str | None = None,
+def record(session: Session | Connection, *, run_id: int, type: str, step_id: str | None = None,
            data: dict[str, Any] | None = None) -> dict[str, Any]:
     """Store an event in the caller's transaction; returns it as the message to publish after the commit."""
     return record_many(session, run_id=run_id, items=[(step_id, type, data)])[-1]

@@ -42,6 +42,7 @@ sys.path.insert(0, str(REPO))
 
 import httpx  # noqa: E402
 import orjson  # noqa: E402
+import psutil  # noqa: E402
 import redis  # noqa: E402
 from celery import Celery  # noqa: E402
 
@@ -179,6 +180,40 @@ class Finishes:
         self.client.close()
 
 
+class CpuMeter:
+    """CPU time used since creation by the api and worker (with their children), PostgreSQL, Redis and this
+    process (the load generator): where a run's cost goes. psutil reads it from /proc, per process, so a
+    process that starts meanwhile counts whole and one that ends meanwhile drops out."""
+
+    def __init__(self, *, api: int, worker: int) -> None:
+        self.roots = {"api": psutil.Process(api), "worker": psutil.Process(worker)}
+        self.start = self._read()
+
+    def _read(self) -> dict[int, tuple[str, float]]:
+        seen = {psutil.Process().pid: ("load generator", _cpu(psutil.Process()))}
+        for name, root in self.roots.items():
+            seen.update({p.pid: (name, _cpu(p)) for p in [root, *root.children(recursive=True)]})
+        for proc in psutil.process_iter(["name"]):
+            server = proc.info["name"] or ""
+            if server.startswith(("postgres", "redis-server")):
+                seen[proc.pid] = ("PostgreSQL" if server.startswith("postgres") else "Redis", _cpu(proc))
+        return seen
+
+    def used_ms(self) -> dict[str, float]:
+        used = dict.fromkeys(["api", "worker", "PostgreSQL", "Redis", "load generator"], 0.0)
+        for pid, (name, cpu) in self._read().items():
+            used[name] += (cpu - self.start.get(pid, (name, 0.0))[1]) * 1000
+        return used
+
+
+def _cpu(proc: psutil.Process) -> float:
+    try:
+        times = proc.cpu_times()
+    except psutil.Error:  # gone meanwhile: a PostgreSQL backend that ended, say
+        return 0.0
+    return float(times.user + times.system)
+
+
 class Posted(list[int]):
     began: float = 0.0
 
@@ -255,9 +290,14 @@ def measure_runbookd(prefix: str, samples: int, runs: int, in_flight: int, workd
                 finishes.wait([run_id], 30)
                 latencies.append(finishes.done[run_id] - started)
             print(f"  (of which POST /api/v1/runs answered in p50 {statistics.median(accepted) * 1000:.2f} ms)")
+            meter = CpuMeter(api=api.pid, worker=worker.pid)
             ids = sustain(LightPoster(port, token), finishes, runs, in_flight)
+            per_run = {name: ms / runs for name, ms in meter.used_ms().items()}
             elapsed = max(finishes.done[r] for r in ids) - ids.began
             failed = sum(1 for r in ids if finishes.status[r] != "succeeded")
+        total, cores = sum(per_run.values()), os.cpu_count() or 1
+        print("  CPU per run in the throughput phase: " + ", ".join(f"{k} {v:.2f} ms" for k, v in per_run.items())
+              + f"; total {total:.2f} ms: {cores} cores allow at most {cores * 1000 / total:.0f} runs/s")
         return latencies, runs / elapsed, failed
     finally:
         finishes.close()

@@ -72,6 +72,8 @@ class Execution:
     deferred_rows: list[StepRun] = field(default_factory=list)  # finished, committed with the next save
     deferred_events: list[events.Item] = field(default_factory=list)
     deferred_since: float = 0.0
+    unpublished: list[dict[str, Any]] = field(default_factory=list)  # stored, to go out with the next publish
+    unpublished_lock: threading.Lock = field(default_factory=threading.Lock)  # step threads publish output
 
     @property
     def run_id(self) -> int:
@@ -101,6 +103,10 @@ class Execution:
         return {"params": self.params, "steps": steps, "run": run}
 
     def publish(self, messages: list[dict[str, Any]]) -> None:
+        """Publish these after any stored event still waiting to go out (the claim's run.started)."""
+        if self.unpublished:
+            with self.unpublished_lock:
+                messages, self.unpublished = [*self.unpublished, *messages], []
         events.publish(self.redis, self.settings, self.run_id, messages)
 
     def save(self, row: StepRun | None = None, run: bool = False, event: tuple[str, dict[str, Any]] | None = None,
@@ -197,8 +203,8 @@ def execute(run_id: int, queue: str, *, settings: Settings, engine: Engine, clie
                 f"the stored definition no longer validates: {checked.errors[0].message}")
         return "invalid definition"
     ex = Execution(settings, engine, client, run, checked.runbook, queue)
-    if got.event:
-        ex.publish([got.event])
+    if got.event:  # run.started goes out with the first step's events (within a poll), one publish less
+        ex.unpublished.append(got.event)
     ex.params = {**run.params, **(run.secrets or {})}
     ex.secrets = sorted((str(v) for v in (run.secrets or {}).values() if str(v)), key=len, reverse=True)
     ex.rows = {r.step_id: r for r in got.steps}

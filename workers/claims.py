@@ -10,13 +10,15 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, bindparam, func, text, update
+from sqlalchemy import Connection, Engine, and_, bindparam, func, text, update
 from sqlmodel import col, select
 
 from server.db import commits_asynchronously, is_postgres, session_scope
 from server.models_base import as_utc, utcnow
+from server.runbooks.schema import Runbook
 from server.runs import events
 from server.runs.models import Run, RunStatus, StepRun
+from server.runs.service import pending_steps
 from server.settings import Settings
 
 HOST = socket.gethostname()
@@ -71,16 +73,17 @@ class Claim:
     steps: list[StepRun] = field(default_factory=list)
 
 
-def row_update(model: type[Run] | type[StepRun], columns: tuple[str, ...]) -> Any:
-    """UPDATE of these columns of one row by id, built once so SQLAlchemy compiles it once; run it with
-    row_values(). The claim and the engine's saves write run progress this way, without an ORM flush."""
+def row_update(model: type[Run] | type[StepRun], columns: tuple[str, ...], key: tuple[str, ...] = ("id",)) -> Any:
+    """UPDATE of these columns of the one row a unique key names, built once so SQLAlchemy compiles it once;
+    run it with row_values(). The claim and the engine's saves write run progress this way, without an
+    ORM flush."""
     table = model.__table__  # type: ignore[union-attr]
-    return update(table).where(table.c.id == bindparam("row_id")).values(
+    return update(table).where(and_(*(table.c[k] == bindparam(f"key_{k}") for k in key))).values(
         {c: bindparam(f"new_{c}", type_=table.c[c].type) for c in columns})
 
 
-def row_values(row: Run | StepRun, columns: tuple[str, ...]) -> dict[str, Any]:
-    return {"row_id": row.id, **{f"new_{c}": getattr(row, c) for c in columns}}
+def row_values(row: Run | StepRun, columns: tuple[str, ...], key: tuple[str, ...] = ("id",)) -> dict[str, Any]:
+    return {**{f"key_{k}": getattr(row, k) for k in key}, **{f"new_{c}": getattr(row, c) for c in columns}}
 
 
 CLAIMED = ("status", "worker", "heartbeat_at", "started_at", "deadline_at")
@@ -91,20 +94,23 @@ _RUNS, _STEPS = Run.__table__, StepRun.__table__  # type: ignore[attr-defined]
 _LOAD_RUN = select(_RUNS).where(_RUNS.c.id == bindparam("run_id")).with_for_update()
 _LOAD_STEPS = select(_STEPS).where(_STEPS.c.run_id == bindparam("run_id")).order_by(_STEPS.c.position)
 
-Limits = Callable[[Run], tuple[int | None, timedelta]]
+Definition = Callable[[Run], Runbook | None]  # the run's stored definition, parsed; None if it no longer validates
 
 
-def claim(engine: Engine, settings: Settings, run_id: int, *, limits: Limits) -> Claim:
+def claim(engine: Engine, settings: Settings, run_id: int, *, definition: Definition) -> Claim:
     """Take the run if it is ours to execute now: queued, or running under a worker that died.
 
-    `limits(run)` gives the runbook's concurrency and timeout, read from the run's stored definition.
+    `definition(run)` gives the runbook the run runs: its concurrency, its timeout and, at the first
+    claim, its steps (their rows are still as create_run wrote them, so they are not read back).
     """
     with progress_connection(engine, settings) as conn:
         found = conn.execute(_LOAD_RUN, {"run_id": run_id}).mappings().one_or_none()
         if found is None:
             return Claim(None, why="no such run")
         run = Run(**found)
-        concurrency, timeout = limits(run)
+        runbook = definition(run)
+        concurrency = runbook.concurrency if runbook is not None else None
+        timeout = (runbook.timeout if runbook is not None else None) or timedelta(seconds=settings.run_default_timeout)
         status = RunStatus(run.status)
         if status.finished or status == RunStatus.waiting_approval:
             return Claim(None, why=f"run is {status.value}")
@@ -130,7 +136,10 @@ def claim(engine: Engine, settings: Settings, run_id: int, *, limits: Limits) ->
         conn.execute(_CLAIM, row_values(run, CLAIMED))
         event = events.record(conn, run_id=run_id, type="run.started" if first else "run.resumed",
                               data={"worker": run.worker, "previous_worker": None if first else previous})
-        steps = [StepRun(**row) for row in conn.execute(_LOAD_STEPS, {"run_id": run_id}).mappings()]
+        if first and status == RunStatus.queued and runbook is not None:
+            steps = pending_steps(run_id=run_id, runbook=runbook, incident_id=run.incident_id)
+        else:
+            steps = [StepRun(**row) for row in conn.execute(_LOAD_STEPS, {"run_id": run_id}).mappings()]
         return Claim(run, event=event, steps=steps)
 
 

@@ -12,7 +12,6 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import timedelta
 from functools import lru_cache
 from typing import Any
 
@@ -43,7 +42,9 @@ DEFER_WINDOW_S = 0.1  # the longest a finished step's result waits in memory for
 # What the engine changes on its rows; save() writes these columns and no others.
 STEP_PROGRESS = ("status", "attempts", "started_at", "finished_at", "outputs", "error", "approval", "compensated")
 RUN_PROGRESS = ("status", "queue", "worker", "dispatched_at", "finished_at", "error", "secrets", "outputs")
-SAVE_STEP, SAVE_RUN = claims.row_update(StepRun, STEP_PROGRESS), claims.row_update(Run, RUN_PROGRESS)
+# Steps by (run, step id): a run's first claim builds its pending rows without reading their ids back.
+STEP_KEY = ("run_id", "step_id")
+SAVE_STEP, SAVE_RUN = claims.row_update(StepRun, STEP_PROGRESS, STEP_KEY), claims.row_update(Run, RUN_PROGRESS)
 
 
 class RunAborted(Exception):
@@ -139,7 +140,7 @@ class Execution:
         stored: list[dict[str, Any]] = []
         with claims.progress_connection(self.engine, self.settings) as conn:
             if rows:
-                conn.execute(SAVE_STEP, [claims.row_values(r, STEP_PROGRESS) for r in rows])
+                conn.execute(SAVE_STEP, [claims.row_values(r, STEP_PROGRESS, STEP_KEY) for r in rows])
             if items:
                 stored = events.record_many(conn, run_id=self.run_id, items=items)
             if run:
@@ -183,14 +184,12 @@ def execute(run_id: int, queue: str, *, settings: Settings, engine: Engine, clie
     """Run (or resume) a run as far as this worker can take it; returns what happened, for logs and tests."""
     parsed: list[Checked] = []
 
-    def limits(run: Run) -> tuple[int | None, timedelta]:
+    def definition(run: Run) -> Runbook | None:
         # Named after the runbook's id, which is also the default id of a runbook that does not state one.
         parsed.append(_checked(run.definition, f"{run.runbook_id}.yaml"))
-        runbook = parsed[0].runbook
-        return (runbook.concurrency if runbook else None,
-                (runbook.timeout if runbook else None) or timedelta(seconds=settings.run_default_timeout))
+        return parsed[0].runbook
 
-    got = claims.claim(engine, settings, run_id, limits=limits)
+    got = claims.claim(engine, settings, run_id, definition=definition)
     if got.run is None:
         if got.retry_in is not None:
             send_run(settings, run_id, queue, countdown=got.retry_in)

@@ -18,6 +18,7 @@ from server.errors import Conflict, InvalidInput, NotFound
 from server.incidents import service as incidents
 from server.models_base import as_utc, utcnow
 from server.runbooks import params as param_rules
+from server.runbooks.schema import Runbook
 from server.runbooks.validation import Checked, check_text
 from server.runs import events
 from server.runs.models import FINISHED_STEP, Run, RunStatus, StepRun, StepStatus
@@ -75,8 +76,7 @@ def create_run(session: Session, *, checked: Checked, given: dict[str, Any], act
     # and StepRun objects returned are not attached to the session; they carry what the response shows.
     conn = session.connection()
     run.id = conn.execute(_INSERT_RUN, _columns(run, exclude="id")).scalar_one()
-    steps = [StepRun(run_id=run.id, step_id=step.id, position=position, uses=step.uses, phase=step.phase,
-                     incident_id=incident_id) for position, step in enumerate(runbook.steps)]
+    steps = pending_steps(run_id=run.id, runbook=runbook, incident_id=incident_id)
     ids = conn.execute(_INSERT_STEPS, [_columns(step, exclude="id") for step in steps]).scalars().all()
     for step, step_id in zip(steps, ids, strict=True):
         step.id = step_id
@@ -86,6 +86,13 @@ def create_run(session: Session, *, checked: Checked, given: dict[str, Any], act
                         "dry_run": dry_run, "rerun_of": rerun_of},
                  incident_id=incident_id)
     return run, steps
+
+
+def pending_steps(*, run_id: int, runbook: Runbook, incident_id: str | None) -> list[StepRun]:
+    """A new run's step rows, all pending, as create_run writes them. A worker's first claim of the run
+    builds the same rows instead of reading them back: nothing writes them before that claim."""
+    return [StepRun(run_id=run_id, step_id=step.id, position=position, uses=step.uses, phase=step.phase,
+                    incident_id=incident_id) for position, step in enumerate(runbook.steps)]
 
 
 def get_run(session: Session, *, run_id: int) -> Run:

@@ -45,6 +45,7 @@ def locked_head(session: Session) -> AuditHead:
 
 _HEAD = AuditHead.__table__  # type: ignore[attr-defined]
 _LOCK_HEAD = select(_HEAD.c.last_id, _HEAD.c.last_hash).where(_HEAD.c.id == 1).with_for_update()
+_CREATE_HEAD = insert(_HEAD).returning(_HEAD.c.last_id, _HEAD.c.last_hash)
 _INSERT_EVENT = insert(AuditEvent.__table__)  # type: ignore[attr-defined]
 _MOVE_HEAD = update(_HEAD).where(_HEAD.c.id == 1).values(last_id=bindparam("new_id"), last_hash=bindparam("new_hash"))
 
@@ -71,12 +72,9 @@ def record(
     session.flush()
     conn = session.connection()  # Core statements on the session's connection skip the ORM's execute path
     head = conn.execute(_LOCK_HEAD).one_or_none()
-    if head is None:
-        conn.execute(insert(_HEAD).values(id=1, last_id=0, last_hash=GENESIS_HASH,
-                                          checkpoint_id=0, checkpoint_hash=GENESIS_HASH))
-        last_id, last_hash = 0, GENESIS_HASH
-    else:
-        last_id, last_hash = head.last_id, head.last_hash
+    if head is None:  # the first event ever: the head row starts at AuditHead's defaults (the genesis)
+        head = conn.execute(_CREATE_HEAD).one()
+    last_id, last_hash = head.last_id, head.last_hash
     event = AuditEvent(
         id=last_id + 1,
         ts=utcnow(),

@@ -222,21 +222,13 @@ def sustain(poster: LightPoster, finishes: Finishes, runs: int, in_flight: int) 
     """Post `runs` runs from 16 threads, never more than `in_flight` unfinished at once; returns their ids."""
     slots = threading.BoundedSemaphore(in_flight)
     finishes.on_finish = slots.release
-    ids, lock = Posted(), threading.Lock()
+    ids, turns = Posted(), iter(range(runs))  # next() on a shared iterator hands each turn out once
 
     def post_until_done() -> None:
-        while True:
-            with lock:
-                if len(ids) + posting[0] >= runs:
-                    return
-                posting[0] += 1
+        for _turn in turns:
             slots.acquire()
-            run_id = poster.post({"runbook": "trio", "params": {"n": 1}})
-            with lock:
-                ids.append(run_id)
-                posting[0] -= 1
+            ids.append(poster.post({"runbook": "trio", "params": {"n": 1}}))
 
-    posting = [0]
     ids.began = time.perf_counter()
     try:
         with ThreadPoolExecutor(max_workers=16) as pool:

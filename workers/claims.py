@@ -24,18 +24,31 @@ from server.settings import Settings
 HOST = socket.gethostname()
 
 
-@contextmanager
-def progress_connection(engine: Engine, settings: Settings) -> Iterator[Connection]:
-    """A transaction for a run's progress (claims, step results), on a bare Connection for Core statements.
+def open_progress(engine: Engine, settings: Settings) -> Connection:
+    """A Connection in a transaction for a run's progress (claims, step results): Core statements on it.
 
     Unless RUNBOOKD_RUN_PROGRESS_FSYNC is set, PostgreSQL acknowledges its commit before the disk flush:
     the result is committed and visible (a worker killed right after loses nothing), only a crash of the
     database server itself could lose the last fraction of a second; that halves a quick run's time.
+    The caller commits and closes it (closing without a commit rolls back).
     """
-    with engine.begin() as conn:
+    conn = engine.connect()
+    try:
+        conn.begin()
         if _set_async_commit(engine, settings):
             conn.execute(text("SET LOCAL synchronous_commit = off"))
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+@contextmanager
+def progress_connection(engine: Engine, settings: Settings) -> Iterator[Connection]:
+    """open_progress as a block: committed at its end, rolled back on an exception."""
+    with open_progress(engine, settings) as conn:
         yield conn
+        conn.commit()
 
 
 def _set_async_commit(engine: Engine, settings: Settings) -> bool:
@@ -69,8 +82,11 @@ class Claim:
     run: Run | None
     retry_in: float | None = None  # send the task again after this many seconds
     why: str = ""
-    event: dict[str, Any] | None = None  # run.started or run.resumed, to publish
+    event: dict[str, Any] | None = None  # run.started or run.resumed, stored: to publish
     steps: list[StepRun] = field(default_factory=list)
+    # A first claim not written yet (see claim): its open transaction, and its run.started to store.
+    held: Connection | None = None
+    started: events.Item | None = None
 
 
 def row_update(model: type[Run] | type[StepRun], columns: tuple[str, ...], key: tuple[str, ...] = ("id",)) -> Any:
@@ -89,9 +105,12 @@ def row_values(row: Run | StepRun, columns: tuple[str, ...], key: tuple[str, ...
 CLAIMED = ("status", "worker", "heartbeat_at", "started_at", "deadline_at")
 _CLAIM = row_update(Run, CLAIMED)
 _RUNS, _STEPS = Run.__table__, StepRun.__table__  # type: ignore[attr-defined]
+# A held first claim is written only if the run is still as the claim read it: queued, never started.
+_TAKE = _CLAIM.where(_RUNS.c.status == RunStatus.queued.value, _RUNS.c.started_at.is_(None))
 # Core statements built once: the claim runs for every run, and building and ORM-loading them cost more
 # than the SQL. The rows become detached Run/StepRun objects that the engine changes and writes back.
-_LOAD_RUN = select(_RUNS).where(_RUNS.c.id == bindparam("run_id")).with_for_update()
+_READ_RUN = select(_RUNS).where(_RUNS.c.id == bindparam("run_id"))
+_LOAD_RUN = _READ_RUN.with_for_update()
 _LOAD_STEPS = select(_STEPS).where(_STEPS.c.run_id == bindparam("run_id")).order_by(_STEPS.c.position)
 
 Definition = Callable[[Run], Runbook | None]  # the run's stored definition, parsed; None if it no longer validates
@@ -102,45 +121,77 @@ def claim(engine: Engine, settings: Settings, run_id: int, *, definition: Defini
 
     `definition(run)` gives the runbook the run runs: its concurrency, its timeout and, at the first
     claim, its steps (their rows are still as create_run wrote them, so they are not read back).
+
+    A run's first claim (on PostgreSQL, without a concurrency limit) is held rather than written: the
+    claim comes back with its transaction open, and the engine writes it with take() in that transaction
+    together with its first results. A quick run of side-effect-free steps thus commits once, claim and
+    end together; the engine writes a held claim before any step that acts outside the run, and within
+    DEFER_WINDOW_S in any case. The read takes no lock: take() writes only if the run is still queued and
+    never started, so when another worker (a redelivery) or a cancel got there first, it writes nothing
+    and the engine drops what it computed, which nobody has seen (events go out after commits).
     """
-    with progress_connection(engine, settings) as conn:
-        found = conn.execute(_LOAD_RUN, {"run_id": run_id}).mappings().one_or_none()
-        if found is None:
-            return Claim(None, why="no such run")
-        run = Run(**found)
-        runbook = definition(run)
-        concurrency = runbook.concurrency if runbook is not None else None
-        timeout = (runbook.timeout if runbook is not None else None) or timedelta(seconds=settings.run_default_timeout)
-        status = RunStatus(run.status)
-        if status.finished or status == RunStatus.waiting_approval:
-            return Claim(None, why=f"run is {status.value}")
-        resumed = status == RunStatus.running
-        if resumed:
-            dead = _owner_is_dead(run.worker)
-            fresh = run.heartbeat_at is not None and \
-                utcnow() - as_utc(run.heartbeat_at) < timedelta(seconds=settings.run_reap_grace)
-            if dead is False:
-                return Claim(None, why=f"run is held by live process {run.worker}")
-            if dead is None and fresh:
-                return Claim(None, retry_in=settings.run_heartbeat_interval, why=f"run is held by {run.worker}")
-        elif concurrency is not None:
-            running = conn.execute(select(func.count()).select_from(_RUNS).where(
-                _RUNS.c.runbook_id == run.runbook_id, _RUNS.c.status == RunStatus.running.value)).scalar_one()
-            if running >= concurrency:
-                return Claim(None, retry_in=1.0, why=f"{running} runs of {run.runbook_id} already running")
-        now = utcnow()
-        first, previous = run.started_at is None, run.worker
-        run.status, run.worker, run.heartbeat_at = RunStatus.running.value, me(), now
-        run.started_at = run.started_at or now
-        run.deadline_at = run.deadline_at or as_utc(run.started_at) + timeout
-        conn.execute(_CLAIM, row_values(run, CLAIMED))
-        event = events.record(conn, run_id=run_id, type="run.started" if first else "run.resumed",
-                              data={"worker": run.worker, "previous_worker": None if first else previous})
-        if first and status == RunStatus.queued and runbook is not None:
-            steps = pending_steps(run_id=run_id, runbook=runbook, incident_id=run.incident_id)
-        else:
-            steps = [StepRun(**row) for row in conn.execute(_LOAD_STEPS, {"run_id": run_id}).mappings()]
-        return Claim(run, event=event, steps=steps)
+    conn = open_progress(engine, settings)
+    got: Claim | None = None
+    try:
+        got = _claim(conn, settings, run_id, definition, hold=is_postgres(engine))
+        if got.held is None:
+            conn.commit()
+        return got
+    finally:
+        if got is None or got.held is None:
+            conn.close()
+
+
+def take(conn: Connection, run: Run) -> bool:
+    """Write a held first claim (see claim); False when the run was claimed or ended meanwhile."""
+    return bool(conn.execute(_TAKE, row_values(run, CLAIMED)).rowcount)
+
+
+def _claim(conn: Connection, settings: Settings, run_id: int, definition: Definition, *, hold: bool) -> Claim:
+    read = _READ_RUN if hold else _LOAD_RUN
+    found = conn.execute(read, {"run_id": run_id}).mappings().one_or_none()
+    if found is None:
+        return Claim(None, why="no such run")
+    run = Run(**found)
+    runbook = definition(run)  # a run's definition never changes: any read of the row will do for it
+    hold = hold and run.status == RunStatus.queued and run.started_at is None and \
+        runbook is not None and runbook.concurrency is None
+    if not hold and read is _READ_RUN:  # decide under the row's lock: another worker may be claiming it too
+        run = Run(**conn.execute(_LOAD_RUN, {"run_id": run_id}).mappings().one())
+    concurrency = runbook.concurrency if runbook is not None else None
+    timeout = (runbook.timeout if runbook is not None else None) or timedelta(seconds=settings.run_default_timeout)
+    status = RunStatus(run.status)
+    if status.finished or status == RunStatus.waiting_approval:
+        return Claim(None, why=f"run is {status.value}")
+    resumed = status == RunStatus.running
+    if resumed:
+        dead = _owner_is_dead(run.worker)
+        fresh = run.heartbeat_at is not None and \
+            utcnow() - as_utc(run.heartbeat_at) < timedelta(seconds=settings.run_reap_grace)
+        if dead is False:
+            return Claim(None, why=f"run is held by live process {run.worker}")
+        if dead is None and fresh:
+            return Claim(None, retry_in=settings.run_heartbeat_interval, why=f"run is held by {run.worker}")
+    elif concurrency is not None:
+        running = conn.execute(select(func.count()).select_from(_RUNS).where(
+            _RUNS.c.runbook_id == run.runbook_id, _RUNS.c.status == RunStatus.running.value)).scalar_one()
+        if running >= concurrency:
+            return Claim(None, retry_in=1.0, why=f"{running} runs of {run.runbook_id} already running")
+    now = utcnow()
+    first, previous = run.started_at is None, run.worker
+    run.status, run.worker, run.heartbeat_at = RunStatus.running.value, me(), now
+    run.started_at = run.started_at or now
+    run.deadline_at = run.deadline_at or as_utc(run.started_at) + timeout
+    started: events.Item = (None, "run.started" if first else "run.resumed",
+                            {"worker": run.worker, "previous_worker": None if first else previous})
+    if first and status == RunStatus.queued and runbook is not None:
+        steps = pending_steps(run_id=run_id, runbook=runbook, incident_id=run.incident_id)
+    else:
+        steps = [StepRun(**row) for row in conn.execute(_LOAD_STEPS, {"run_id": run_id}).mappings()]
+    if hold:
+        return Claim(run, steps=steps, held=conn, started=started)
+    conn.execute(_CLAIM, row_values(run, CLAIMED))
+    return Claim(run, event=events.record_many(conn, run_id=run_id, items=[started])[0], steps=steps)
 
 
 def heartbeat(engine: Engine, run_id: int) -> tuple[bool, bool]:

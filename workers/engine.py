@@ -11,12 +11,13 @@ import contextlib
 import logging
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
 import redis
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 
 from server.auth.models import Actor, Role, Source
 from server.db import session_scope
@@ -38,6 +39,7 @@ from workers.steps.base import StepContext, StepFailed, StepInterrupted, load_st
 log = logging.getLogger("runbookd.engine")
 MAX_LIVE_LINES = 2000  # output lines one step may publish live; all of it is still in its outputs
 CANCEL_POLL_S = 0.2
+TAKEN_OVER = "the run was taken over or ended by another worker, the reaper or a cancel"
 DEFER_WINDOW_S = 0.1  # the longest a finished step's result waits in memory for the next commit (Execution.save)
 # What the engine changes on its rows; save() writes these columns and no others.
 STEP_PROGRESS = ("status", "attempts", "started_at", "finished_at", "outputs", "error", "approval", "compensated")
@@ -75,6 +77,7 @@ class Execution:
     deferred_since: float = 0.0
     unpublished: list[dict[str, Any]] = field(default_factory=list)  # stored, to go out with the next publish
     unpublished_lock: threading.Lock = field(default_factory=threading.Lock)  # step threads publish output
+    held: Connection | None = None  # a first claim not written yet (claims.claim): written with the next save
 
     @property
     def run_id(self) -> int:
@@ -129,8 +132,9 @@ class Execution:
         if event is not None:
             items.append((row.step_id if row is not None else None, *event))
         now = time.monotonic()
-        if defer and row is not None and (not self.deferred_rows or now - self.deferred_since < DEFER_WINDOW_S):
-            if not self.deferred_rows:
+        waiting = self.deferred_rows or self.deferred_events
+        if defer and row is not None and (not waiting or now - self.deferred_since < DEFER_WINDOW_S):
+            if not waiting:
                 self.deferred_since = now
             self.deferred_rows.append(row)
             self.deferred_events += items
@@ -138,7 +142,7 @@ class Execution:
         rows, self.deferred_rows = [*self.deferred_rows, *([row] if row is not None else [])], []
         items, self.deferred_events = [*self.deferred_events, *items], []
         stored: list[dict[str, Any]] = []
-        with claims.progress_connection(self.engine, self.settings) as conn:
+        with self._transaction() as conn:
             if rows:
                 conn.execute(SAVE_STEP, [claims.row_values(r, STEP_PROGRESS, STEP_KEY) for r in rows])
             if items:
@@ -146,6 +150,32 @@ class Execution:
             if run:
                 conn.execute(SAVE_RUN, claims.row_values(self.run, RUN_PROGRESS))
         self.publish(stored)
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[Connection]:
+        """The held first claim's transaction, the claim written first (see claims.claim); else a new one."""
+        held, self.held = self.held, None
+        if held is None:
+            with claims.progress_connection(self.engine, self.settings) as conn:
+                yield conn
+            return
+        with held:  # closing it without the commit rolls back
+            if not claims.take(held, self.run):
+                self.deferred_rows, self.deferred_events = [], []
+                raise RunAborted(RunStatus.failed, TAKEN_OVER)
+            yield held
+            held.commit()
+
+    def write_claim(self) -> None:
+        """Write a held first claim now: before a step that acts outside the run, or a heartbeat."""
+        if self.held is not None:
+            self.save()
+
+    def release(self) -> None:
+        """Let go of a held claim that was never written (the run ended before any save): rolled back."""
+        if self.held is not None:
+            self.held.close()
+            self.held = None
 
     def announce(self, row: StepRun, event: tuple[str, dict[str, Any]]) -> None:
         """Note an event (a step's start) to store with the row's next save: at the step's end when it is
@@ -159,12 +189,13 @@ class Execution:
 
     def watch(self) -> None:
         """Heartbeat and cancel checks while a step runs; raises RunAborted when the run must stop."""
+        self.write_claim()  # the heartbeat asks whether the run is ours
         now = time.monotonic()
         if now >= self.next_heartbeat:
             self.next_heartbeat = now + self.settings.run_heartbeat_interval
             ours, cancel = claims.heartbeat(self.engine, self.run_id)
             if not ours:
-                raise RunAborted(RunStatus.failed, "the run was taken over or ended by the reaper")
+                raise RunAborted(RunStatus.failed, TAKEN_OVER)
             if cancel:
                 raise RunAborted(RunStatus.cancelled, "cancelled")
         if now >= self.next_cancel_check:
@@ -201,7 +232,23 @@ def execute(run_id: int, queue: str, *, settings: Settings, engine: Engine, clie
         _finish(Execution(settings, engine, client, run, placeholder, queue), RunStatus.failed,
                 f"the stored definition no longer validates: {checked.errors[0].message}")
         return "invalid definition"
-    ex = Execution(settings, engine, client, run, checked.runbook, queue)
+    ex = Execution(settings, engine, client, run, checked.runbook, queue, held=got.held)
+    try:
+        return _execute(ex, got)
+    except RunAborted as aborted:  # a held claim that could not be written, found out while ending the run
+        if aborted.message != TAKEN_OVER:
+            raise
+        log.warning("run lost", extra={"run_id": run_id})
+        return aborted.status.value
+    finally:
+        ex.release()
+
+
+def _execute(ex: Execution, got: claims.Claim) -> str:
+    run, settings, queue = ex.run, ex.settings, ex.queue
+    if got.started:  # a held claim: run.started is stored with the first save, the claim's own write
+        ex.deferred_events.append(got.started)
+        ex.deferred_since = time.monotonic()
     if got.event:  # run.started goes out with the first step's events (within a poll), one publish less
         ex.unpublished.append(got.event)
     ex.params = {**run.params, **(run.secrets or {})}
@@ -218,6 +265,8 @@ def execute(run_id: int, queue: str, *, settings: Settings, engine: Engine, clie
             wanted = spec.on or settings.default_queue
             if wanted != queue:
                 return _hand_over(ex, wanted)
+            if not CATALOG[spec.uses].side_effect_free and not ex.run.dry_run:
+                ex.write_claim()  # a redelivered twin must not act outside the run too
             outcome = _step(ex, spec, row)
             if outcome == "parked":
                 return "waiting for approval"
@@ -231,7 +280,7 @@ def execute(run_id: int, queue: str, *, settings: Settings, engine: Engine, clie
     except Exception as exc:
         # A bug here must not leave the run "running" until the reaper (nor lose the last step's
         # deferred result): end it with the reason.
-        log.exception("engine error", extra={"run_id": run_id})
+        log.exception("engine error", extra={"run_id": ex.run_id})
         _finish(ex, RunStatus.failed, f"engine error: {type(exc).__name__}: {exc}")
         return "engine error"
     return ex.run.status
@@ -330,7 +379,7 @@ def _after_failure(ex: Execution) -> None:
 
 
 def _abort(ex: Execution, aborted: RunAborted) -> None:
-    if aborted.message.startswith("the run was taken over"):
+    if aborted.message == TAKEN_OVER:
         log.warning("run lost", extra={"run_id": ex.run_id})
         return
     step_status = StepStatus.timed_out if aborted.status == RunStatus.timed_out else StepStatus.cancelled

@@ -11,6 +11,7 @@ import uuid
 from datetime import timedelta
 
 import httpx
+import pytest
 from sqlalchemy import update
 from sqlmodel import col, select
 
@@ -21,8 +22,9 @@ from server.db import session_scope
 from server.models_base import utcnow
 from server.queue import RUN_EXECUTE_TASK, send
 from server.runs import sweeps
-from server.runs.models import Run, StepRun
+from server.runs.models import Run, RunEvent, StepRun
 from tests.conftest import subprocess_env
+from tests.server.runs.conftest import RUNBOOKS
 from tests.support import free_port_url, http, serve, start, steps, stop_process, wait_for, wait_run
 
 
@@ -173,6 +175,35 @@ def test_cancel_of_a_queued_run_is_immediate_and_audited(runs_settings, make_tok
                                                       AuditEvent.target_id == str(run["id"]))).one()
         assert event.reason == "wrong runbook"
 
+
+
+def test_a_held_first_claim_writes_nothing_when_a_cancel_got_there_first(runs_settings, make_token, engine):
+    if engine.dialect.name != "postgresql":
+        pytest.skip("first claims are held on PostgreSQL only; on SQLite the claim is written at once")
+    from server.runbooks.validation import check_text
+    from workers import claims
+    from workers.engine import TAKEN_OVER, Execution, RunAborted
+
+    offline = runs_settings.model_copy(update={"redis_url": free_port_url("redis")})  # nothing is dispatched
+    with serve(create_app(offline)) as url, http(url, make_token(Role.operator)) as client:
+        run = client.post("/api/v1/runs", json={"runbook": "trio"}).json()
+        runbook = check_text((RUNBOOKS / "trio.yaml").read_text(), "trio.yaml").runbook
+        got = claims.claim(engine, runs_settings, run["id"], definition=lambda _run: runbook)
+        assert got.held is not None and got.run is not None and got.started is not None
+        # The claim's read took no lock, so the cancel does not wait for it: it finds the run still queued.
+        cancelled = client.post(f"/api/v1/runs/{run['id']}/cancel", json={})
+        assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
+    ex = Execution(runs_settings, engine, None, got.run, runbook, runs_settings.default_queue, held=got.held)
+    ex.deferred_events.append(got.started)
+    got.run.status = "succeeded"
+    with pytest.raises(RunAborted, match=TAKEN_OVER):
+        ex.save(run=True, event=("run.finished", {"status": "succeeded"}))
+    assert ex.held is None
+    with session_scope(engine) as session:
+        stored = session.get(Run, run["id"])
+        assert stored.status == "cancelled" and stored.worker is None and stored.started_at is None
+        kinds = session.exec(select(RunEvent.type).where(RunEvent.run_id == run["id"]).order_by(RunEvent.id)).all()
+        assert kinds == ["run.queued", "run.finished"], "nothing of the overtaken claim may be written"
 
 
 def test_beat_runs_the_relay_and_the_reaper(runs_settings):

@@ -154,8 +154,9 @@ class Finishes:
             # machine that is being measured.
             if not message or message.get("type") != "pmessage" or b'"run.finished"' not in message["data"]:
                 continue
-            event = orjson.loads(message["data"])
-            if event["type"] == "run.finished":
+            for event in orjson.loads(message["data"]):  # one publish: a JSON array of events
+                if event["type"] != "run.finished":
+                    continue
                 with self.cond:
                     self.done[event["run_id"]] = time.perf_counter()
                     self.status[event["run_id"]] = event["data"]["status"]

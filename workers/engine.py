@@ -49,6 +49,9 @@ STEP_KEY = ("run_id", "step_id")
 SAVE_STEP, SAVE_RUN = claims.row_update(StepRun, STEP_PROGRESS, STEP_KEY), claims.row_update(Run, RUN_PROGRESS)
 
 
+Entry = events.Item | dict[str, Any]  # an event to store, or an output line (a message) to publish in its place
+
+
 class RunAborted(Exception):
     """The run was cancelled, timed out, or taken from us; the message says which."""
 
@@ -71,12 +74,14 @@ class Execution:
     next_heartbeat: float = 0.0
     next_cancel_check: float = 0.0
     failed: list[str] = field(default_factory=list)
-    unsaved: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # announced, not yet stored
+    # A step's start, announced but not stored yet, and the output lines it printed meanwhile (see line()).
+    unsaved: list[Entry] = field(default_factory=list)
     deferred_rows: list[StepRun] = field(default_factory=list)  # finished, committed with the next save
-    deferred_events: list[events.Item] = field(default_factory=list)
+    deferred_events: list[Entry] = field(default_factory=list)
     deferred_since: float = 0.0
     unpublished: list[dict[str, Any]] = field(default_factory=list)  # stored, to go out with the next publish
-    unpublished_lock: threading.Lock = field(default_factory=threading.Lock)  # step threads publish output
+    # Held while publishing and while touching `unsaved`: a step's thread prints lines (line()) meanwhile.
+    unpublished_lock: threading.Lock = field(default_factory=threading.Lock)
     held: Connection | None = None  # a first claim not written yet (claims.claim): written with the next save
 
     @property
@@ -108,10 +113,22 @@ class Execution:
 
     def publish(self, messages: list[dict[str, Any]]) -> None:
         """Publish these after any stored event still waiting to go out (the claim's run.started)."""
-        if self.unpublished:
-            with self.unpublished_lock:
-                messages, self.unpublished = [*self.unpublished, *messages], []
+        with self.unpublished_lock:
+            self._publish(messages)
+
+    def _publish(self, messages: list[dict[str, Any]]) -> None:  # under unpublished_lock: one at a time, in order
+        messages, self.unpublished = [*self.unpublished, *messages], []
         events.publish(self.redis, self.settings, self.run_id, messages)
+
+    def line(self, message: dict[str, Any]) -> None:
+        """A step's output line, live only (not stored). While the step's start is not stored yet (see
+        announce), the line waits behind it and goes out in order with the step's next save: followers
+        never see a line before its step.started, and a quick step's lines cost no publish of their own."""
+        with self.unpublished_lock:
+            if self.unsaved:
+                self.unsaved.append(message)
+            else:
+                self._publish([message])
 
     def save(self, row: StepRun | None = None, run: bool = False, event: tuple[str, dict[str, Any]] | None = None,
              *, defer: bool = False) -> None:
@@ -126,21 +143,24 @@ class Execution:
         Core statements rather than the ORM's unit of work: this runs several times per run, and the
         flush machinery cost more than the SQL.
         """
-        items: list[events.Item] = []
+        taken: list[Entry] = []
         if row is not None:
-            items, self.unsaved = [(row.step_id, kind, data) for kind, data in self.unsaved], []
-        if event is not None:
-            items.append((row.step_id if row is not None else None, *event))
+            with self.unpublished_lock:  # left in place until published: lines printed meanwhile queue behind
+                taken = list(self.unsaved)
+        entries = [*taken, *([(row.step_id if row is not None else None, *event)] if event is not None else [])]
         now = time.monotonic()
         waiting = self.deferred_rows or self.deferred_events
         if defer and row is not None and (not waiting or now - self.deferred_since < DEFER_WINDOW_S):
             if not waiting:
                 self.deferred_since = now
+            with self.unpublished_lock:  # the step has ended: nothing prints after `taken`
+                self.unsaved = []
             self.deferred_rows.append(row)
-            self.deferred_events += items
+            self.deferred_events += entries
             return
         rows, self.deferred_rows = [*self.deferred_rows, *([row] if row is not None else [])], []
-        items, self.deferred_events = [*self.deferred_events, *items], []
+        entries, self.deferred_events = [*self.deferred_events, *entries], []
+        items = [e for e in entries if isinstance(e, tuple)]
         stored: list[dict[str, Any]] = []
         with self._transaction() as conn:
             if rows:
@@ -149,7 +169,11 @@ class Execution:
                 stored = events.record_many(conn, run_id=self.run_id, items=items)
             if run:
                 conn.execute(SAVE_RUN, claims.row_values(self.run, RUN_PROGRESS))
-        self.publish(stored)
+        in_order = iter(stored)  # stored events replace their items; lines stay where they were printed
+        messages = [next(in_order) if isinstance(e, tuple) else e for e in entries]
+        with self.unpublished_lock:
+            late, self.unsaved = [e for e in self.unsaved[len(taken):] if isinstance(e, dict)], []  # lines only
+            self._publish([*messages, *late])
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[Connection]:
@@ -180,7 +204,8 @@ class Execution:
     def announce(self, row: StepRun, event: tuple[str, dict[str, Any]]) -> None:
         """Note an event (a step's start) to store with the row's next save: at the step's end when it is
         quick, or at the first poll while it runs (flush_announced). Followers see it once stored."""
-        self.unsaved.append(event)
+        with self.unpublished_lock:
+            self.unsaved.append((row.step_id, *event))
 
     def flush_announced(self, row: StepRun) -> None:
         """A step that takes a while gets its running status and step.started stored (and published) at once."""
@@ -421,8 +446,8 @@ def step_context(ex: Execution, spec: StepSpec, row: StepRun, deadline: float | 
     def emit(line: str) -> None:
         live["lines"] += 1
         if live["lines"] <= MAX_LIVE_LINES:
-            ex.publish([{"id": None, "run_id": ex.run_id, "ts": utcnow().isoformat(), "type": "step.output",
-                         "step_id": spec.id, "data": {"line": ex.scrub(line)}}])
+            ex.line({"id": None, "run_id": ex.run_id, "ts": utcnow().isoformat(), "type": "step.output",
+                     "step_id": spec.id, "data": {"line": ex.scrub(line)}})
 
     def evaluate(expression: str, extra: dict[str, Any] | None = None) -> Any:
         return expressions.evaluate(expressions.whole_expression(expression) or expression,

@@ -62,14 +62,16 @@ def as_message(event: RunEvent) -> dict[str, Any]:
 
 
 def publish(client: redis.Redis | None, settings: Settings, run_id: int, messages: list[dict[str, Any]]) -> None:
-    """Best effort: followers fall back to the stored history, so a Redis hiccup loses nothing for good."""
+    """Publish these messages, in order, as one Redis message: a JSON array (stream.follow reads it).
+
+    One message per batch, so a follower gets a batch whole: the output lines in it stay in place between
+    the stored events around them. Best effort: followers fall back to the stored history, so a Redis
+    hiccup loses nothing for good (but output lines, which are live only).
+    """
     if client is None or not messages:
         return
     try:
-        pipe = client.pipeline(transaction=False)
-        for message in messages:
-            pipe.publish(channel(settings, run_id), orjson.dumps(message))
-        pipe.execute()
+        client.publish(channel(settings, run_id), orjson.dumps(messages))
     except redis.RedisError as exc:
         log.warning("run event not published", extra={"run_id": run_id, "error": str(exc)})
 

@@ -37,7 +37,13 @@ def _sse(message: dict[str, Any]) -> dict[str, Any]:
 
 
 async def follow(request: Request, settings: Settings, run_id: int, after_id: int) -> AsyncIterator[dict[str, Any]]:
-    """History after after_id, then live events until the run finishes or the client leaves."""
+    """History after after_id, then live events until the run finishes or the client leaves.
+
+    Stored events are always sent from the stored history, in id order: a live one only says that there
+    is more to read, so an event published late or lost is never skipped. Output lines are live only;
+    each batch the worker publishes (events.publish) keeps a line after the stored event it followed, and
+    the line is sent right after that event.
+    """
     pubsub = None
     client = aioredis.Redis.from_url(settings.redis_url, socket_connect_timeout=2) if settings.redis_url else None
     try:
@@ -49,12 +55,15 @@ async def follow(request: Request, settings: Settings, run_id: int, after_id: in
                 pubsub = None
         last_id = after_id
         next_sync = 0.0
+        lines_after: dict[int, list[dict[str, Any]]] = {}  # output lines waiting for the stored event they follow
         while True:
             if time.monotonic() >= next_sync:
                 stored, finished = await run_in_threadpool(_stored, request, run_id, last_id)
                 for message in stored:
                     last_id = max(last_id, message["id"])
                     yield _sse(message)
+                    for line in lines_after.pop(message["id"], []):
+                        yield _sse(line)
                 if finished and not stored:
                     return
                 if any(m["type"] == "run.finished" for m in stored):
@@ -62,27 +71,27 @@ async def follow(request: Request, settings: Settings, run_id: int, after_id: in
                 next_sync = time.monotonic() + RESYNC_S
             if await request.is_disconnected():
                 return
-            live: dict[str, Any] | None = None
-            raw: dict[str, Any] | None = None
+            batch: list[dict[str, Any]] = []
             if pubsub is not None:
                 try:
                     raw = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)
                 except (aioredis.RedisError, OSError):
                     pubsub, raw = None, None
-                live = orjson.loads(raw["data"]) if raw and raw.get("type") == "message" else None
+                if raw and raw.get("type") == "message":
+                    batch = orjson.loads(raw["data"])
             else:
                 await asyncio.sleep(0.5)
-            if live is None:
-                continue
-            if live.get("id") is None:
-                if live["type"] == "step.output":
-                    yield _sse(live)  # output lines are live only
-                # Announcements (a step's start, before it is stored) come again, stored, with an id.
-                continue
-            if live["id"] > last_id:
-                # A stored event: send everything stored after the last one sent, in id order, so an event
-                # stored late (a step's start is stored when it outlives a poll) is never skipped.
-                next_sync = 0.0
+            anchor = last_id
+            for live in batch:
+                if live.get("id") is not None:
+                    anchor = live["id"]
+                    if anchor > last_id:
+                        next_sync = 0.0  # read what was stored, in id order
+                elif live["type"] == "step.output":
+                    if anchor <= last_id:
+                        yield _sse(live)  # what it follows was sent already
+                    else:
+                        lines_after.setdefault(anchor, []).append(live)
     finally:
         if pubsub is not None:
             with contextlib.suppress(aioredis.RedisError, OSError):

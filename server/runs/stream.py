@@ -36,13 +36,37 @@ def _sse(message: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _place_lines(batch: list[dict[str, Any]], sent_through: int, lines_after: dict[int, list[dict[str, Any]]]
+                 ) -> tuple[list[dict[str, Any]], bool]:
+    """Sort one published batch (events.publish): output lines that follow an event not sent yet wait for
+    it in lines_after; returns the lines to send now, and whether the batch holds events not sent yet."""
+    now: list[dict[str, Any]] = []
+    fresh, anchor = False, sent_through
+    for live in batch:
+        if live.get("id") is not None:
+            anchor = live["id"]
+            fresh = fresh or anchor > sent_through
+        elif live["type"] == "step.output":
+            if anchor <= sent_through:
+                now.append(live)  # what it follows was sent already
+            else:
+                lines_after.setdefault(anchor, []).append(live)
+    return now, fresh
+
+
+async def _next_batch(pubsub: Any, timeout: float) -> list[dict[str, Any]]:
+    raw = await pubsub.get_message(ignore_subscribe_messages=True, timeout=timeout)
+    return orjson.loads(raw["data"]) if raw and raw.get("type") == "message" else []
+
+
 async def follow(request: Request, settings: Settings, run_id: int, after_id: int) -> AsyncIterator[dict[str, Any]]:
     """History after after_id, then live events until the run finishes or the client leaves.
 
     Stored events are always sent from the stored history, in id order: a live one only says that there
     is more to read, so an event published late or lost is never skipped. Output lines are live only;
     each batch the worker publishes (events.publish) keeps a line after the stored event it followed, and
-    the line is sent right after that event.
+    the line is sent right after that event. A batch that arrived while the history was read has its
+    lines put in place too; one that comes later than its events' history has them sent at once.
     """
     pubsub = None
     client = aioredis.Redis.from_url(settings.redis_url, socket_connect_timeout=2) if settings.redis_url else None
@@ -57,8 +81,21 @@ async def follow(request: Request, settings: Settings, run_id: int, after_id: in
         next_sync = 0.0
         lines_after: dict[int, list[dict[str, Any]]] = {}  # output lines waiting for the stored event they follow
         while True:
+            batches: list[list[dict[str, Any]]] = []
             if time.monotonic() >= next_sync:
                 stored, finished = await run_in_threadpool(_stored, request, run_id, last_id)
+                while pubsub is not None:  # published around the read: these lines follow events just read
+                    try:
+                        batch = await _next_batch(pubsub, 0.0)
+                    except (aioredis.RedisError, OSError):
+                        pubsub = None
+                        break
+                    if not batch:
+                        break
+                    batches.append(batch)
+                for batch in batches:
+                    for line in _place_lines(batch, last_id, lines_after)[0]:
+                        yield _sse(line)
                 for message in stored:
                     last_id = max(last_id, message["id"])
                     yield _sse(message)
@@ -68,30 +105,23 @@ async def follow(request: Request, settings: Settings, run_id: int, after_id: in
                     return
                 if any(m["type"] == "run.finished" for m in stored):
                     return
-                next_sync = time.monotonic() + RESYNC_S
+                newest = max((m["id"] for b in batches for m in b if m.get("id") is not None), default=0)
+                next_sync = 0.0 if newest > last_id else time.monotonic() + RESYNC_S  # stored after the read
             if await request.is_disconnected():
                 return
-            batch: list[dict[str, Any]] = []
+            batch = []
             if pubsub is not None:
                 try:
-                    raw = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)
+                    batch = await _next_batch(pubsub, 0.5)
                 except (aioredis.RedisError, OSError):
-                    pubsub, raw = None, None
-                if raw and raw.get("type") == "message":
-                    batch = orjson.loads(raw["data"])
+                    pubsub = None
             else:
                 await asyncio.sleep(0.5)
-            anchor = last_id
-            for live in batch:
-                if live.get("id") is not None:
-                    anchor = live["id"]
-                    if anchor > last_id:
-                        next_sync = 0.0  # read what was stored, in id order
-                elif live["type"] == "step.output":
-                    if anchor <= last_id:
-                        yield _sse(live)  # what it follows was sent already
-                    else:
-                        lines_after.setdefault(anchor, []).append(live)
+            now, fresh = _place_lines(batch, last_id, lines_after)
+            for line in now:
+                yield _sse(line)
+            if fresh:
+                next_sync = 0.0  # read what was stored, in id order
     finally:
         if pubsub is not None:
             with contextlib.suppress(aioredis.RedisError, OSError):

@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
+from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import Connection, Engine, and_, bindparam, func, text, update
@@ -105,8 +106,6 @@ def row_values(row: Run | StepRun, columns: tuple[str, ...], key: tuple[str, ...
 CLAIMED = ("status", "worker", "heartbeat_at", "started_at", "deadline_at")
 _CLAIM = row_update(Run, CLAIMED)
 _RUNS, _STEPS = Run.__table__, StepRun.__table__  # type: ignore[attr-defined]
-# A held first claim is written only if the run is still as the claim read it: queued, never started.
-_TAKE = _CLAIM.where(_RUNS.c.status == RunStatus.queued.value, _RUNS.c.started_at.is_(None))
 # Core statements built once: the claim runs for every run, and building and ORM-loading them cost more
 # than the SQL. The rows become detached Run/StepRun objects that the engine changes and writes back.
 _READ_RUN = select(_RUNS).where(_RUNS.c.id == bindparam("run_id"))
@@ -142,9 +141,17 @@ def claim(engine: Engine, settings: Settings, run_id: int, *, definition: Defini
             conn.close()
 
 
-def take(conn: Connection, run: Run) -> bool:
-    """Write a held first claim (see claim); False when the run was claimed or ended meanwhile."""
-    return bool(conn.execute(_TAKE, row_values(run, CLAIMED)).rowcount)
+def take(conn: Connection, run: Run, *, also: tuple[str, ...] = ()) -> bool:
+    """Write a held first claim (see claim), and these other columns of the run in the same statement;
+    False when the run was claimed or ended meanwhile (then nothing is written)."""
+    columns = tuple(dict.fromkeys(CLAIMED + also))
+    return bool(conn.execute(_take(columns), row_values(run, columns)).rowcount)
+
+
+@lru_cache
+def _take(columns: tuple[str, ...]) -> Any:
+    # Only if the run is still as the claim read it: queued, never started.
+    return row_update(Run, columns).where(_RUNS.c.status == RunStatus.queued.value, _RUNS.c.started_at.is_(None))
 
 
 def _claim(conn: Connection, settings: Settings, run_id: int, definition: Definition, *, hold: bool) -> Claim:

@@ -162,13 +162,11 @@ class Execution:
         entries, self.deferred_events = [*self.deferred_events, *entries], []
         items = [e for e in entries if isinstance(e, tuple)]
         stored: list[dict[str, Any]] = []
-        with self._transaction() as conn:
+        with self._transaction(run=run) as conn:
             if rows:
                 conn.execute(SAVE_STEP, [claims.row_values(r, STEP_PROGRESS, STEP_KEY) for r in rows])
             if items:
                 stored = events.record_many(conn, run_id=self.run_id, items=items)
-            if run:
-                conn.execute(SAVE_RUN, claims.row_values(self.run, RUN_PROGRESS))
         in_order = iter(stored)  # stored events replace their items; lines stay where they were printed
         messages = [next(in_order) if isinstance(e, tuple) else e for e in entries]
         with self.unpublished_lock:
@@ -176,15 +174,18 @@ class Execution:
             self._publish([*messages, *late])
 
     @contextlib.contextmanager
-    def _transaction(self) -> Iterator[Connection]:
-        """The held first claim's transaction, the claim written first (see claims.claim); else a new one."""
+    def _transaction(self, *, run: bool) -> Iterator[Connection]:
+        """A save's transaction, the run's row written first when `run`: a new one, or the held first
+        claim's, the claim written first, with the run's row in the same statement (see claims.claim)."""
         held, self.held = self.held, None
         if held is None:
             with claims.progress_connection(self.engine, self.settings) as conn:
+                if run:
+                    conn.execute(SAVE_RUN, claims.row_values(self.run, RUN_PROGRESS))
                 yield conn
             return
         with held:  # closing it without the commit rolls back
-            if not claims.take(held, self.run):
+            if not claims.take(held, self.run, also=RUN_PROGRESS if run else ()):
                 self.deferred_rows, self.deferred_events = [], []
                 raise RunAborted(RunStatus.failed, TAKEN_OVER)
             yield held

@@ -1,4 +1,5 @@
-"""One step's attempts: render inputs, run the kind in a thread we can stop waiting for, retry, time out."""
+"""One step's attempts: render inputs, run the kind in a thread we can stop waiting for (an instant kind
+on the engine's own), retry, time out."""
 
 from __future__ import annotations
 
@@ -69,10 +70,14 @@ def _attempt(ex: Execution, spec: StepSpec, row: StepRun) -> Outcome:
         except BaseException as exc:  # handed to the engine's thread, which decides what it means
             result["error"] = exc
 
-    thread = threading.Thread(target=target, name=f"step-{ex.run_id}-{spec.id}", daemon=True)
-    thread.start()
+    if CATALOG[spec.uses].instant:
+        target()
+        thread = None
+    else:
+        thread = threading.Thread(target=target, name=f"step-{ex.run_id}-{spec.id}", daemon=True)
+        thread.start()
     step_timed_out = False
-    while True:
+    while thread is not None:
         thread.join(0.05)
         if not thread.is_alive():
             break

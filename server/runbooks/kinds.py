@@ -47,6 +47,9 @@ class KindSpec:
     # Running it again changes nothing outside the run (but the worker's own log), so a quick step's
     # result may be committed with the next step's (workers/engine.py): a crash in between runs it again.
     side_effect_free: bool = False
+    # Cannot block (no I/O beyond a live output line, no waiting): the engine runs it on its own thread
+    # instead of a thread it can stop waiting for, which costs more than such a step itself.
+    instant: bool = False
     outputs: tuple[str, ...] = ()  # documented output names (what steps.<id>.outputs offers)
 
     def expression_fields(self) -> set[str]:
@@ -58,11 +61,11 @@ CATALOG: dict[str, KindSpec] = {}
 
 
 def register_kind(name: str, inputs: type[StepInputs], description: str, *, compensates: bool = False,
-                  outputs: tuple[str, ...] = (), side_effect_free: bool = False) -> KindSpec:
+                  outputs: tuple[str, ...] = (), side_effect_free: bool = False, instant: bool = False) -> KindSpec:
     if name in CATALOG:
         raise ValueError(f"step kind {name!r} is registered twice")
     spec = KindSpec(name, inputs, description, compensates=compensates, outputs=outputs,
-                    side_effect_free=side_effect_free)
+                    side_effect_free=side_effect_free, instant=instant)
     CATALOG[name] = spec
     return spec
 
@@ -153,8 +156,9 @@ register_kind("shell", ShellInputs, "Run a program (argv, never through a shell)
 register_kind("wait", WaitInputs, "Wait for a duration, or until an expression is true.",
               outputs=("waited_s", "polls"))
 register_kind("assert", AssertInputs, "Fail the step unless an expression is true.", outputs=("value",),
-              side_effect_free=True)
-register_kind("log", LogInputs, "Write a message into the run.", outputs=("message",), side_effect_free=True)
+              side_effect_free=True, instant=True)
+register_kind("log", LogInputs, "Write a message into the run.", outputs=("message",), side_effect_free=True,
+              instant=True)
 register_kind("notify", NotifyInputs, "Post a message to a Slack- or Mattermost-compatible webhook.",
               outputs=("status",))
 

@@ -25,6 +25,7 @@ RUN_REAP_TASK = "runbookd.runs.reap"
 def make_celery(settings: Settings, *, include: list[str] | None = None) -> Celery:
     app = Celery("runbookd", broker=settings.redis_url or "redis://unset-RUNBOOKD_REDIS_URL", include=include or [])
     app.conf.update(
+        broker_transport="server.broker:Transport",  # kombu's Redis transport, one client per channel
         # Every broker key lives under our prefix, so runbookd can share a Redis and tests never collide.
         broker_transport_options={"global_keyprefix": settings.redis_prefix, "visibility_timeout": 3600},
         broker_connection_retry_on_startup=True,

@@ -18,6 +18,7 @@ import random
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -69,7 +70,7 @@ def load(url: str, events: int) -> tuple[datetime, datetime]:
     return start, start + step * events
 
 
-def timed(fn, n: int) -> list[float]:  # type: ignore[no-untyped-def]
+def timed(fn: Callable[[], object], n: int) -> list[float]:
     samples = []
     for _ in range(n):
         t0 = time.perf_counter()

@@ -10,10 +10,10 @@ from typing import Annotated
 
 import orjson
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from server.auth.models import Actor, Role, Source
+from server.console import make_console, print_error, styled
 from server.flags.cli import flag_app, flags_app
 from server.incidents.cli import incident_app
 from server.loglevels.cli import loglevel_app
@@ -36,9 +36,10 @@ app.add_typer(flags_app, name="flags")
 app.add_typer(flag_app, name="flag")
 app.add_typer(loglevel_app, name="loglevel")
 app.add_typer(incident_app, name="incident")
-# soft_wrap: messages stay on one line when piped, so scripts and logs can grep them.
-console = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
+# server.console: markup off (server text often holds brackets) and soft_wrap, so messages stay on one line
+# when piped and scripts and logs can grep them.
+console = make_console()
+err = make_console(stderr=True)
 
 
 def _cli_actor() -> Actor:
@@ -148,14 +149,14 @@ def token_create(
         body = TokenCreate.model_validate({"name": name, "role": role, "expires_in_days": expires_in_days})
     except ValidationError as exc:
         problems = "; ".join(f"--{'-'.join(map(str, e['loc'])).replace('_', '-')}: {e['msg']}" for e in exc.errors())
-        err.print(f"[red]error:[/] {problems}")
+        print_error(err, problems)
         raise typer.Exit(2) from None
     try:
         with session_scope() as session:
             _t, raw = service.create_token(session, name=body.name, role=body.role, actor=_cli_actor(),
                                            expires_in_days=body.expires_in_days)
     except DomainError as exc:
-        err.print(f"[red]error:[/] {exc.message}")
+        print_error(err, exc.message)
         raise typer.Exit(1) from None
     err.print(f"token {body.name!r} ({body.role.value}) created; it is shown only this once:")
     print(raw)
@@ -187,7 +188,7 @@ def token_revoke(ref: Annotated[str, typer.Argument(help="Token id or name.")]) 
             token = service.revoke_token(session, ref=ref, actor=_cli_actor())
             name, token_hash = token.name, token.token_hash
     except DomainError as exc:
-        err.print(f"[red]error:[/] {exc.message}")
+        print_error(err, exc.message)
         raise typer.Exit(1) from None
     _announce_revocation(token_hash)
     err.print(f"token {name!r} revoked")
@@ -223,9 +224,10 @@ def audit_verify() -> None:
     with session_scope() as session:
         result = service.verify(session)
     if result.ok:
-        err.print(f"[green]audit log intact[/]: {result.checked} events verified")
+        err.print(styled(("audit log intact", "green"), f": {result.checked} events verified"))
         return
-    err.print(f"[bold red]audit log tampered[/]: {result.problem} ({result.checked} events verified before it)")
+    err.print(styled(("audit log tampered", "bold red"),
+                     f": {result.problem} ({result.checked} events verified before it)"))
     raise typer.Exit(1)
 
 
@@ -240,7 +242,7 @@ def audit_export(
     from server.db import session_scope
 
     if format != "jsonl":
-        err.print(f"[red]error:[/] unsupported --format {format!r}; use jsonl")
+        print_error(err, f"unsupported --format {format!r}; use jsonl")
         raise typer.Exit(2)
     out = output.open("wb") if output else sys.stdout.buffer
     written = 0
@@ -271,14 +273,14 @@ def audit_prune(
     try:
         age = parse_duration(older_than)
     except ValueError as exc:
-        err.print(f"[red]error:[/] --older-than: {exc}")
+        print_error(err, f"--older-than: {exc}")
         raise typer.Exit(2) from None
     try:
         with session_scope() as session:
             result = prune(session, older_than=age, actor=_cli_actor(),
                            archive_dir=archive_dir or get_settings().home / "audit-archive")
     except DomainError as exc:
-        err.print(f"[red]error:[/] {exc.message}")
+        print_error(err, exc.message)
         raise typer.Exit(1) from None
     if result.removed:
         err.print(f"{result.removed} events through id {result.through_id} archived to {result.archive} and removed")

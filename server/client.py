@@ -134,11 +134,12 @@ class Client:
 def cli_client() -> Iterator[Client]:
     """A Client for a CLI command: a ClientError prints its message and exits 1, without a traceback."""
     import typer
-    from rich.console import Console
+
+    from server.console import make_console, print_error
 
     try:
         with Client() as client:
             yield client
     except ClientError as exc:
-        Console(stderr=True, soft_wrap=True).print(f"[red]error:[/] {exc.message}")
+        print_error(make_console(stderr=True), exc.message)
         raise typer.Exit(1) from None

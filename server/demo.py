@@ -15,10 +15,10 @@ import uuid
 from pathlib import Path
 
 import httpx
-from rich.console import Console
 
 from server.auth import service as auth
 from server.auth.models import Actor, Role, Source
+from server.console import make_console, print_error, styled
 from server.db import make_engine, session_scope
 from server.settings import Settings
 from server.stack import Child, Stack, StackError, describe_exit, free_port, tail
@@ -28,7 +28,7 @@ FAULTS = {"slow": "GET /api/orders/{id} takes ~0.8 s", "errors": "500s (Inventor
           "leak": "memory grows ~150 MiB/min", "cpu": "a background job spins in score_recommendations",
           "crash": "POST /api/checkout segfaults in native code"}
 DEMO_ACTOR = Actor(name="demo", role=Role.admin, source=Source.cli)
-console = Console(soft_wrap=True)
+console = make_console()
 
 
 def _tokens(settings: Settings) -> tuple[str, str]:
@@ -93,8 +93,8 @@ class FaultyService:
         if code is None:
             return
         cores = sorted(self.home.glob("core*"), key=lambda p: p.stat().st_mtime)
-        console.print(f"[yellow]faulty-service {describe_exit(code)}[/]"
-                      + (f"; core: {cores[-1]}" if cores else "") + ". Restarting it.")
+        console.print(styled((f"faulty-service {describe_exit(code)}", "yellow"),
+                             (f"; core: {cores[-1]}" if cores else "") + ". Restarting it."))
         if self.child.log_file:
             self.child.log_file.close()
         self.start()
@@ -105,7 +105,8 @@ class FaultyService:
 
 
 def _hints(api: str, operator: str, service: FaultyService) -> None:
-    console.print(f"\n[bold green]demo ready[/]: runbookd at [bold]{api}[/], faulty-service at [bold]{service.url}[/]")
+    console.print(styled("\n", ("demo ready", "bold green"), ": runbookd at ", (api, "bold"), ", faulty-service at ",
+                         (service.url, "bold")))
     console.print(f"  service logs (JSON lines): {service.log}\n  service pid file: {service.pid_file}\n")
     console.print(f"  export RUNBOOKD_URL={api} RUNBOOKD_TOKEN={operator}\n")
     console.print("Faults (flags, all off): " + ", ".join(f"faulty-{f}" for f in FAULTS))
@@ -123,13 +124,13 @@ def _hints(api: str, operator: str, service: FaultyService) -> None:
         ("errors", f"runbookd run kill-switch flag=faulty-errors verify_url={service.url}/api/orders/2 -f"),
     ]
     for fault, command in tries:
-        console.print(f"[bold]faulty-{fault}[/]:\n  {command}")
+        console.print(styled((f"faulty-{fault}", "bold"), f":\n  {command}"))
     console.print("\nPress Ctrl-C to stop everything.")
 
 
 def run_demo(settings: Settings, service_port: int | None = None) -> int:
     if not SERVICE_APP.exists():
-        console.print(f"[bold red]error:[/] {SERVICE_APP} is missing: run the demo from a checkout of runbookd")
+        print_error(console, f"{SERVICE_APP} is missing: run the demo from a checkout of runbookd")
         return 1
     stack = Stack(settings)
 
@@ -154,7 +155,7 @@ def run_demo(settings: Settings, service_port: int | None = None) -> int:
             service.supervise()
             time.sleep(0.25)
     except (StackError, httpx.HTTPError, subprocess.SubprocessError) as exc:
-        console.print(f"[bold red]error:[/] {exc}")
+        print_error(console, exc)
         code = 1
     finally:
         if service is not None:

@@ -23,13 +23,13 @@ from typing import IO
 
 import httpx
 import redis
-from rich.console import Console
 
+from server.console import make_console, print_error, styled
 from server.settings import Settings
 
 STOP_TIMEOUT = 20.0
 READY_TIMEOUT = 90.0
-console = Console(stderr=True, highlight=False, soft_wrap=True)
+console = make_console(stderr=True, highlight=False)
 
 
 class StackError(RuntimeError):
@@ -103,7 +103,7 @@ class Child:
         try:
             self.process.wait(timeout=max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            console.print(f"[yellow]{self.name} did not stop within {STOP_TIMEOUT:.0f}s; killing it[/]")
+            console.print(styled((f"{self.name} did not stop within {STOP_TIMEOUT:.0f}s; killing it", "yellow")))
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait()
         if self.log_file:
@@ -279,7 +279,8 @@ def run_stack(settings: Settings) -> int:
     try:
         url, token = stack.start()
         if not stack.stopping:
-            console.print(f"\n[bold green]runbookd is ready[/] at [bold]{url}[/]  (API docs: {url}/docs)")
+            console.print(styled("\n", ("runbookd is ready", "bold green"), " at ", (url, "bold"),
+                                 f"  (API docs: {url}/docs)"))
             console.print(f"logs      {stack.logs}/{{api,worker,beat,redis}}.log")
             if token:
                 console.print("\nFirst start: an admin API token was created. It is shown only this once:\n")
@@ -288,7 +289,7 @@ def run_stack(settings: Settings) -> int:
             console.print("\nPress Ctrl-C to stop.")
             stack.watch()
     except StackError as exc:
-        console.print(f"[bold red]error:[/] {exc}")
+        print_error(console, exc)
         code = 1
     finally:
         stack.stop()

@@ -10,17 +10,17 @@ from typing import Annotated, Any
 
 import typer
 import yaml
-from rich.console import Console
 from rich.table import Table
 
 from server.client import ClientError, cli_client
+from server.console import make_console
 
 flags_app = typer.Typer(help="Feature flags and kill switches on a running server (RUNBOOKD_URL, RUNBOOKD_TOKEN).",
                         no_args_is_help=True)
 flag_app = typer.Typer(help="One-line kill switch: runbookd flag kill KEY --for 1h --reason ...",
                        no_args_is_help=True)
-console = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
+console = make_console()
+err = make_console(stderr=True)
 
 Env = Annotated[str, typer.Option("--env", "-e", help="Environment.")]
 For = Annotated[str | None, typer.Option("--for", help="Revert by itself after this long, e.g. 30m, 1h.")]

@@ -7,15 +7,15 @@ from typing import Annotated
 
 import orjson
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from server.client import cli_client
+from server.console import make_console, print_error, styled
 
 incident_app = typer.Typer(help="Incidents: open, list, show, resolve, roll back, export "
                                 "(on a running server: RUNBOOKD_URL, RUNBOOKD_TOKEN).", no_args_is_help=True)
-console = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
+console = make_console()
+err = make_console(stderr=True)
 
 
 @incident_app.command("open")
@@ -50,7 +50,8 @@ def show_incident(ref: Annotated[str, typer.Argument(help="INC-<n>")]) -> None:
     with cli_client() as client:
         incident = client.get(f"/api/v1/incidents/{ref}")
         timeline = client.get(f"/api/v1/incidents/{ref}/timeline")
-    console.print(f"[bold]{incident['id']}[/] [{incident['severity']}, {incident['status']}] {incident['title']}")
+    console.print(styled((incident["id"], "bold"),
+                         f" [{incident['severity']}, {incident['status']}] {incident['title']}"))
     table = Table("time (UTC)", "who", "what")
     for entry in timeline:
         table.add_row(entry["ts"][:19].replace("T", " "), entry["actor"] or "", entry["summary"])
@@ -93,7 +94,7 @@ def export_incident(
 ) -> None:
     """The post-incident report: summary, times to mitigate and resolve, runs and findings, changes, timeline."""
     if format not in ("md", "json"):
-        err.print(f"[red]error:[/] unsupported --format {format!r}; use md or json")
+        print_error(err, f"unsupported --format {format!r}; use md or json")
         raise typer.Exit(2)
     with cli_client() as client:
         if format == "json":

@@ -6,17 +6,17 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
 from server.client import Client, ClientError
+from server.console import make_console, print_error, styled
 from server.runbooks.validation import check_text
 
 runbooks_app = typer.Typer(help="Validate runbook files (offline), list and reload a server's runbooks.",
                            no_args_is_help=True)
-console = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
+console = make_console()
+err = make_console(stderr=True)
 
 
 def _files(paths: list[Path]) -> list[Path]:
@@ -45,7 +45,7 @@ def validate(paths: Annotated[list[Path], typer.Argument(help="Runbook files or 
         errors += len(checked.errors)
         warnings += len(checked.warnings)
     summary = f"{len(files)} file(s): {errors} error(s), {warnings} warning(s)"
-    err.print(f"[red]{summary}[/]" if errors else f"[green]{summary}[/]")
+    err.print(styled((summary, "red" if errors else "green")))
     if errors or not files:
         raise typer.Exit(1)
 
@@ -56,8 +56,8 @@ def _print_list(body: dict[str, Any]) -> None:
         table.add_row(item["id"], item["title"], item["source"], ", ".join(item["tags"]))
     console.print(table)
     for problem in body["problems"]:
-        err.print(f"[yellow]skipped: {problem['file']}:{problem['line']}:{problem['column']}: "
-                  f"{problem['message']}[/]", highlight=False)
+        err.print(styled((f"skipped: {problem['file']}:{problem['line']}:{problem['column']}: {problem['message']}",
+                          "yellow")), highlight=False)
 
 
 @runbooks_app.command("list")
@@ -67,7 +67,7 @@ def list_runbooks() -> None:
         with Client() as client:
             _print_list(client.request("GET", "/api/v1/runbooks"))
     except ClientError as exc:
-        err.print(f"[red]error:[/] {exc.message}")
+        print_error(err, exc.message)
         raise typer.Exit(1) from None
 
 
@@ -78,5 +78,5 @@ def reload() -> None:
         with Client() as client:
             _print_list(client.request("POST", "/api/v1/runbooks/reload"))
     except ClientError as exc:
-        err.print(f"[red]error:[/] {exc.message}")
+        print_error(err, exc.message)
         raise typer.Exit(1) from None

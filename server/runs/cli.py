@@ -4,27 +4,29 @@ from __future__ import annotations
 
 import sys
 import uuid
+from collections.abc import Iterator
 from typing import Annotated, Any
 
 import orjson
 import typer
-from rich.console import Console, Group
+from rich.console import Group
 from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
 from server.client import Client, ClientError
+from server.console import make_console, print_error
 
 runs_app = typer.Typer(help="List, show, cancel and approve runs on a server.", no_args_is_help=True)
-console = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
+console = make_console()
+err = make_console(stderr=True)
 STATUS_STYLE = {"succeeded": "green", "failed": "red", "timed_out": "red", "cancelled": "yellow",
                 "running": "cyan", "waiting_approval": "magenta", "skipped": "dim", "pending": "dim"}
 OUTPUT_LINES = 12  # live output lines kept on screen under the table
 
 
 def _fail(exc: ClientError) -> typer.Exit:
-    err.print(f"[red]error:[/] {exc.message}", highlight=False)
+    print_error(err, exc.message)
     for detail in exc.details if isinstance(exc.details, list) else []:
         if isinstance(detail, dict):
             err.print(f"  {detail.get('field', '')}: {detail.get('message', '')}", highlight=False)
@@ -41,39 +43,71 @@ def parse_params(pairs: list[str]) -> dict[str, Any]:
     return params
 
 
+def _status(status: str, shown: str | None = None) -> Text:
+    """A status in its colour; a Text, not markup, since a status without a colour (queued) makes no tag."""
+    return Text(shown or status, style=STATUS_STYLE.get(status, ""))
+
+
 def _steps_table(run: dict[str, Any]) -> Table:
-    table = Table("step", "phase", "uses", "status", "tries", "time", "note", title=f"run {run['id']} "
-                  f"({run['runbook']}): [{STATUS_STYLE.get(run['status'], '')}]{run['status']}[/]")
+    table = Table("step", "phase", "uses", "status", "tries", "time", "note",
+                  title=Text.assemble(f"run {run['id']} ({run['runbook']}): ", _status(run["status"])))
     for step in run["steps"]:
-        status = step["status"] if step.get("approval") != "waiting" else "waiting approval"
+        shown = step["status"] if step.get("approval") != "waiting" else "waiting approval"
         note = step.get("error") or ""
-        table.add_row(step["step_id"], step.get("phase") or "", step["uses"],
-                      f"[{STATUS_STYLE.get(step['status'], '')}]{status}[/]", str(step["attempts"]),
+        table.add_row(step["step_id"], step.get("phase") or "", step["uses"], _status(step["status"], shown),
+                      str(step["attempts"]),
                       f"{step['duration_s']:.2f}s" if step.get("duration_s") is not None else "", note[:80])
     return table
 
 
+def _events(client: Client, run_id: int) -> Iterator[tuple[str, dict[str, Any]]]:
+    """The run's events until run.finished, each with its message."""
+    for event, data in client.events(f"/api/v1/runs/{run_id}/events"):
+        yield event, orjson.loads(data) if data.startswith("{") else {}
+        if event == "run.finished":
+            return
+
+
+def _line(event: str, message: dict[str, Any], run_id: int) -> str | None:
+    """What an event adds under the table: output lines, and how to approve a step that waits."""
+    step = message.get("step_id")
+    if event == "step.output":
+        return f"{step}: {(message.get('data') or {}).get('line', '')}"
+    if event == "step.waiting_approval":
+        return f"step {step} waits for approval: runbookd runs approve {run_id} {step}"
+    return None
+
+
 def _follow(client: Client, run: dict[str, Any], as_json: bool) -> dict[str, Any]:
+    """A live table of the steps on a terminal; elsewhere (a pipe, a log) plain lines as events come,
+    then the final table: a live view there would only leave its last frame, cut to the width."""
     run_id = run["id"]
+    out = make_console(stderr=as_json)
+    if not out.is_terminal:
+        for event, message in _events(client, run_id):
+            line = _line(event, message, run_id)
+            if event == "step.finished":
+                data = message.get("data") or {}
+                line = f"{message.get('step_id')}: {data.get('status')}" + (f": {data['error']}" if data.get("error")
+                                                                             else "")
+            if line is not None:
+                out.print(line)
+        run = client.request("GET", f"/api/v1/runs/{run_id}")
+        out.print(_steps_table(run))
+        return run
     lines: list[str] = []
-    live_console = Console(stderr=as_json, soft_wrap=True)
 
     def view() -> Group:
-        return Group(_steps_table(run), Text("\n".join(lines[-OUTPUT_LINES:]), style="dim"))
+        return Group(_steps_table(run), Text("\n".join(lines[-OUTPUT_LINES:]), style="dim", overflow="fold"))
 
-    with Live(view(), console=live_console, refresh_per_second=8, transient=False) as live:
-        for event, data in client.events(f"/api/v1/runs/{run_id}/events"):
-            message = orjson.loads(data) if data.startswith("{") else {}
-            if event == "step.output":
-                lines.append(f"{message.get('step_id')}: {(message.get('data') or {}).get('line', '')}")
-            elif event == "step.waiting_approval":
-                lines.append(f"step {message.get('step_id')} waits for approval: runbookd runs approve {run_id} "
-                             f"{message.get('step_id')}")
+    with Live(view(), console=out, refresh_per_second=8, transient=False) as live:
+        for event, message in _events(client, run_id):
+            line = _line(event, message, run_id)
+            if line is not None:
+                lines.append(line)
             if event != "step.output":
                 run = client.request("GET", f"/api/v1/runs/{run_id}")
             live.update(view())
-            if event == "run.finished":
-                break
     return client.request("GET", f"/api/v1/runs/{run_id}")
 
 
@@ -101,9 +135,8 @@ def run_command(
     elif not follow:
         console.print(f"run {run['id']} {run['status']}: {run['url']}", highlight=False)
     else:
-        style = STATUS_STYLE.get(run["status"], "")
-        err.print(f"run {run['id']} [{style}]{run['status']}[/]" + (f": {run['error']}" if run.get("error") else ""),
-                  highlight=False)
+        err.print(Text.assemble(f"run {run['id']} ", _status(run["status"]),
+                                f": {run['error']}" if run.get("error") else ""), highlight=False)
     if follow and run["status"] != "succeeded":
         raise typer.Exit(1)
 
@@ -125,7 +158,7 @@ def list_runs(
         raise _fail(exc) from None
     table = Table("id", "runbook", "status", "actor", "incident", "created", "duration")
     for run in page["items"]:
-        table.add_row(str(run["id"]), run["runbook"], f"[{STATUS_STYLE.get(run['status'], '')}]{run['status']}[/]",
+        table.add_row(str(run["id"]), run["runbook"], _status(run["status"]),
                       run["actor"], run.get("incident_id") or "", run["created_at"][:19],
                       f"{run['duration_s']:.1f}s" if run.get("duration_s") is not None else "")
     console.print(table)
@@ -145,7 +178,7 @@ def show(run_id: int, output: Annotated[str, typer.Option("--output", "-o", help
     console.print(_steps_table(run))
     console.print(f"params: {orjson.dumps(run['params']).decode()}", highlight=False)
     if run.get("error"):
-        console.print(f"[red]error:[/] {run['error']}", highlight=False)
+        print_error(console, run['error'])
 
 
 @runs_app.command("cancel")

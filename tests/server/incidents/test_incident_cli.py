@@ -19,13 +19,15 @@ def _cli(base_url: str, token: str, *args: str) -> subprocess.CompletedProcess[s
 
 def test_open_show_export_rollback_resolve(base_url, make_token, tmp_path):
     token = make_token(Role.operator)
-    opened = _cli(base_url, token, "open", "Queue backlog", "--severity", "sev2")
+    # Brackets in text the CLI prints are text, not Rich markup.
+    opened = _cli(base_url, token, "open", "Queue backlog [eu-west] [/]", "--severity", "sev2")
     assert opened.returncode == 0, opened.stderr
     ref = opened.stdout.strip()
     assert ref.startswith("INC-") and "opened (sev2)" in opened.stderr
 
     shown = _cli(base_url, token, "show", ref)
     assert shown.returncode == 0 and "incident.open" in shown.stdout
+    assert f"{ref} [sev2, open] Queue backlog [eu-west] [/]" in shown.stdout, shown.stdout
 
     dry = _cli(base_url, token, "rollback", ref, "--dry-run")
     assert dry.returncode == 0, dry.stderr

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import select
 import subprocess
 import sys
 import time
 
+from server.app import create_app
 from server.auth.models import Role
-from tests.support import REPO, free_port_url
+from tests.support import REPO, free_port_url, http, serve
 
 
 def cli(args: list[str], url: str, token: str | None, tmp_path, timeout: float = 60) -> subprocess.CompletedProcess:
@@ -17,6 +21,35 @@ def cli(args: list[str], url: str, token: str | None, tmp_path, timeout: float =
         env["RUNBOOKD_TOKEN"] = token
     return subprocess.run([sys.executable, "-m", "server.cli", *args], capture_output=True, text=True, cwd=REPO,
                           env=env, timeout=timeout)
+
+
+def cli_in_terminal(args: list[str], url: str, token: str, tmp_path, timeout: float = 60) -> tuple[int, str]:
+    """The CLI on a pseudo-terminal, as someone at a shell runs it: Rich draws its live view there."""
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "RUNBOOKD_URL": url, "RUNBOOKD_TOKEN": token,
+           "TERM": "xterm-256color", "COLUMNS": "160", "LINES": "50"}
+    controller, terminal = os.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "server.cli", *args], stdin=terminal, stdout=terminal,
+                            stderr=terminal, cwd=REPO, env=env)
+    os.close(terminal)
+    chunks: list[bytes] = []
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            if select.select([controller], [], [], 0.5)[0]:
+                try:
+                    data = os.read(controller, 65536)
+                except OSError:  # EIO: the program ended and closed the terminal
+                    break
+                if not data:
+                    break
+                chunks.append(data)
+        proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(controller)
+    return proc.returncode, re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", b"".join(chunks).decode(errors="replace"))
 
 
 def test_run_follow_exits_zero_only_when_the_run_succeeds(runs_api, run_worker, make_token, tmp_path):
@@ -28,6 +61,36 @@ def test_run_follow_exits_zero_only_when_the_run_succeeds(runs_api, run_worker, 
     failing = cli(["run", "timeouts", "--follow"], runs_api, token, tmp_path)
     assert failing.returncode == 1
     assert "failed" in failing.stderr and "overrun" in failing.stdout + failing.stderr
+
+
+def test_run_follow_into_a_pipe_prints_lines_as_events_come(runs_api, run_worker, make_token, tmp_path):
+    # chatty waits a moment first, so the follower is there for its output lines (which are live only).
+    piped = cli(["run", "chatty", "--follow"], runs_api, make_token(Role.operator), tmp_path)
+    assert piped.returncode == 0, piped.stderr
+    lines = piped.stdout.splitlines()
+    expected = ["settle: succeeded", "before: starting", "before: succeeded", "talker: one", "talker: two",
+                "talker: succeeded"]
+    assert lines[:6] == expected, piped.stdout
+    assert any(line.startswith("run ") and line.endswith("(chatty): succeeded") for line in lines), piped.stdout
+
+
+def test_run_follow_draws_its_live_view_on_a_terminal(runs_api, run_worker, make_token, tmp_path):
+    # On a terminal the live view renders the run while it is still queued, a status with no colour.
+    code, screen = cli_in_terminal(["run", "trio", "who=tty", "--follow"], runs_api, make_token(Role.operator),
+                                   tmp_path)
+    assert code == 0, screen
+    assert "Traceback" not in screen and re.search(r"run \d+ succeeded", screen), screen
+
+
+def test_runs_list_shows_a_queued_run(runs_settings, make_token, tmp_path):
+    offline = runs_settings.model_copy(update={"redis_url": free_port_url("redis")})  # the run stays queued
+    token = make_token(Role.operator)
+    with serve(create_app(offline)) as url, http(url, token) as client:
+        run = client.post("/api/v1/runs", json={"runbook": "trio"}).json()
+        listed = cli(["runs", "list", "--status", "queued"], url, token, tmp_path)
+        shown = cli(["runs", "show", str(run["id"])], url, token, tmp_path)
+    assert listed.returncode == 0 and str(run["id"]) in listed.stdout and "queued" in listed.stdout, listed.stderr
+    assert shown.returncode == 0 and "queued" in shown.stdout, shown.stderr
 
 
 def test_run_reports_bad_params_and_missing_or_bad_tokens(runs_api, make_token, tmp_path):

@@ -21,7 +21,7 @@ from pydantic import ValidationError
 from server.runbooks import expressions, yamlpos
 from server.runbooks.kinds import CATALOG
 from server.runbooks.params import coerce_one
-from server.runbooks.schema import Runbook
+from server.runbooks.schema import ParamSpec, Runbook, StepSpec
 from server.runbooks.yamlpos import Path
 
 SHELLS = {"sh", "bash", "zsh", "dash", "ksh", "ash"}
@@ -118,8 +118,11 @@ def check_text(text: str, source: str = "<runbook>") -> Checked:
         runbook = Runbook.model_validate(data)
     except ValidationError as exc:
         _pydantic_problems(report, exc, (), data)
+        # All errors at once: the params and steps that are well-formed on their own get the checks
+        # that need the whole document too.
+        _check_semantics(_Parts.of_raw(data), data, report)
         return Checked(None, text, source, report.problems)
-    _check_semantics(runbook, data, report)
+    _check_semantics(_Parts.of(runbook), data, report)
     ok = not any(p.severity == "error" for p in report.problems)
     return Checked(runbook if ok else None, text, source, report.problems)
 
@@ -151,11 +154,47 @@ def _normalise_shell_commands(data: dict[str, Any], report: _Reporter) -> None:
                 report.add(("steps", index, "with", "command"), f"command cannot be split into arguments: {exc}")
 
 
-def _check_semantics(runbook: Runbook, data: dict[str, Any], report: _Reporter) -> None:
-    declared = set(runbook.params)
+@dataclass
+class _Parts:
+    """What the semantic checks read: a valid runbook's parts, or those of an invalid one that are
+    well-formed on their own. Names (declared params, step ids and their order) come from the document
+    even when their entry is broken, so a reference to them is not reported as unknown too."""
+
+    params: dict[str, ParamSpec]
+    steps: list[tuple[int, StepSpec]]  # (position in the document, step)
+    outputs: Any
+    declared: set[str]
+    order: dict[str, int]  # a step id's first position
+    count: int
+
+    @classmethod
+    def of(cls, runbook: Runbook) -> _Parts:
+        return cls(runbook.params, list(enumerate(runbook.steps)), runbook.outputs, set(runbook.params),
+                   {s.id: i for i, s in reversed(list(enumerate(runbook.steps)))}, len(runbook.steps))
+
+    @classmethod
+    def of_raw(cls, data: dict[str, Any]) -> _Parts:
+        raw_params: dict[Any, Any] = data["params"] if isinstance(data.get("params"), dict) else {}
+        raw_steps: list[Any] = data["steps"] if isinstance(data.get("steps"), list) else []
+        params = {name: spec for name, raw in raw_params.items() if (spec := _valid(ParamSpec, raw)) is not None}
+        steps = [(i, spec) for i, raw in enumerate(raw_steps) if (spec := _valid(StepSpec, raw)) is not None]
+        order = {raw["id"]: i for i, raw in reversed(list(enumerate(raw_steps)))
+                 if isinstance(raw, dict) and isinstance(raw.get("id"), str)}
+        outputs = data.get("outputs") if isinstance(data.get("outputs"), dict) else {}
+        return cls(params, steps, outputs, {str(name) for name in raw_params}, order, len(raw_steps))
+
+
+def _valid(model: type[ParamSpec] | type[StepSpec], raw: Any) -> Any:
+    try:
+        return model.model_validate(raw)
+    except ValidationError:
+        return None  # its problems were reported with the whole document's
+
+
+def _check_semantics(parts: _Parts, data: dict[str, Any], report: _Reporter) -> None:
+    declared, order = parts.declared, parts.order
     seen: dict[str, int] = {}
-    order = {s.id: i for i, s in reversed(list(enumerate(runbook.steps)))}
-    for name, param in runbook.params.items():
+    for name, param in parts.params.items():
         if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", name):
             report.add(("params", name), f"param name {name!r} must be an identifier (letters, digits, _)", key=True)
         if param.default is not None:
@@ -167,7 +206,7 @@ def _check_semantics(runbook: Runbook, data: dict[str, Any], report: _Reporter) 
                 re.compile(param.pattern)
             except re.error as exc:
                 report.add(("params", name, "pattern"), f"pattern is not a valid regular expression: {exc}")
-    for index, step in enumerate(runbook.steps):
+    for index, step in parts.steps:
         path: Path = ("steps", index)
         if step.id in seen:
             report.add((*path, "id"), f"duplicate step id {step.id!r} (also step {seen[step.id] + 1}): "
@@ -200,10 +239,9 @@ def _check_semantics(runbook: Runbook, data: dict[str, Any], report: _Reporter) 
                 _check_template(report, sub, value, bare=False, declared=declared, order=order, limit=index)
         if step.uses == "shell":
             _warn_shell_interpolation(report, path, step.with_)
-    for sub, value in _strings(runbook.outputs, ("outputs",)):
+    for sub, value in _strings(parts.outputs, ("outputs",)):
         if expressions.has_template(value):
-            _check_template(report, sub, value, bare=False, declared=declared, order=order,
-                            limit=len(runbook.steps))
+            _check_template(report, sub, value, bare=False, declared=declared, order=order, limit=parts.count)
 
 
 def _strings(value: Any, path: Path) -> list[tuple[Path, str]]:

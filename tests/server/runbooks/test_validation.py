@@ -53,6 +53,26 @@ def test_all_errors_are_reported_at_once():
     assert len(messages) == 2 and "unknown step kind 'lg'" in messages[0] and "'m' is not declared" in messages[1]
 
 
+def test_a_malformed_part_does_not_hide_the_other_parts_errors():
+    text = """\
+title: Broken in several places
+params:
+  host: {type: strin}
+  port: {type: integer, default: 80}
+steps:
+  - {id: a, uses: shel, with: {argv: [echo, "{{ params.nope }}"]}}
+  - {id: a, uses: log, retry: {attempts: 0}, with: {message: "{{ params.host }}"}}
+  - {id: c, uses: log, with: {message: "{{ steps.b.outputs }} {{ params.host }}:{{ params.port }}"}}
+"""
+    checked = check_text(text, "broken.yaml")
+    found = [(p.line, p.message) for p in checked.errors]
+    assert [line for line, _m in found] == [3, 7, 6, 6, 8], found
+    assert "params.host.type" in found[0][1] and "steps.1.retry.attempts" in found[1][1]
+    assert "unknown step kind 'shel'" in found[2][1] and "param 'nope' is not declared" in found[3][1]
+    # step 2 is malformed, so its duplicate id is not checked; params.host is declared, if broken
+    assert "there is no step 'b'" in found[4][1]
+
+
 def test_param_interpolated_into_sh_c_is_a_warning_that_says_how_to_fix_it():
     text = """
 title: Risky

@@ -88,8 +88,9 @@ def _follow(client: Client, run: dict[str, Any], as_json: bool) -> dict[str, Any
             line = _line(event, message, run_id)
             if event == "step.finished":
                 data = message.get("data") or {}
-                line = f"{message.get('step_id')}: {data.get('status')}" + (f": {data['error']}" if data.get("error")
-                                                                             else "")
+                line = (f"{message.get('step_id')}: {data.get('status')}"
+                        + (f" ({data['reason']})" if data.get("reason") else "")
+                        + (f": {data['error']}" if data.get("error") else ""))
             if line is not None:
                 out.print(line)
         run = client.request("GET", f"/api/v1/runs/{run_id}")

@@ -68,13 +68,17 @@ def _events(client: Client, run_id: int) -> Iterator[tuple[str, dict[str, Any]]]
             return
 
 
-def _line(event: str, message: dict[str, Any], run_id: int) -> str | None:
-    """What an event adds under the table: output lines, and how to approve a step that waits."""
-    step = message.get("step_id")
+def _line(event: str, message: dict[str, Any], run_id: int, *, results: bool = False) -> str | None:
+    """What an event adds to the output: output lines, how to approve a step that waits, and with
+    `results` (where no live table shows them) each step's result."""
+    step, data = message.get("step_id"), message.get("data") or {}
     if event == "step.output":
-        return f"{step}: {(message.get('data') or {}).get('line', '')}"
+        return f"{step}: {data.get('line', '')}"
     if event == "step.waiting_approval":
         return f"step {step} waits for approval: runbookd runs approve {run_id} {step}"
+    if event == "step.finished" and results:
+        return (f"{step}: {data.get('status')}" + (f" ({data['reason']})" if data.get("reason") else "")
+                + (f": {data['error']}" if data.get("error") else ""))
     return None
 
 
@@ -85,12 +89,7 @@ def _follow(client: Client, run: dict[str, Any], as_json: bool) -> dict[str, Any
     out = make_console(stderr=as_json)
     if not out.is_terminal:
         for event, message in _events(client, run_id):
-            line = _line(event, message, run_id)
-            if event == "step.finished":
-                data = message.get("data") or {}
-                line = (f"{message.get('step_id')}: {data.get('status')}"
-                        + (f" ({data['reason']})" if data.get("reason") else "")
-                        + (f": {data['error']}" if data.get("error") else ""))
+            line = _line(event, message, run_id, results=True)
             if line is not None:
                 out.print(line)
         run = client.request("GET", f"/api/v1/runs/{run_id}")
@@ -137,7 +136,7 @@ def run_command(
         console.print(f"run {run['id']} {run['status']}: {run['url']}", highlight=False)
     else:
         err.print(Text.assemble(f"run {run['id']} ", _status(run["status"]),
-                                f": {run['error']}" if run.get("error") else ""), highlight=False)
+                                f": {run['error']}" if run.get("error") else ""))
     if follow and run["status"] != "succeeded":
         raise typer.Exit(1)
 
@@ -179,7 +178,7 @@ def show(run_id: int, output: Annotated[str, typer.Option("--output", "-o", help
     console.print(_steps_table(run))
     console.print(f"params: {orjson.dumps(run['params']).decode()}", highlight=False)
     if run.get("error"):
-        print_error(console, run['error'])
+        print_error(console, run["error"])
 
 
 @runs_app.command("cancel")

@@ -261,7 +261,7 @@ def execute(run_id: int, queue: str, *, settings: Settings, engine: Engine, clie
     ex = Execution(settings, engine, client, run, checked.runbook, queue, held=got.held)
     try:
         return _execute(ex, got)
-    except RunAborted as aborted:  # a held claim that could not be written, found out while ending the run
+    except RunAborted as aborted:  # the run is no longer ours: found by a heartbeat or a held claim's write
         if aborted.message != TAKEN_OVER:
             raise
         log.warning("run lost", extra={"run_id": run_id})
@@ -301,6 +301,8 @@ def _execute(ex: Execution, got: claims.Claim) -> str:
                 return "failed"
         _complete(ex)
     except RunAborted as aborted:
+        if aborted.message == TAKEN_OVER:
+            raise  # nothing of it is ours to write: execute() lets go of the run
         _abort(ex, aborted)
         return aborted.status.value
     except Exception as exc:
@@ -405,9 +407,6 @@ def _after_failure(ex: Execution) -> None:
 
 
 def _abort(ex: Execution, aborted: RunAborted) -> None:
-    if aborted.message == TAKEN_OVER:
-        log.warning("run lost", extra={"run_id": ex.run_id})
-        return
     step_status = StepStatus.timed_out if aborted.status == RunStatus.timed_out else StepStatus.cancelled
     for row in ex.rows.values():
         if row.status in (StepStatus.pending, StepStatus.running):

@@ -170,7 +170,7 @@ class _Parts:
     @classmethod
     def of(cls, runbook: Runbook) -> _Parts:
         return cls(runbook.params, list(enumerate(runbook.steps)), runbook.outputs, set(runbook.params),
-                   {s.id: i for i, s in reversed(list(enumerate(runbook.steps)))}, len(runbook.steps))
+                   _first_positions([s.id for s in runbook.steps]), len(runbook.steps))
 
     @classmethod
     def of_raw(cls, data: dict[str, Any]) -> _Parts:
@@ -178,10 +178,14 @@ class _Parts:
         raw_steps: list[Any] = data["steps"] if isinstance(data.get("steps"), list) else []
         params = {name: spec for name, raw in raw_params.items() if (spec := _valid(ParamSpec, raw)) is not None}
         steps = [(i, spec) for i, raw in enumerate(raw_steps) if (spec := _valid(StepSpec, raw)) is not None]
-        order = {raw["id"]: i for i, raw in reversed(list(enumerate(raw_steps)))
-                 if isinstance(raw, dict) and isinstance(raw.get("id"), str)}
+        order = _first_positions([raw.get("id") if isinstance(raw, dict) else None for raw in raw_steps])
         outputs = data.get("outputs") if isinstance(data.get("outputs"), dict) else {}
         return cls(params, steps, outputs, {str(name) for name in raw_params}, order, len(raw_steps))
+
+
+def _first_positions(ids: list[Any]) -> dict[str, int]:
+    """Each step id's first position (a duplicate id is reported, and its first step is the one read)."""
+    return {step_id: i for i, step_id in reversed(list(enumerate(ids))) if isinstance(step_id, str)}
 
 
 def _valid(model: type[ParamSpec] | type[StepSpec], raw: Any) -> Any:

@@ -15,18 +15,22 @@ from server.auth.models import Role
 from tests.support import REPO, free_port_url, http, serve
 
 
-def cli(args: list[str], url: str, token: str | None, tmp_path, timeout: float = 60) -> subprocess.CompletedProcess:
-    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "RUNBOOKD_URL": url, "COLUMNS": "200"}
+def _env(url: str, token: str | None, tmp_path) -> dict[str, str]:
+    """A user's environment with nothing of ours in it but the server and the token."""
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "RUNBOOKD_URL": url}
     if token:
         env["RUNBOOKD_TOKEN"] = token
+    return env
+
+
+def cli(args: list[str], url: str, token: str | None, tmp_path, timeout: float = 60) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "server.cli", *args], capture_output=True, text=True, cwd=REPO,
-                          env=env, timeout=timeout)
+                          env={**_env(url, token, tmp_path), "COLUMNS": "200"}, timeout=timeout)
 
 
 def cli_in_terminal(args: list[str], url: str, token: str, tmp_path, timeout: float = 60) -> tuple[int, str]:
     """The CLI on a pseudo-terminal, as someone at a shell runs it: Rich draws its live view there."""
-    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "RUNBOOKD_URL": url, "RUNBOOKD_TOKEN": token,
-           "TERM": "xterm-256color", "COLUMNS": "160", "LINES": "50"}
+    env = {**_env(url, token, tmp_path), "TERM": "xterm-256color", "COLUMNS": "160", "LINES": "50"}
     controller, terminal = os.openpty()
     proc = subprocess.Popen([sys.executable, "-m", "server.cli", *args], stdin=terminal, stdout=terminal,
                             stderr=terminal, cwd=REPO, env=env)

@@ -20,6 +20,7 @@ from server.flags.ofrep import router as ofrep_router
 from server.flags.routes import environments_router as flag_environments_router
 from server.flags.routes import router as flags_router
 from server.flags.runtime import start_flags
+from server.hooks.routes import router as hooks_router
 from server.incidents.routes import router as incidents_router
 from server.loglevels.routes import debug_router as loggers_router
 from server.loglevels.routes import router as loglevels_router
@@ -35,6 +36,7 @@ ROUTERS = [health.router, tokens_router, audit_router, loglevels_router, loggers
 ROUTERS += [flags_router, flag_environments_router, ofrep_router]
 ROUTERS += [runbooks_router, runs_router]
 ROUTERS += [incidents_router, chat_router]
+ROUTERS += [hooks_router]
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

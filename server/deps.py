@@ -30,6 +30,23 @@ async def current_actor(request: Request) -> Actor:
     token stops working at once (the cache forgets it when the revocation commits or is announced)."""
     state = request.app.state
     actor: Actor = await state.token_cache.actor(state.engine, _presented_token(request))
+    if actor.role is Role.hook:
+        # A hook token (the one Alertmanager holds) triggers runs through /hooks/* and can do nothing else:
+        # refused here, every other route refuses it, OFREP and whoami included (server.hooks.routes admits it).
+        raise Forbidden(f"token {actor.name!r} has the hook role: it may only deliver to /hooks/alertmanager and "
+                        "/hooks/generic/NAME")
+    request.state.actor = actor
+    return actor
+
+
+async def hook_actor(request: Request) -> Actor:
+    """The token holder delivering to a /hooks/* endpoint: a hook, operator or admin token. Anything else,
+    a missing, unknown, revoked or lower-role token, is a 401: a webhook sender has nobody to read a 403."""
+    state = request.app.state
+    actor: Actor = await state.token_cache.actor(state.engine, _presented_token(request))
+    if not actor.role.allows(Role.hook):
+        raise Unauthorized(f"token {actor.name!r} ({actor.role.value}) may not trigger runs: use a token of the "
+                           "hook role (or operator, admin)")
     request.state.actor = actor
     return actor
 

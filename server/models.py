@@ -4,6 +4,7 @@ from server.audit.models import AuditEvent, AuditHead
 from server.auth.models import ApiToken
 from server.chat.models import ChatFollowup
 from server.flags.models import Flag, FlagEnvironment, FlagExpiry, FlagVersion
+from server.hooks.models import HookDelivery, ScheduleState, TriggerFiring, TriggerGroup
 from server.incidents.models import Incident
 from server.loglevels.models import LogLevelOverride
 from server.runbooks.models import UploadedRunbook
@@ -18,10 +19,14 @@ __all__ = [
            "FlagEnvironment",
            "FlagExpiry",
            "FlagVersion",
+           "HookDelivery",
            "Incident",
            "LogLevelOverride",
            "Run",
            "RunEvent",
+           "ScheduleState",
            "StepRun",
+           "TriggerFiring",
+           "TriggerGroup",
            "UploadedRunbook",
 ]

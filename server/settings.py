@@ -82,6 +82,18 @@ class Settings(BaseSettings):
         "A revocation is announced over Redis and takes effect at once; without Redis it lags by this much. "
         "0 asks the database on every request."
     )
+    hook_secrets: dict[str, SecretStr] = Field(
+        default_factory=dict, description='Generic webhooks and their HMAC secrets, JSON: {"ci": "s3cret"}; '
+        "POST /hooks/generic/NAME verifies X-Runbookd-Signature with NAME's secret.",
+    )
+    hook_max_body_bytes: int = Field(
+        1024 * 1024, ge=1024, description="Largest delivery /hooks/* accepts, in bytes; larger ones get 413 "
+        "(RUNBOOKD_MAX_BODY_BYTES caps every request first).",
+    )
+    hook_signature_max_age: int = Field(
+        300, ge=10, le=3600, description="Replay window of signed generic webhooks, in seconds: an older "
+        "X-Runbookd-Timestamp is refused, and so is a signature seen before within it.",
+    )
     loglevel_max_duration: Duration = Field(
         timedelta(hours=4), description="Longest temporary log-level override (issue 4's safety rail)."
     )

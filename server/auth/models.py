@@ -17,6 +17,7 @@ class Role(StrEnum):
     """Roles nest: each one may do all that the ones before it may."""
 
     client = "client"      # may only evaluate flags (OFREP)
+    hook = "hook"          # may only deliver alerts and webhooks that trigger runs (server.hooks)
     viewer = "viewer"      # reads
     operator = "operator"  # runs runbooks, changes flags and log levels
     admin = "admin"        # tokens, runbook upload, debug endpoints
@@ -26,6 +27,10 @@ class Role(StrEnum):
         return list(Role).index(self)
 
     def allows(self, needed: Role) -> bool:
+        # hook sits beside the chain, not in it: it may trigger runs through /hooks/* and nothing else, and of
+        # the others only operator and admin (who may start runs anyway) may use the hook endpoints too.
+        if self is Role.hook or needed is Role.hook:
+            return self is needed or (needed is Role.hook and self.rank >= Role.operator.rank)
         return self.rank >= needed.rank
 
 
@@ -34,6 +39,7 @@ class Source(StrEnum):
     cli = "cli"
     chat = "chat"
     system = "system"
+    hook = "hook"
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 WHOLE = re.compile(r"^\s*\{\{(?P<expr>.*?)\}\}\s*$", re.S)
 MAX_POWER_RESULT = 10**12
+MAX_REPEAT_RESULT = 64 * 1024  # `'x' * 10**9` would build a gigabyte: a repeated string or list stops here
 
 
 class ExpressionError(Exception):
@@ -24,8 +25,8 @@ class ExpressionError(Exception):
 
 
 class _Sandbox(ImmutableSandboxedEnvironment):
-    # `9 ** 9 ** 9` would take the worker forever: the one binary operator worth intercepting.
-    intercepted_binops = frozenset(["**"])
+    # `9 ** 9 ** 9` would take the worker forever, `'x' * 10**9` would take its memory: both are intercepted.
+    intercepted_binops = frozenset(["**", "*"])
 
     def getattr(self, obj: Any, attribute: str) -> Any:
         # Runbook data is all mappings: `params.items` means the param named items, not dict.items.
@@ -41,6 +42,12 @@ class _Sandbox(ImmutableSandboxedEnvironment):
             if isinstance(result, int) and abs(result) > MAX_POWER_RESULT:
                 raise ExpressionError("power result too large")
             return result
+        if operator == "*":
+            for seq, times in ((left, right), (right, left)):
+                if isinstance(seq, str | list | tuple) and isinstance(times, int) and not isinstance(times, bool) \
+                        and len(seq) * max(times, 0) > MAX_REPEAT_RESULT:
+                    raise ExpressionError(f"repetition too large (over {MAX_REPEAT_RESULT} items)")
+            return left * right
         return super().call_binop(context, operator, left, right)
 
 
@@ -48,6 +55,17 @@ class _Sandbox(ImmutableSandboxedEnvironment):
 def environment() -> _Sandbox:
     env = _Sandbox(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True)
     env.globals = {"range": env.globals["range"], "dict": dict}
+    return env
+
+
+def restricted_environment(*, filters: set[str]) -> _Sandbox:
+    """A sandbox for templates whose data comes from outside (alert triggers): no globals (no range), only the
+    named filters, the same interception of ** and *. Its templates are checked with `parse(..., env=...)`."""
+    env = _Sandbox(undefined=StrictUndefined, autoescape=False)
+    env.globals = {}
+    env.filters = {name: f for name, f in env.filters.items() if name in filters}
+    env.tests = {name: t for name, t in env.tests.items() if name in {"defined", "undefined", "none", "string",
+                                                                       "number", "eq", "ne", "in"}}
     return env
 
 
@@ -106,9 +124,9 @@ def render(value: Any, context: dict[str, Any]) -> Any:
     return value
 
 
-def parse(text: str, *, bare: bool) -> nodes.Template:
+def parse(text: str, *, bare: bool, env: _Sandbox | None = None) -> nodes.Template:
     """Parse and compile (which checks filters and tests exist); raises TemplateError on a mistake."""
-    env = environment()
+    env = env or environment()
     source = "{{ " + text + " }}" if bare else text
     tree = env.parse(source)
     env.compile(tree)

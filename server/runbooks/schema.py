@@ -77,6 +77,8 @@ class Runbook(_Strict):
     on_failure: Literal["stop", "rollback", "continue"] = "stop"
     steps: list[StepSpec] = Field(min_length=1)
     outputs: dict[str, Any] = Field(default_factory=dict)
+    # Alert and schedule triggers that start this runbook: validated by server.hooks.rules, not here.
+    triggers: list[Any] = Field(default_factory=list)
 
     def step(self, step_id: str) -> StepSpec:
         return next(s for s in self.steps if s.id == step_id)

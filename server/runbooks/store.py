@@ -12,6 +12,7 @@ from server.runbooks.validation import Checked, Problem, check_text
 
 log = logging.getLogger("runbookd.runbooks")
 RESCAN_INTERVAL_S = 1.0  # how stale a listing may be: one stat of the directory per second at most
+TRIGGER_SUFFIX = ".triggers.yaml"  # trigger-rule files (server.hooks.rules) live beside runbooks but are not ones
 
 
 @dataclass
@@ -24,7 +25,7 @@ class Snapshot:
 
 def _signature(directory: Path) -> tuple[tuple[str, int, int], ...]:
     try:
-        files = sorted(directory.rglob("*.yaml"))
+        files = sorted(p for p in directory.rglob("*.yaml") if not p.name.endswith(TRIGGER_SUFFIX))
     except OSError:
         return ()
     out = []

@@ -34,7 +34,7 @@ async def current_actor(request: Request) -> Actor:
         # A hook token (the one Alertmanager holds) triggers runs through /hooks/* and can do nothing else:
         # refused here, every other route refuses it, OFREP and whoami included (server.hooks.routes admits it).
         raise Forbidden(f"token {actor.name!r} has the hook role: it may only deliver to /hooks/alertmanager and "
-                        "/hooks/generic/NAME")
+                        "/hooks/generic/NAME; other routes need a client, viewer, operator or admin token")
     request.state.actor = actor
     return actor
 

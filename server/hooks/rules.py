@@ -74,9 +74,23 @@ class Op(_Strict):
         return self
 
 
+def _scalar_op(value: Any) -> Any:
+    """`alertname: HighErrorRate` is short for `alertname: {equals: HighErrorRate}`."""
+    if isinstance(value, bool):
+        return {"equals": str(value).lower()}
+    if isinstance(value, str | int | float):
+        return {"equals": str(value)}
+    return value
+
+
 class MatchSpec(_Strict):
-    labels: dict[str, str | int | float | bool | Op] = Field(default_factory=dict)
-    annotations: dict[str, str | int | float | bool | Op] = Field(default_factory=dict)
+    labels: dict[str, Op] = Field(default_factory=dict)
+    annotations: dict[str, Op] = Field(default_factory=dict)
+
+    @field_validator("labels", "annotations", mode="before")
+    @classmethod
+    def _scalars(cls, value: Any) -> Any:
+        return {k: _scalar_op(v) for k, v in value.items()} if isinstance(value, dict) else value
 
 
 class IncidentSpec(_Strict):
@@ -255,17 +269,15 @@ def _check_template(report: _Reporter, path: yamlpos.Path, text: str) -> None:
                        f"{', '.join(sorted(TEMPLATE_ROOTS))}")
 
 
-def _matchers(report: _Reporter, path: yamlpos.Path, raw: dict[str, Any]) -> list[Matcher]:
+def _matchers(report: _Reporter, path: yamlpos.Path, raw: dict[str, Op]) -> list[Matcher]:
     out = []
     for key, value in raw.items():
-        if not isinstance(value, Op):
-            out.append(Matcher(key, "equals", str(value).lower() if isinstance(value, bool) else str(value)))
-            continue
         if value.regex is not None:
             try:
                 compiled = re2.compile(value.regex)
             except re2.error as exc:
-                report.add((*path, key, "regex"), f"regex {value.regex!r} is not valid RE2 syntax: {exc}")
+                why = exc.args[0].decode(errors="replace") if exc.args and isinstance(exc.args[0], bytes) else exc
+                report.add((*path, key, "regex"), f"regex {value.regex!r} is not valid RE2 syntax: {why}")
                 continue
             out.append(Matcher(key, "regex", value.regex, compiled))
         elif value.in_ is not None:
@@ -330,6 +342,7 @@ def check_rules(text: str, source: str, *, runbooks: dict[str, Checked], default
             spec = TriggerSpec.model_validate(raw)
         except ValidationError as exc:
             _pydantic_problems(report, exc, path, raw)
+            _partial_checks(report, path, raw, runbooks)
             continue
         checked = runbooks.get(spec.runbook)
         if checked is None or checked.runbook is None:
@@ -350,6 +363,28 @@ def check_rules(text: str, source: str, *, runbooks: dict[str, Checked], default
         line = yamlpos.position(positions, path)[0]
         rules.append(Rule(spec, source, line, labels, annotations))
     return RuleSet(rules=rules, problems=report.problems)
+
+
+def _partial_checks(report: _Reporter, path: yamlpos.Path, raw: Any, runbooks: dict[str, Checked]) -> None:
+    """The checks of a rule that did not validate, on the parts that do on their own: all errors at once."""
+    if not isinstance(raw, dict):
+        return
+    match: dict[str, Any] = raw["match"] if isinstance(raw.get("match"), dict) else {}
+    for part in ("labels", "annotations"):
+        values: dict[str, Any] = match[part] if isinstance(match.get(part), dict) else {}
+        good = {}
+        for key, value in values.items():
+            try:
+                good[key] = Op.model_validate(_scalar_op(value))
+            except ValidationError:
+                continue
+        _matchers(report, (*path, "match", part), good)
+    runbook_id = raw.get("runbook")
+    checked = runbooks.get(runbook_id) if isinstance(runbook_id, str) else None
+    if not isinstance(raw.get("params"), dict):
+        return  # a missing params: is reported with the runbook's required params only when the rule is whole
+    partial = TriggerSpec.model_construct(id="?", runbook=str(runbook_id), params=raw["params"], open_incident=None)
+    _check_params(report, path, partial, checked.runbook if checked is not None else None)
 
 
 def merge(parts: list[RuleSet]) -> RuleSet:

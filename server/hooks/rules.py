@@ -145,6 +145,11 @@ class TriggerSpec(_Strict):
     schedule: ScheduleSpec | None = None
     enabled: bool = True
 
+    @field_validator("cooldown", mode="before")
+    @classmethod
+    def _no_cooldown(cls, value: Any) -> Any:
+        return timedelta(0) if value in (0, "0", "0s", "0m") else value
+
     @model_validator(mode="after")
     def _schedule_source(self) -> TriggerSpec:
         if self.schedule is not None:

@@ -114,7 +114,9 @@ def test_invalid_rendered_params_start_nothing_and_say_why(hooks, hooks_dir, eng
 
 def test_an_alert_group_opens_one_incident_and_resolving_closes_it(hooks, hooks_dir, engine, admin_token):
     rule, name = unique(), unique("A")
-    write_rules(hooks_dir, rule_file(rule, name, """    open_incident: {severity: sev2, title: "{{ alert.labels.alertname }} on {{ alert.labels.job }}"}
+    write_rules(hooks_dir, rule_file(rule, name, """    open_incident:
+      severity: sev2
+      title: "{{ alert.labels.alertname }} on {{ alert.labels.job }}"
     on_resolved: resolve_incident
 """))
     group = f'{{}}:{{alertname="{name}"}}'

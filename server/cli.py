@@ -15,6 +15,7 @@ from rich.table import Table
 from server.auth.models import Actor, Role, Source
 from server.console import make_console, print_error, styled
 from server.flags.cli import flag_app, flags_app
+from server.hooks.cli import hooks_app, triggers_app
 from server.incidents.cli import incident_app
 from server.loglevels.cli import loglevel_app
 from server.runbooks.cli import runbooks_app
@@ -36,6 +37,8 @@ app.add_typer(flags_app, name="flags")
 app.add_typer(flag_app, name="flag")
 app.add_typer(loglevel_app, name="loglevel")
 app.add_typer(incident_app, name="incident")
+app.add_typer(hooks_app, name="hooks")
+app.add_typer(triggers_app, name="triggers")
 # server.console: markup off (server text often holds brackets) and soft_wrap, so messages stay on one line
 # when piped and scripts and logs can grep them.
 console = make_console()

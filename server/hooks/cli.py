@@ -127,7 +127,8 @@ def validate(
     for problem in loaded.problems:
         err.print(Text(str(problem), style="red" if problem.severity == "error" else "yellow"))
     files = len(list(directory.rglob(f"*{TRIGGER_SUFFIX}"))) if directory.is_dir() else 0
-    summary = f"{len(loaded.rules)} rule(s) from {files} trigger file(s) and the runbooks: {len(loaded.errors)} error(s)"
+    summary = (f"{len(loaded.rules)} rule(s) from {files} trigger file(s) and the runbooks: "
+               f"{len(loaded.errors)} error(s)")
     err.print(styled((summary, "red" if loaded.errors else "green")))
     if loaded.errors:
         raise typer.Exit(1)

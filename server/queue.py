@@ -20,6 +20,7 @@ FLAG_EXPIRE_TASK = "runbookd.flags.expire"
 RUN_EXECUTE_TASK = "runbookd.runs.execute"
 RUN_RELAY_TASK = "runbookd.runs.relay"
 RUN_REAP_TASK = "runbookd.runs.reap"
+TRIGGER_SCHEDULES_TASK = "runbookd.triggers.schedules"
 
 
 def make_celery(settings: Settings, *, include: list[str] | None = None) -> Celery:
@@ -56,6 +57,10 @@ def make_celery(settings: Settings, *, include: list[str] | None = None) -> Cele
             # worker vanished; each sweep is idempotent, so a sweep that waited too long is dropped.
             "runs-relay": {"task": RUN_RELAY_TASK, "schedule": timedelta(seconds=5), "options": {"expires": 10}},
             "runs-reap": {"task": RUN_REAP_TASK, "schedule": timedelta(seconds=10), "options": {"expires": 20}},
+            # Cron triggers (server.hooks.schedules): each slot is an idempotency key, so a late or doubled tick
+            # starts nothing twice; a tick that waited past `expires` is dropped, the next one does its work.
+            "trigger-schedules": {"task": TRIGGER_SCHEDULES_TASK, "schedule": timedelta(seconds=1),
+                                  "options": {"expires": 5}},
         },
     )
     return app

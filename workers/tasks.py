@@ -21,6 +21,7 @@ from server.queue import (
     RUN_EXECUTE_TASK,
     RUN_REAP_TASK,
     RUN_RELAY_TASK,
+    TRIGGER_SCHEDULES_TASK,
 )
 from server.redis_client import key, make_redis
 from server.runs import sweeps
@@ -127,6 +128,14 @@ def chat_followups() -> None:
     from server.chat.followups import post_due
 
     post_due(get_engine(), settings)
+
+
+@app.task(name=TRIGGER_SCHEDULES_TASK)
+def trigger_schedules() -> int:
+    """Start the runs of cron triggers whose slot has come (server.hooks.schedules)."""
+    from server.hooks.schedules import tick
+
+    return tick(get_engine(), settings)
 
 
 # Every step kind imported before the pool forks: the children share it, and no run pays for the import.

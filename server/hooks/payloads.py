@@ -72,7 +72,7 @@ class Delivery:
     truncated: int = 0
 
     def template_context(self, alert: Alert) -> dict[str, Any]:
-        return {"alert": alert.context(), "payload": self.payload,
+        return {"alert": alert.context(), "payload": self.payload, "slot": alert.starts_at,
                 "delivery": {"source": self.source, "group_key": self.group_key}}
 
 

@@ -13,8 +13,6 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import IntegrityError, OperationalError
-from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
 
 from server.auth.models import Actor
@@ -26,13 +24,10 @@ from server.hooks import payloads, security, service
 from server.hooks import rules as rules_mod
 from server.hooks.models import DeliveryPage, DeliveryPublic, TriggerTestRequest
 from server.runbooks import service as runbooks
-from server.runs import service as runs
-from server.runs import sweeps
 from server.settings import Settings
 
 router = APIRouter(tags=["hooks"])
 log = logging.getLogger("runbookd.hooks")
-ATTEMPTS = 3
 
 
 def _settings(request: Request) -> Settings:
@@ -63,31 +58,9 @@ def _rules(settings: Settings) -> tuple[rules_mod.RuleSet, Any]:
 
 def deliver(engine: Any, settings: Settings, delivery: payloads.Delivery, *, token: str | None,
             request_id: str | None) -> dict[str, Any]:
-    """Decide and commit a delivery (retried when a concurrent copy won a race), then send its runs."""
     rules, snapshot = _rules(settings)
-    for attempt in range(ATTEMPTS):
-        with Session(engine, expire_on_commit=False) as session:
-            try:
-                outcome = service.process(session, delivery=delivery, rules=rules, runbooks=snapshot.runbooks,
-                                          settings=settings, token=token, request_id=request_id)
-                session.commit()
-                break
-            except (IntegrityError, OperationalError) as exc:
-                session.rollback()
-                if attempt == ATTEMPTS - 1:
-                    raise
-                log.info("hook delivery retried after a conflict", extra={"error": str(exc)[:200]})
-    failed_from = None
-    for index, (run_id, queue) in enumerate(outcome.dispatch):
-        if not sweeps.send_run(settings, run_id, queue):
-            failed_from = index
-            break
-    if failed_from is not None:  # the broker is down: the relay sends these once it is back
-        with Session(engine) as session:
-            for run_id, _queue in outcome.dispatch[failed_from:]:
-                runs.mark_undispatched(session, run_id=run_id)
-            session.commit()
-    return outcome.body()
+    return service.deliver(engine, settings, delivery, rules=rules, runbooks=snapshot.runbooks, token=token,
+                           request_id=request_id)
 
 
 def _remote(request: Request) -> str | None:

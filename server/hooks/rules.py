@@ -154,6 +154,8 @@ class TriggerSpec(_Strict):
     def _schedule_source(self) -> TriggerSpec:
         if self.schedule is not None:
             self.source = "schedule"
+            if "cooldown" not in self.model_fields_set:
+                self.cooldown = timedelta(0)  # a schedule's dedupe holds while its last run is active, no longer
         elif self.source == "schedule":
             raise ValueError("source: schedule needs a schedule: {cron: ...}")
         return self

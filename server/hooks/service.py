@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, text
+from sqlalchemy import Engine, func, text
 from sqlalchemy import select as sa_select
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlmodel import Session, col, select
 
 from server.audit import service as audit
@@ -36,6 +37,7 @@ from server.runbooks import expressions
 from server.runbooks import params as param_rules
 from server.runbooks.validation import Checked
 from server.runs import service as runs
+from server.runs import sweeps
 from server.runs.models import Run, RunStatus
 from server.settings import Settings
 
@@ -43,6 +45,7 @@ log = logging.getLogger("runbookd.hooks")
 DELIVERY_LOCK = 0x72626B68  # "rbkh": the advisory lock id that serialises deliveries on PostgreSQL
 UNFINISHED = [s.value for s in RunStatus if not s.finished]
 CHUNK = 500
+ATTEMPTS = 3
 MAX_STORED_ALERTS = 2000
 MAX_STORED_DECISIONS = 5000
 
@@ -171,6 +174,36 @@ def matches(rules: RuleSet, delivery: Delivery) -> list[tuple[Alert, list[Rule]]
     return out
 
 
+def deliver(engine: Engine, settings: Settings, delivery: Delivery, *, rules: RuleSet, runbooks: dict[str, Checked],
+            token: str | None, request_id: str | None) -> dict[str, Any]:
+    """Decide and commit a delivery (retried when a concurrent copy won a race), then send its runs."""
+    for attempt in range(ATTEMPTS):
+        with Session(engine, expire_on_commit=False) as session:
+            try:
+                outcome = process(session, delivery=delivery, rules=rules, runbooks=runbooks, settings=settings,
+                                  token=token, request_id=request_id)
+                session.commit()
+                break
+            except (IntegrityError, OperationalError) as exc:
+                session.rollback()
+                if attempt == ATTEMPTS - 1:
+                    raise
+                log.info("hook delivery retried after a conflict", extra={"error": str(exc)[:200]})
+    send_runs(engine, settings, outcome.dispatch)
+    return outcome.body()
+
+
+def send_runs(engine: Engine, settings: Settings, dispatch: list[tuple[int, str]]) -> None:
+    """Send committed runs to the broker; when it is down, the rest stay queued for beat's relay."""
+    for index, (run_id, queue) in enumerate(dispatch):
+        if not sweeps.send_run(settings, run_id, queue):
+            with Session(engine) as session:
+                for later, _queue in dispatch[index:]:
+                    runs.mark_undispatched(session, run_id=later)
+                session.commit()
+            return
+
+
 def process(session: Session, *, delivery: Delivery, rules: RuleSet, runbooks: dict[str, Checked],
             settings: Settings, token: str | None, request_id: str | None) -> Outcome:
     """Decide a delivery and write it all (the caller commits, then sends Outcome.dispatch)."""
@@ -227,6 +260,46 @@ def process(session: Session, *, delivery: Delivery, rules: RuleSet, runbooks: d
     audit.record(session, actor=actor, action="hook.delivery", target_type="hook_delivery", target_id=row.id,
                  after={"source": delivery.source, "token": token, "alerts": row.alerts, "started": row.started,
                         "duplicates": row.duplicates, "suppressed": row.suppressed, "ignored": row.ignored})
+    return Outcome(row, work.dispatch)
+
+
+def process_slots(session: Session, *, due: list[tuple[Rule, datetime, str | None]], runbooks: dict[str, Checked],
+                  settings: Settings) -> Outcome:
+    """Schedule slots as one delivery of source `schedule`: each (rule, slot, why it is skipped or None) starts
+    a run under the same guards as alerts, or is recorded as skipped. The caller holds the delivery lock."""
+    delivery = Delivery("schedule", "schedule", [], {})
+    actor = hook_actor("schedule")
+    row = HookDelivery(source="schedule", actor=actor.name, group_key="schedule", alerts=len(due), result={})
+    session.add(row)
+    session.flush()
+    work = _Work(session, settings, runbooks, delivery, actor, row)
+    items = []
+    for rule, slot, skip in due:
+        alert = Alert("firing", {"schedule": rule.id}, {}, f"schedule:{rule.id}", slot.isoformat())
+        delivery.alerts.append(alert)
+        items.append((alert, rule, skip, rules_mod.firing_key(rule.id, "schedule", alert.starts_at, "slot")))
+    seen = {f.key for part in _chunks([i[3] for i in items])
+            for f in session.exec(select(TriggerFiring).where(col(TriggerFiring.key).in_(part)))}
+    guards = _Guards.read(session, {(r, a.fingerprint) for a, r, skip, _k in items if skip is None}, utcnow())
+    for alert, rule, skip, key in items:
+        if key in seen:
+            work.decide(alert, rule, "duplicate", "this slot was already handled")
+        elif skip is not None:
+            session.add(TriggerFiring(key=key, action="slot", rule_id=rule.id, fingerprint=alert.fingerprint,
+                                      starts_at=alert.starts_at, delivery_id=row.id, outcome="skipped"))
+            work.decide(alert, rule, "skipped", skip, slot=alert.starts_at)
+        else:
+            _start(work, guards, alert, rule, key)
+    counts = Counter(d["outcome"] for d in work.decisions)
+    row.started, row.duplicates = counts["started"], counts["duplicate"]
+    row.suppressed, row.ignored = counts["suppressed"] + counts["skipped"], counts["ignored"]
+    row.result = {"alerts": [a.brief() for a in delivery.alerts[:MAX_STORED_ALERTS]],
+                  "rules": sorted({d["rule"] for d in work.decisions if d["rule"]}),
+                  "decisions": work.decisions[:MAX_STORED_DECISIONS]}
+    session.add(row)
+    audit.record(session, actor=actor, action="hook.delivery", target_type="hook_delivery", target_id=row.id,
+                 after={"source": "schedule", "slots": len(due), "started": row.started, "skipped": counts["skipped"],
+                        "suppressed": counts["suppressed"]})
     return Outcome(row, work.dispatch)
 
 

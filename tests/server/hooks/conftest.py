@@ -3,6 +3,8 @@ Alertmanager's webhook (version 4) and sign generic deliveries as a sender would
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 import uuid
 from dataclasses import dataclass
@@ -16,7 +18,8 @@ from pydantic import SecretStr
 from server.app import create_app
 from server.auth.models import Role
 from server.hooks.security import sign
-from tests.support import serve
+from tests.conftest import subprocess_env
+from tests.support import serve, stop_process, wait_for
 
 GENERIC_SECRET = "generic-hook-secret-1"
 PROBE = """\
@@ -41,7 +44,9 @@ def hooks_dir(tmp_path_factory, database_url) -> Path:  # one per database backe
 
 @pytest.fixture(scope="module")
 def hook_settings(settings, hooks_dir):
+    # A queue of our own: workers of other test modules must not take these runs.
     return settings.model_copy(update={"runbooks_dir": hooks_dir, "hook_secrets": {"ci": SecretStr(GENERIC_SECRET)},
+                                       "default_queue": f"rbtest-hooks-{uuid.uuid4().hex[:6]}",
                                        "hook_max_body_bytes": 2 * 1024 * 1024,
                                        "max_body_bytes": 4 * 1024 * 1024})
 
@@ -50,6 +55,24 @@ def hook_settings(settings, hooks_dir):
 def hook_url(hook_settings):
     with serve(create_app(hook_settings)) as url:
         yield url
+
+
+@pytest.fixture(scope="module")
+def hooks_worker(hook_settings, tmp_path_factory):
+    """A real worker process on the hooks' queue, for the tests that need runs to finish."""
+    log_path = tmp_path_factory.mktemp("hooks-worker") / "worker.log"
+    env = subprocess_env(hook_settings, RUNBOOKD_DEFAULT_QUEUE=hook_settings.default_queue,
+                         RUNBOOKD_RUNBOOKS_DIR=str(hook_settings.runbooks_dir))
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "server.cli", "worker", "--concurrency", "1",
+                                 "--queues", hook_settings.default_queue, "--hostname",
+                                 f"hooks-{uuid.uuid4().hex[:6]}@%h"], env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            wait_for(lambda: b" ready." in log_path.read_bytes() or proc.poll() is not None, 60, "worker to start")
+            assert proc.poll() is None, log_path.read_text()
+            yield log_path
+        finally:
+            stop_process(proc)
 
 
 @pytest.fixture(scope="module")

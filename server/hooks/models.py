@@ -52,6 +52,7 @@ class TriggerFiring(SQLModel, table=True):
     rule_id: str = Field(max_length=200)
     fingerprint: str = Field(max_length=200)
     group_key: str | None = Field(default=None, max_length=1000)
+    group_hash: str = Field(max_length=64, index=True)  # a redelivery's firings are found by its group
     starts_at: str | None = Field(default=None, max_length=64)
     delivery_id: int | None = Field(default=None, index=True)
     run_id: int | None = Field(default=None, index=True)

@@ -207,8 +207,10 @@ class RuleSet:
     _by_label: dict[tuple[str, str, str], list[Rule]] = field(default_factory=dict)
     _unindexed: dict[str, list[Rule]] = field(default_factory=dict)
     _index_labels: dict[str, set[str]] = field(default_factory=dict)
+    _order: dict[int, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        self._order = {id(r): i for i, r in enumerate(self.rules)}
         for rule in self.rules:
             if not rule.spec.enabled or rule.spec.schedule is not None:
                 continue
@@ -229,8 +231,7 @@ class RuleSet:
             if value is not None:
                 found.extend(self._by_label.get((source, key, value), ()))
         if len(found) > 1:
-            order = {id(r): i for i, r in enumerate(self.rules)}
-            found.sort(key=lambda r: order[id(r)])
+            found.sort(key=lambda r: self._order[id(r)])
         return found
 
     def schedules(self) -> list[Rule]:

@@ -104,18 +104,20 @@ class _Guards:
                 minute[rule_id] = count
         deduped = [(r, fp) for r, fp in pairs if r.spec.dedupe]
         if deduped:
+            # By rule, not by fingerprint: the rows are the runs still active or started within the cooldown,
+            # few because the guards bound them, and a 1,000-alert delivery needs no 1,000-value IN list.
             longest = max(r.spec.cooldown for r, _fp in deduped)
-            fingerprints = sorted({fp for _r, fp in deduped})
-            dedupe_ids = sorted({r.id for r, _fp in deduped})
-            for part in _chunks(fingerprints):
+            wanted = {(r.id, fp) for r, fp in deduped}
+            for part in _chunks(sorted({r.id for r, _fp in deduped})):
                 rows = session.execute(
                     sa_select(col(TriggerFiring.rule_id), col(TriggerFiring.fingerprint), col(TriggerFiring.run_id),
                               col(TriggerFiring.created_at), col(Run.status))
                     .join(Run, col(Run.id) == TriggerFiring.run_id, isouter=True)
-                    .where(col(TriggerFiring.action) == "run", col(TriggerFiring.rule_id).in_(dedupe_ids),
-                           col(TriggerFiring.fingerprint).in_(part),
+                    .where(col(TriggerFiring.action) == "run", col(TriggerFiring.rule_id).in_(part),
                            (col(Run.status).in_(UNFINISHED)) | (col(TriggerFiring.created_at) >= now - longest)))
                 for rule_id, fp, run_id, created, status in rows:
+                    if (rule_id, fp) not in wanted:
+                        continue
                     rule = rules[rule_id]
                     if status in UNFINISHED:
                         blocked[(rule_id, fp)] = f"dedupe: run {run_id} for this alert is still {status}"
@@ -153,6 +155,12 @@ class _Work:
     decisions: list[dict[str, Any]] = field(default_factory=list)
     dispatch: list[tuple[int, str]] = field(default_factory=list)
     groups: dict[tuple[str, str], str] = field(default_factory=dict)  # (rule, group hash) -> incident id
+    # Strong references: the session's identity map is weak, and create_run reads each incident again.
+    incidents: list[Any] = field(default_factory=list)
+
+    @property
+    def group_hash(self) -> str:
+        return rules_mod.firing_key(self.delivery.group_key)
 
     def decide(self, alert: Alert, rule: Rule | None, outcome: str, reason: str | None = None,
                **extra: Any) -> None:
@@ -228,10 +236,10 @@ def process(session: Session, *, delivery: Delivery, rules: RuleSet, runbooks: d
             else:
                 work.decide(alert, rule, "ignored", f"alert is {alert.status}; rule {rule.id} acts on "
                             f"{rule.spec.status} alerts")
-    seen: dict[str, TriggerFiring] = {}
-    for part in _chunks(sorted({a[3] for a in actions})):
-        for firing in session.exec(select(TriggerFiring).where(col(TriggerFiring.key).in_(part))):
-            seen[firing.key] = firing
+    # A redelivery has the same group key: its earlier firings are found by the group's hash (indexed).
+    keys = {a[3] for a in actions}
+    seen = {f.key: f for f in session.exec(select(TriggerFiring).where(TriggerFiring.group_hash == work.group_hash))
+            if f.key in keys} if keys else {}
     guards = _Guards.read(session, {(r, a.fingerprint) for a, r, act, _k in actions if act == "run"}, now)
     done_keys: set[str] = set()
     for alert, rule, action, key in actions:
@@ -279,14 +287,15 @@ def process_slots(session: Session, *, due: list[tuple[Rule, datetime, str | Non
         delivery.alerts.append(alert)
         items.append((alert, rule, skip, rules_mod.firing_key(rule.id, "schedule", alert.starts_at, "slot")))
     seen = {f.key for part in _chunks([i[3] for i in items])
-            for f in session.exec(select(TriggerFiring).where(col(TriggerFiring.key).in_(part)))}
+            for f in session.exec(select(TriggerFiring).where(col(TriggerFiring.key).in_(part)))}  # a few slots
     guards = _Guards.read(session, {(r, a.fingerprint) for a, r, skip, _k in items if skip is None}, utcnow())
     for alert, rule, skip, key in items:
         if key in seen:
             work.decide(alert, rule, "duplicate", "this slot was already handled")
         elif skip is not None:
             session.add(TriggerFiring(key=key, action="slot", rule_id=rule.id, fingerprint=alert.fingerprint,
-                                      starts_at=alert.starts_at, delivery_id=row.id, outcome="skipped"))
+                                      group_hash=work.group_hash, starts_at=alert.starts_at, delivery_id=row.id,
+                                      outcome="skipped"))
             work.decide(alert, rule, "skipped", skip, slot=alert.starts_at)
         else:
             _start(work, guards, alert, rule, key)
@@ -317,6 +326,7 @@ def _incident_for(work: _Work, rule: Rule, alert: Alert) -> str | None:
         incident = incidents.get_incident(work.session, ref=group.incident_id)
         if incident.status != IncidentStatus.resolved.value:
             work.groups[(rule.id, group_hash)] = incident.key
+            work.incidents.append(incident)
             return incident.key
     title = rules_mod.render_text(spec.title, work.delivery.template_context(alert))[:300] or rule.id
     incident = incidents.open_incident(work.session, actor=work.actor, body=IncidentCreate(
@@ -324,6 +334,7 @@ def _incident_for(work: _Work, rule: Rule, alert: Alert) -> str | None:
         summary=f"Opened by trigger {rule.id} for alert group {work.delivery.group_key[:500]}"))
     work.session.add(TriggerGroup(rule_id=rule.id, group_hash=group_hash, incident_id=incident.key))
     work.groups[(rule.id, group_hash)] = incident.key
+    work.incidents.append(incident)
     return incident.key
 
 
@@ -357,8 +368,9 @@ def _start(work: _Work, guards: _Guards, alert: Alert, rule: Rule, key: str) -> 
                                   incident_id=incident_id, idempotency_key=f"trigger:{key}")
     assert run.id is not None
     session.add(TriggerFiring(key=key, action="run", rule_id=rule.id, fingerprint=alert.fingerprint,
-                              group_key=work.delivery.group_key[:1000], starts_at=alert.starts_at[:64],
-                              delivery_id=work.row.id, run_id=run.id, incident_id=incident_id, outcome="started"))
+                              group_key=work.delivery.group_key[:1000], group_hash=work.group_hash,
+                              starts_at=alert.starts_at[:64], delivery_id=work.row.id, run_id=run.id,
+                              incident_id=incident_id, outcome="started"))
     if rule.spec.notify is not None:
         session.add(ChatFollowup(run_id=run.id, platform="webhook", response_url=rule.spec.notify.webhook,
                                  channel=rule.spec.notify.channel or "webhook"))
@@ -403,8 +415,9 @@ def _resolved(work: _Work, alert: Alert, rule: Rule, key: str) -> None:
                      incident_id=firing.incident_id)
         detail = detail or "noted"
     session.add(TriggerFiring(key=key, action="resolved", rule_id=rule.id, fingerprint=alert.fingerprint,
-                              group_key=work.delivery.group_key[:1000], starts_at=alert.starts_at[:64],
-                              delivery_id=work.row.id, run_id=firing.run_id, incident_id=firing.incident_id,
+                              group_key=work.delivery.group_key[:1000], group_hash=work.group_hash,
+                              starts_at=alert.starts_at[:64], delivery_id=work.row.id, run_id=firing.run_id,
+                              incident_id=firing.incident_id,
                               outcome=action))
     work.decide(alert, rule, action, detail or None, run_id=firing.run_id, incident_id=firing.incident_id)
 

@@ -47,6 +47,7 @@ def upgrade() -> None:
     sa.Column('rule_id', sa.String(length=200), nullable=False),
     sa.Column('fingerprint', sa.String(length=200), nullable=False),
     sa.Column('group_key', sa.String(length=1000), nullable=True),
+    sa.Column('group_hash', sa.String(length=64), nullable=False),
     sa.Column('starts_at', sa.String(length=64), nullable=True),
     sa.Column('delivery_id', sa.Integer(), nullable=True),
     sa.Column('run_id', sa.Integer(), nullable=True),
@@ -60,6 +61,7 @@ def upgrade() -> None:
         batch_op.create_index('ix_trigger_firings_rule_fp', ['rule_id', 'fingerprint', 'id'], unique=False)
         batch_op.create_index('ix_trigger_firings_rule_created', ['rule_id', 'created_at'], unique=False)
         batch_op.create_index(batch_op.f('ix_trigger_firings_delivery_id'), ['delivery_id'], unique=False)
+        batch_op.create_index(batch_op.f('ix_trigger_firings_group_hash'), ['group_hash'], unique=False)
         batch_op.create_index(batch_op.f('ix_trigger_firings_run_id'), ['run_id'], unique=False)
 
     op.create_table('trigger_groups',
@@ -88,6 +90,7 @@ def downgrade() -> None:
     op.drop_table('trigger_groups')
     with op.batch_alter_table('trigger_firings', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_trigger_firings_run_id'))
+        batch_op.drop_index(batch_op.f('ix_trigger_firings_group_hash'))
         batch_op.drop_index(batch_op.f('ix_trigger_firings_delivery_id'))
         batch_op.drop_index('ix_trigger_firings_rule_created')
         batch_op.drop_index('ix_trigger_firings_rule_fp')

@@ -37,6 +37,7 @@ import orjson
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from faulty_metrics import add_metrics  # beside this file (the script's directory is on sys.path)
 from openfeature import api as openfeature
 from openfeature.contrib.provider.ofrep import OFREPProvider
 
@@ -173,6 +174,7 @@ def load_pricing() -> Any:
 
 def create_app(faults: Faults, pricing: Any) -> FastAPI:
     app = FastAPI(title="faulty-service")
+    add_metrics(app)  # /metrics for Prometheus (faulty_metrics.py)
 
     @app.middleware("http")
     async def log_requests(request: Request, call_next: Any) -> Any:

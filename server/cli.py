@@ -137,7 +137,7 @@ def migrate(
 @token_app.command("create")
 def token_create(
     name: Annotated[str, typer.Option(help="Unique name; shows as the actor in the audit log.")],
-    role: Annotated[str, typer.Option(help="client, viewer, operator or admin.")] = "viewer",
+    role: Annotated[str, typer.Option(help="client, hook, viewer, operator or admin.")] = "viewer",
     expires_in_days: Annotated[int | None, typer.Option(help="Expire after this many days.")] = None,
 ) -> None:
     """Create a token and print it once; only its SHA-256 hash is stored."""

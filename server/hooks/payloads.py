@@ -88,10 +88,11 @@ def _json(body: bytes) -> Any:
 
 
 def alertmanager(body: bytes) -> Delivery:
-    data = _json(body)
     try:
-        payload = AmPayload.model_validate(data)
+        payload = AmPayload.model_validate_json(body)  # pydantic-core parses and checks in one pass
     except ValidationError as exc:
+        if any(e["type"] == "json_invalid" for e in exc.errors()):
+            _json(body)  # raises with the parser's own message
         details = [{"field": ".".join(map(str, e["loc"])), "message": e["msg"]} for e in exc.errors()[:20]]
         first = details[0] if details else {"field": "", "message": "invalid"}
         raise InvalidInput(f"not an Alertmanager webhook payload: {first['field']}: {first['message']}",

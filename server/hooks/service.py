@@ -401,8 +401,11 @@ def _resolved(work: _Work, alert: Alert, rule: Rule, key: str) -> None:
             detail = f"run {firing.run_id} cancelled"
     elif action == "resolve_incident" and firing.incident_id:
         incident = incidents.get_incident(session, ref=firing.incident_id)
+        still = _still_firing(session, rule, firing.incident_id, alert.fingerprint)
         if incident.status == IncidentStatus.resolved.value:
             detail = f"{incident.key} was already resolved"
+        elif still:
+            detail = f"{incident.key} stays open: {still} other alert(s) of its group still firing"
         else:
             incidents.update_incident(session, ref=incident.key, actor=work.actor, body=IncidentUpdate(
                 status=IncidentStatus.resolved, reason=f"alert {name} resolved (trigger {rule.id})"))
@@ -420,6 +423,15 @@ def _resolved(work: _Work, alert: Alert, rule: Rule, key: str) -> None:
                               incident_id=firing.incident_id,
                               outcome=action))
     work.decide(alert, rule, action, detail or None, run_id=firing.run_id, incident_id=firing.incident_id)
+
+
+def _still_firing(session: Session, rule: Rule, incident_id: str, resolving: str) -> int:
+    """How many other alerts this rule started runs for under the incident have not resolved yet."""
+    rows = session.exec(select(TriggerFiring.fingerprint, TriggerFiring.action).where(
+        TriggerFiring.rule_id == rule.id, TriggerFiring.incident_id == incident_id)).all()
+    started = {fp for fp, action in rows if action == "run"}
+    resolved = {fp for fp, action in rows if action == "resolved"} | {resolving}
+    return len(started - resolved)
 
 
 def dry_run(delivery: Delivery, rules: RuleSet, runbooks: dict[str, Checked]) -> list[dict[str, Any]]:

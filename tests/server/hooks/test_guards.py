@@ -133,6 +133,15 @@ def test_an_alert_group_opens_one_incident_and_resolving_closes_it(hooks, hooks_
         resolved = hooks.alertmanager(payload([alert(name, job="a", fingerprint="f1", status="resolved")],
                                               group_key=group, status="resolved")).json()
         assert resolved["started"] == 0
+        # f2 and f3 still fire: the incident stays open, and says so.
+        assert client.get(f"/api/v1/incidents/{key}").json()["status"] == "open"
+        [kept] = decisions(hooks, admin_token, resolved["delivery_id"])
+        assert kept["reason"] == f"{key} stays open: 2 other alert(s) of its group still firing"
+        rest = hooks.alertmanager(payload([alert(name, job="b", fingerprint="f2", status="resolved"),
+                                           alert(name, job="c", fingerprint="f3", status="resolved")],
+                                          group_key=group, status="resolved")).json()
+        assert [d["reason"] for d in decisions(hooks, admin_token, rest["delivery_id"])] == [
+            f"{key} stays open: 1 other alert(s) of its group still firing", f"{key} resolved"]
         incident = client.get(f"/api/v1/incidents/{key}").json()
         timeline = client.get(f"/api/v1/incidents/{key}/timeline").json()
     assert incident["status"] == "resolved"

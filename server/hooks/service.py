@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, func, text
+from sqlalchemy import Engine, text
 from sqlalchemy import select as sa_select
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlmodel import Session, col, select
@@ -85,46 +85,38 @@ class _Guards:
 
     @classmethod
     def read(cls, session: Session, pairs: set[tuple[Rule, str]], now: datetime) -> _Guards:
+        """One query: the rules' runs still active or started within the longest window any guard looks at
+        (a minute, or a cooldown). By rule, not by fingerprint: a 1,000-alert delivery needs no 1,000-value IN
+        list, and the rows are few because the guards bound them."""
         rules = {r.id: r for r, _fp in pairs}
-        ids = list(rules)
         active: Counter[str] = Counter()
         minute: Counter[str] = Counter()
         blocked: dict[tuple[str, str], str] = {}
-        for part in _chunks(ids):
-            for rule_id, count in session.exec(
-                    select(TriggerFiring.rule_id, func.count()).join(Run, col(Run.id) == TriggerFiring.run_id)
-                    .where(col(TriggerFiring.rule_id).in_(part), col(Run.status).in_(UNFINISHED))
-                    .group_by(col(TriggerFiring.rule_id))):
-                active[rule_id] = count
-            for rule_id, count in session.exec(
-                    select(TriggerFiring.rule_id, func.count())
-                    .where(col(TriggerFiring.rule_id).in_(part), TriggerFiring.action == "run",
-                           col(TriggerFiring.created_at) >= now - timedelta(seconds=60))
-                    .group_by(col(TriggerFiring.rule_id))):
-                minute[rule_id] = count
-        deduped = [(r, fp) for r, fp in pairs if r.spec.dedupe]
-        if deduped:
-            # By rule, not by fingerprint: the rows are the runs still active or started within the cooldown,
-            # few because the guards bound them, and a 1,000-alert delivery needs no 1,000-value IN list.
-            longest = max(r.spec.cooldown for r, _fp in deduped)
-            wanted = {(r.id, fp) for r, fp in deduped}
-            for part in _chunks(sorted({r.id for r, _fp in deduped})):
-                rows = session.execute(
-                    sa_select(col(TriggerFiring.rule_id), col(TriggerFiring.fingerprint), col(TriggerFiring.run_id),
-                              col(TriggerFiring.created_at), col(Run.status))
-                    .join(Run, col(Run.id) == TriggerFiring.run_id, isouter=True)
-                    .where(col(TriggerFiring.action) == "run", col(TriggerFiring.rule_id).in_(part),
-                           (col(Run.status).in_(UNFINISHED)) | (col(TriggerFiring.created_at) >= now - longest)))
-                for rule_id, fp, run_id, created, status in rows:
-                    if (rule_id, fp) not in wanted:
-                        continue
-                    rule = rules[rule_id]
-                    if status in UNFINISHED:
-                        blocked[(rule_id, fp)] = f"dedupe: run {run_id} for this alert is still {status}"
-                    elif as_utc(created) >= now - rule.spec.cooldown and (rule_id, fp) not in blocked:
-                        blocked[(rule_id, fp)] = (f"dedupe: run {run_id} for this alert started at "
-                                                  f"{as_utc(created):%H:%M:%S} UTC, within the cooldown "
-                                                  f"({format_duration(rule.spec.cooldown)})")
+        if not rules:
+            return cls(active, minute, blocked)
+        wanted = {(r.id, fp) for r, fp in pairs if r.spec.dedupe}
+        window = max([timedelta(seconds=60), *(r.spec.cooldown for r in rules.values())])
+        minute_ago = now - timedelta(seconds=60)
+        for part in _chunks(sorted(rules)):
+            rows = session.execute(
+                sa_select(col(TriggerFiring.rule_id), col(TriggerFiring.fingerprint), col(TriggerFiring.run_id),
+                          col(TriggerFiring.created_at), col(Run.status))
+                .join(Run, col(Run.id) == TriggerFiring.run_id, isouter=True)
+                .where(col(TriggerFiring.action) == "run", col(TriggerFiring.rule_id).in_(part),
+                       (col(Run.status).in_(UNFINISHED)) | (col(TriggerFiring.created_at) >= now - window))
+                .order_by(col(TriggerFiring.id)))
+            for rule_id, fp, run_id, created, status in rows:
+                rule, created = rules[rule_id], as_utc(created)
+                unfinished = status in UNFINISHED
+                active[rule_id] += unfinished
+                minute[rule_id] += created >= minute_ago
+                if (rule_id, fp) not in wanted:
+                    continue
+                if unfinished:
+                    blocked[(rule_id, fp)] = f"dedupe: run {run_id} for this alert is still {status}"
+                elif created >= now - rule.spec.cooldown and (rule_id, fp) not in blocked:
+                    blocked[(rule_id, fp)] = (f"dedupe: run {run_id} for this alert started at {created:%H:%M:%S} "
+                                              f"UTC, within the cooldown ({format_duration(rule.spec.cooldown)})")
         return cls(active, minute, blocked)
 
     def refuse(self, rule: Rule, fingerprint: str) -> str | None:

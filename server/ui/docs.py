@@ -31,6 +31,9 @@ CHAT_SECURITY = (
     "timestamps older than five minutes refused); Mattermost requests must carry RUNBOOKD_MATTERMOST_TOKEN "
     "as their `token`. The chat user's role comes from RUNBOOKD_CHAT_USERS / RUNBOOKD_CHAT_CHANNELS."
 )
+# The docs pages load nothing from outside, by policy too: ReDoc's bundle would fetch its logo from a CDN.
+DOCS_CSP = ("default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+            "img-src 'self' data:; worker-src 'self' blob:; frame-ancestors 'none'")
 UNAUTHENTICATED = ("/healthz", "/readyz", "/metrics", "/api/v1/chat")
 
 
@@ -49,6 +52,11 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
     return app.openapi_schema
 
 
+def _local_only(response: HTMLResponse) -> HTMLResponse:
+    response.headers["Content-Security-Policy"] = DOCS_CSP
+    return response
+
+
 def install(app: FastAPI) -> None:
     """Needs the app made with docs_url=None and redoc_url=None (server.app does)."""
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
@@ -58,13 +66,13 @@ def install(app: FastAPI) -> None:
     @app.get("/docs", include_in_schema=False)
     async def swagger_ui(request: Request) -> HTMLResponse:
         root = request.scope.get("root_path", "")
-        return get_swagger_ui_html(
+        return _local_only(get_swagger_ui_html(
             openapi_url=f"{root}{openapi_url}", title=f"{app.title} - API docs",
             oauth2_redirect_url=f"{root}/docs/oauth2-redirect",
             swagger_js_url=f"{root}{ASSETS_URL}/swagger-ui-bundle.js",
             swagger_css_url=f"{root}{ASSETS_URL}/swagger-ui.css",
             swagger_favicon_url=f"{root}{ASSETS_URL}/favicon.png",
-            swagger_ui_parameters={"persistAuthorization": True})
+            swagger_ui_parameters={"persistAuthorization": True}))
 
     @app.get("/docs/oauth2-redirect", include_in_schema=False)
     async def swagger_redirect() -> HTMLResponse:
@@ -73,6 +81,7 @@ def install(app: FastAPI) -> None:
     @app.get("/redoc", include_in_schema=False)
     async def redoc(request: Request) -> HTMLResponse:
         root = request.scope.get("root_path", "")
-        return get_redoc_html(openapi_url=f"{root}{openapi_url}", title=f"{app.title} - API reference",
-                              redoc_js_url=f"{root}{ASSETS_URL}/redoc.standalone.js",
-                              redoc_favicon_url=f"{root}{ASSETS_URL}/favicon.png", with_google_fonts=False)
+        return _local_only(get_redoc_html(
+            openapi_url=f"{root}{openapi_url}", title=f"{app.title} - API reference",
+            redoc_js_url=f"{root}{ASSETS_URL}/redoc.standalone.js",
+            redoc_favicon_url=f"{root}{ASSETS_URL}/favicon.png", with_google_fonts=False))

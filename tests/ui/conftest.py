@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -38,8 +39,10 @@ def browser_problem() -> str | None:
 
 
 @pytest.fixture(scope="package")
-def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("console-screenshots")
+def shots() -> Path:
+    # Not under pytest's basetemp: pytest prunes old basetemps, and on a shared machine that can be at once.
+    folder = Path(os.environ.get("RUNBOOKD_TEST_SHOTS") or tempfile.mkdtemp(prefix="runbookd-console-shots-"))
+    folder.mkdir(parents=True, exist_ok=True)
     print(f"\nconsole screenshots: {folder}")
     return folder
 
@@ -73,15 +76,20 @@ def ui_worker(ui_settings: Settings, ui_url: str, tmp_path_factory: pytest.TempP
     env = subprocess_env(ui_settings, RUNBOOKD_RUN_HEARTBEAT_INTERVAL="0.5",
                          RUNBOOKD_ARTIFACTS_DIR=str(ui_settings.artifacts_dir),
                          RUNBOOKD_RUNBOOKS_DIR=str(ui_settings.runbooks_dir))
-    with log_path.open("wb") as log:
+    beat_log = log_path.parent / "beat.log"
+    with log_path.open("wb") as log, beat_log.open("wb") as blog:
         proc = subprocess.Popen([sys.executable, "-m", "server.cli", "worker", "--concurrency", "2",
                                  "--hostname", f"ui-{uuid.uuid4().hex[:6]}@%h"],
                                 env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+        # beat: timed flag changes come back by themselves (the kill-switch test)
+        beat = subprocess.Popen([sys.executable, "-m", "server.cli", "beat"], env=env, stdout=blog,
+                                stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
         try:
             wait_for(lambda: b" ready." in log_path.read_bytes() or proc.poll() is not None, 60, "worker to start")
             assert proc.poll() is None, log_path.read_text()
             yield log_path
         finally:
+            stop_process(beat)
             stop_process(proc)
 
 

@@ -23,7 +23,8 @@ def signed_in(url: str, token: str) -> Iterator[httpx.Client]:
 
 
 def csrf_of(client: httpx.Client, path: str = "/ui") -> str:
-    return re.search(r'name="csrf" value="([^"]+)"', client.get(path).text).group(1)
+    """The CSRF value of the page's last form (the sign-out form in the header comes first)."""
+    return re.findall(r'name="csrf" value="([^"]*)"', client.get(path).text)[-1]
 
 
 def test_root_redirects_to_the_console_and_pages_need_a_session(ui_url):

@@ -49,6 +49,7 @@ def _install_error_pages(app: FastAPI) -> None:
             return await api_handlers[DomainError](request, exc)
         assert isinstance(exc, DomainError)
         if isinstance(exc, SignInRequired):
+            response: Response
             if request.method == "GET" and not request.url.path.endswith(("/events", "/fragment")):
                 response = see_other("/ui/sign-in", exc.message)
             else:

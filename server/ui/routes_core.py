@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import difflib
-import json
 from datetime import datetime
 from typing import Annotated, Any
 
+import orjson
 import redis
 from fastapi import APIRouter, Form, Query, Request
 from pydantic import ValidationError
-from sqlmodel import Session, col, select
+from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
@@ -21,7 +20,6 @@ from server.auth.models import Role, TokenCreate
 from server.db import SessionDep
 from server.debug import service as debug
 from server.errors import Conflict, InvalidInput, Unauthorized
-from server.flags.models import ExpiryStatus, FlagExpiry
 from server.incidents import service as incidents
 from server.incidents.models import IncidentStatus
 from server.loglevels import service as loglevels
@@ -30,6 +28,7 @@ from server.runs import views as run_views
 from server.ui import session as ui_session
 from server.ui.common import blank_to_none, field_errors, invalid, see_other
 from server.ui.render import page
+from server.ui.routes_flags import pending_changes
 from server.ui.session import UiAdmin, UiViewer
 
 router = APIRouter(prefix="/ui", include_in_schema=False)
@@ -64,9 +63,8 @@ async def sign_in(request: Request, token: Annotated[str, Form()] = "") -> Respo
             if not actor.role.allows(Role.viewer):
                 error = f"token {actor.name!r} has the {actor.role.value} role, which may only evaluate flags"
     if error:
-        response = page(request, "sign_in.html", {"login_csrf": expected, "error": error}, status_code=401)
-        return response
-    response = see_other("/ui")
+        return page(request, "sign_in.html", {"login_csrf": expected, "error": error}, status_code=401)
+    response: Response = see_other("/ui")
     ui_session.set_session(response, request, raw)
     response.delete_cookie(ui_session.LOGIN_CSRF_COOKIE, path=ui_session.COOKIE_PATH)
     return response
@@ -100,12 +98,6 @@ def _health(request: Request, admin: bool) -> dict[str, Any]:
     return out
 
 
-def _pending_flag_changes(session: Session) -> list[FlagExpiry]:
-    stmt = (select(FlagExpiry).where(FlagExpiry.status == ExpiryStatus.pending.value)
-            .order_by(col(FlagExpiry.expires_at)).limit(50))
-    return list(session.exec(stmt))
-
-
 @router.get("")
 def overview(request: Request, session: SessionDep, actor: UiViewer) -> Response:
     active = runs.RunFilter(status="queued,running,waiting_approval")
@@ -115,7 +107,7 @@ def overview(request: Request, session: SessionDep, actor: UiViewer) -> Response
     return page(request, "overview.html", {
         "runs": in_progress,
         "incidents": open_incidents,
-        "pending": _pending_flag_changes(session),
+        "pending": pending_changes(session, limit=50),
         "overrides": loglevels.list_overrides(session, active=True, limit=100),
         "health": _health(request, actor.role.allows(Role.admin)),
     })
@@ -133,20 +125,34 @@ def _when(name: str, value: str | None) -> datetime | None:
                            details=[{"field": name, "message": "not an ISO 8601 time"}]) from None
 
 
-def _diff(before: Any, after: Any) -> list[tuple[str, str]]:
-    """before/after of an audit event as (kind, line) pairs of a unified diff of their JSON."""
+_MISSING = object()
+
+
+def _flatten(value: Any, prefix: str, out: dict[str, Any]) -> dict[str, Any]:
+    if isinstance(value, dict) and value:
+        for key, item in value.items():
+            _flatten(item, f"{prefix}/{key}", out)
+    else:
+        out[prefix or "/"] = value
+    return out
+
+
+def _diff(before: Any, after: Any) -> list[tuple[str, str, str]]:
+    """An audit event's before/after as (path, before, after) rows of the leaves that differ.
+
+    A flat comparison rather than difflib over pretty JSON: cheaper (50 events a page) and reads like the
+    flag history's before/after table."""
     if before is None and after is None:
         return []
-    a = json.dumps(before, indent=2, sort_keys=True, default=str).splitlines() if before is not None else []
-    b = json.dumps(after, indent=2, sort_keys=True, default=str).splitlines() if after is not None else []
-    lines = []
-    for line in difflib.unified_diff(a, b, "before", "after", n=2, lineterm=""):
-        if line.startswith(("---", "+++")):
-            continue
-        kind = "add" if line.startswith("+") else "del" if line.startswith("-") else \
-            "hunk" if line.startswith("@@") else "same"
-        lines.append((kind, line))
-    return lines
+    b = _flatten(before, "", {}) if before is not None else {}
+    a = _flatten(after, "", {}) if after is not None else {}
+    rows = []
+    for path in sorted(b.keys() | a.keys()):
+        old, new = b.get(path, _MISSING), a.get(path, _MISSING)
+        if old != new:
+            rows.append((path, "" if old is _MISSING else orjson.dumps(old, default=str).decode(),
+                         "" if new is _MISSING else orjson.dumps(new, default=str).decode()))
+    return rows
 
 
 AUDIT_FILTERS = ("actor", "action", "target_type", "target_id", "incident_id", "since", "until")

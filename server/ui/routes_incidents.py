@@ -10,7 +10,7 @@ from sqlmodel import Session
 from starlette.responses import Response
 
 from server.db import SessionDep
-from server.incidents import history
+from server.incidents import history, service
 from server.incidents import routes as incidents_api
 from server.incidents.models import IncidentCreate, IncidentStatus, IncidentUpdate, Severity
 from server.ui.common import blank_to_none, field_errors, invalid, quoted, see_other
@@ -49,10 +49,10 @@ def _incident_page(request: Request, session: Session, actor: Any, ref: str, *,
                    preview: dict[str, Any] | None = None, result: dict[str, Any] | None = None) -> Response:
     incident = incidents_api.get_incident(ref, session, actor)
     timeline = incidents_api.incident_timeline(ref, session, actor)
-    report = incidents_api.incident_report(ref, session, actor, format="md")
+    report = history.report_markdown(history.report(session, incident=service.get_incident(session, ref=ref)))
     return page(request, "incident.html", {
         "incident": incident, "timeline": sorted(timeline, key=lambda e: e.ts), "preview": preview,
-        "result": result, "report": bytes(report.body).decode(), "resolved": incident.status == "resolved",
+        "result": result, "report": report, "resolved": incident.status == "resolved",
     })
 
 
@@ -86,10 +86,9 @@ def resolve(ref: str, request: Request, session: SessionDep, actor: UiOperator,
 
 @router.get("/incidents/{ref}/report.md")
 def report_download(ref: str, request: Request, session: SessionDep, actor: UiViewer) -> Response:
-    report = incidents_api.incident_report(ref, session, actor, format="md")
-    incident = incidents_api.get_incident(ref, session, actor)
-    return Response(bytes(report.body), media_type="text/markdown; charset=utf-8",
-                    headers={"Content-Disposition": f'attachment; filename="{incident.id}-report.md"'})
+    incident = service.get_incident(session, ref=ref)
+    report = history.report_markdown(history.report(session, incident=incident))
+    return Response(report.encode(), media_type="text/markdown; charset=utf-8",
+                    headers={"Content-Disposition": f'attachment; filename="{incident.key}-report.md"'})
 
 
-__all__ = ["history", "router"]

@@ -10,6 +10,7 @@ from typing import Annotated, Any
 
 import orjson
 from fastapi import APIRouter, Form, Header, Query, Request
+from pydantic import ValidationError
 from sse_starlette.sse import EventSourceResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
@@ -19,11 +20,10 @@ from server.errors import DomainError, InvalidInput
 from server.incidents import service as incidents
 from server.incidents.models import IncidentStatus
 from server.runbooks import routes as runbooks_api
-from server.runbooks import service as runbooks
 from server.runs import routes as runs_api
 from server.runs import service as runs
 from server.runs.models import CancelRequest, DecisionRequest, RerunRequest, RunCreate, RunStatus
-from server.ui.common import blank_to_none, field_errors, see_other
+from server.ui.common import blank_to_none, field_errors, invalid, see_other
 from server.ui.render import page
 from server.ui.session import UiOperator, UiViewer
 
@@ -89,12 +89,16 @@ async def start_run(runbook_id: str, request: Request, session: SessionDep, acto
     dry_run = form.get("dry_run") == "on"
     shown.update({"incident_id": incident or "", "dry_run": dry_run})
     try:
-        body = RunCreate(runbook=detail.id, params=given, incident_id=incident, dry_run=dry_run)
+        try:
+            body = RunCreate(runbook=detail.id, params=given, incident_id=incident, dry_run=dry_run)
+        except ValidationError as bad:
+            raise invalid(bad) from None
         response = await run_in_threadpool(runs_api.create_run, body, request, session, actor, None)
     except InvalidInput as exc:
+        problem = exc
         return await run_in_threadpool(lambda: _runbook_page(
-            request, session, actor, runbook_id, values=shown, errors=field_errors(exc.details, "params."),
-            message=exc.message, status_code=422))
+            request, session, actor, runbook_id, values=shown, errors=field_errors(problem.details, "params."),
+            message=problem.message, status_code=422))
     run_id = orjson.loads(bytes(response.body))["id"]
     return see_other(f"/ui/runs/{run_id}")
 

@@ -6,7 +6,6 @@ Each test leaves screenshots in the folder printed at the start (not committed);
 from __future__ import annotations
 
 import re
-import time
 import uuid
 
 import httpx
@@ -91,10 +90,10 @@ def test_kill_switch_a_flag_for_five_seconds_and_it_comes_back(browser, ui_url, 
     page = browser.page(ui_url)
     sign_in(page, admin[0])
     page.goto("/ui/flags")
-    row = page.locator(f"#flag-{key}")
-    row.get_by_label("For how long").fill("5s")
-    row.get_by_label("Reason").fill("console test: too many errors")
-    row.get_by_role("button", name="Kill").click()
+    page.locator("#kill-env").select_option("production")
+    page.locator("#kill-for").fill("5s")
+    page.locator("#kill-reason").fill("console test: too many errors")
+    page.get_by_role("button", name=f"Kill {key}").click()
     page.wait_for_url("**/ui/flags?note=*")
     assert page.locator(f"#flag-{key} .onoff[data-env=production]").inner_text() == "off"
     assert "back in" in page.locator(f"#flag-{key}").inner_text()

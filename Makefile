@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: up demo test lint bench install clean
+.PHONY: up demo test lint bench install clean chromium
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -24,8 +24,16 @@ up: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/runbookd demo
 
-test: $(STAMP)
+test: $(STAMP) chromium
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The console's browser tests drive Debian's chromium (never a downloaded browser). As root on Debian it is
+# installed once, skipped when present; elsewhere those tests skip and say why.
+chromium:
+	@if [ ! -x /usr/bin/chromium ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing Debian's chromium for the console's browser tests"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	fi
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check server workers tests bench

@@ -50,9 +50,14 @@ def session_token(request: Request) -> str | None:
     return request.cookies.get(COOKIE) or None
 
 
+def _secure(request: Request) -> bool:
+    """Secure cookies when the console is reached over HTTPS: directly, or per RUNBOOKD_PUBLIC_URL (a TLS proxy)."""
+    public = request.app.state.settings.public_url or ""
+    return request.url.scheme == "https" or public.startswith("https://")
+
+
 def set_session(response: Response, request: Request, raw_token: str) -> None:
-    response.set_cookie(COOKIE, raw_token, httponly=True, samesite="strict", path=COOKIE_PATH,
-                        secure=request.url.scheme == "https")
+    response.set_cookie(COOKIE, raw_token, httponly=True, samesite="strict", path=COOKIE_PATH, secure=_secure(request))
 
 
 def clear_session(response: Response) -> None:
@@ -66,7 +71,7 @@ def login_csrf(request: Request) -> str:
 
 def set_login_csrf(response: Response, request: Request, value: str) -> None:
     response.set_cookie(LOGIN_CSRF_COOKIE, value, httponly=True, samesite="strict", path=COOKIE_PATH,
-                        secure=request.url.scheme == "https", max_age=3600)
+                        secure=_secure(request), max_age=3600)
 
 
 def _same_origin(request: Request) -> bool:

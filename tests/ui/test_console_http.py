@@ -189,3 +189,27 @@ def test_missing_things_are_html_404s(ui_url, ui_token, path):
     with signed_in(ui_url, ui_token(Role.viewer)) as client:
         response = client.get(path)
         assert response.status_code == 404 and "text/html" in response.headers["content-type"]
+
+
+def test_run_page_shows_picture_artifacts_inline_and_streams_events_with_the_cookie(ui_url, ui_token, ui_settings,
+                                                                                      ui_worker):
+    operator = ui_token(Role.operator)
+    with httpx.Client(base_url=ui_url, headers={"Authorization": f"Bearer {operator}"}, timeout=30) as api:
+        run = api.post("/api/v1/runs", json={"runbook": "gated-fix", "params": {"api_key": "k-SECRET"}}).json()
+    folder = ui_settings.artifacts_dir / f"run-{run['id']}"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "flame.svg").write_text('<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"/>')
+    (folder / "top.txt").write_text("hot functions")
+    with signed_in(ui_url, ui_token(Role.viewer)) as client:
+        page = client.get(f"/ui/runs/{run['id']}").text
+        assert f'<img src="/ui/runs/{run["id"]}/artifacts/flame.svg"' in page
+        assert f'href="/ui/runs/{run["id"]}/artifacts/top.txt" download' in page
+        assert "k-SECRET" not in page
+        assert client.get(f"/ui/runs/{run['id']}/artifacts/flame.svg").status_code == 200
+        assert client.get(f"/ui/runs/{run['id']}/artifacts/..%2Fx").status_code == 404
+        with client.stream("GET", f"/ui/runs/{run['id']}/events") as stream:
+            assert stream.status_code == 200 and stream.headers["content-type"].startswith("text/event-stream")
+            first = next(line for line in stream.iter_lines() if line.startswith("event:"))
+            assert first == "event: run.queued"
+    with httpx.Client(base_url=ui_url, timeout=30) as anon:  # no cookie, no stream
+        assert anon.get(f"/ui/runs/{run['id']}/events").status_code == 401

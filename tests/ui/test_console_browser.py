@@ -49,7 +49,15 @@ def test_start_a_shipped_runbook_from_its_form_and_watch_steps_turn_green(browse
     page.goto("/ui/runbooks")
     shot(page, browser.shots, "runbooks")
     page.get_by_role("link", name="HTTP health and latency triage").click()
+    page.get_by_label("base_url").fill("not a url")
+    page.get_by_label("max_latency_ms").fill("0")
+    page.get_by_role("button", name="Run http-health-triage").click()
+    assert "does not match" in page.locator("#err-base_url").inner_text()  # the 422 beside its field
+    assert "below the minimum" in page.locator("#err-max_latency_ms").inner_text()
+    assert page.get_by_label("base_url").get_attribute("aria-invalid") == "true"
+    shot(page, browser.shots, "runbook-form-422")
     page.get_by_label("base_url").fill(ui_url)
+    page.get_by_label("max_latency_ms").fill("")
     shot(page, browser.shots, "runbook-form")
     page.get_by_role("button", name="Run http-health-triage").click()
     landed(page, r"/ui/runs/\d+$")
@@ -165,6 +173,9 @@ def test_incident_undo_after_the_dry_run_preview(browser, ui_url, ui_worker, adm
     page.wait_for_url("**/ui/loglevels?note=*")
     assert "checkout/payments" in page.content()
     shot(page, browser.shots, "loglevels")
+    page.goto("/ui")
+    assert incident in page.locator("#h-inc + ul").inner_text() and "checkout/payments" in page.content()
+    shot(page, browser.shots, "overview-busy")
     # undo: the preview first, nothing changed yet
     page.goto(f"/ui/incidents/{incident}")
     page.get_by_role("button", name="Undo what this incident changed…").click()
@@ -237,7 +248,8 @@ def test_tokens_page_creates_a_token_shown_once_with_a_copy_button(browser, ui_u
     token = page.locator("#new-token").input_value()
     assert token.startswith("rbd_")
     page.get_by_role("button", name="Copy").click()
-    assert page.get_by_role("button", name="Copied").is_visible()
+    page.get_by_role("button", name="Copied").wait_for()
+    assert page.evaluate("navigator.clipboard.readText()") == token
     shot(page, browser.shots, "tokens")
     page.goto("/ui/tokens")
     assert token not in page.content()  # shown once

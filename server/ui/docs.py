@@ -26,7 +26,7 @@ SECURITY_SCHEMES: dict[str, Any] = {
                               "(a client-role token is enough for /ofrep/v1 evaluations)."},
 }
 CHAT_SECURITY = (
-    "\n\n**Chat webhooks** (`/api/v1/chat/...`) do not take API tokens. Slack requests are checked against "
+    "\n\n**Chat webhooks** (`/chat/...`) do not take API tokens. Slack requests are checked against "
     "`X-Slack-Signature` (HMAC-SHA256 of `v0:{X-Slack-Request-Timestamp}:{body}` with RUNBOOKD_SLACK_SIGNING_SECRET, "
     "timestamps older than five minutes refused); Mattermost requests must carry RUNBOOKD_MATTERMOST_TOKEN "
     "as their `token`. The chat user's role comes from RUNBOOKD_CHAT_USERS / RUNBOOKD_CHAT_CHANNELS."
@@ -34,7 +34,7 @@ CHAT_SECURITY = (
 # The docs pages load nothing from outside, by policy too: ReDoc's bundle would fetch its logo from a CDN.
 DOCS_CSP = ("default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
             "img-src 'self' data:; worker-src 'self' blob:; frame-ancestors 'none'")
-UNAUTHENTICATED = ("/healthz", "/readyz", "/metrics", "/api/v1/chat")
+UNAUTHENTICATED = ("/healthz", "/readyz", "/metrics", "/chat/")
 
 
 def _openapi(app: FastAPI) -> dict[str, Any]:

@@ -176,6 +176,7 @@ def test_openapi_declares_security_schemes_and_docs_use_no_cdn(ui_url, ui_token)
         assert "X-Slack-Signature" in schema["info"]["description"]
         assert {"bearer": []} in schema["paths"]["/api/v1/runs"]["get"]["security"]
         assert "security" not in schema["paths"]["/healthz"]["get"]
+        assert "security" not in schema["paths"]["/chat/slack/commands"]["post"]  # signed, not tokens
         for path in ("/docs", "/redoc"):
             html = client.get(path).text
             assert "cdn" not in html.lower() and "fonts.googleapis" not in html

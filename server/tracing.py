@@ -44,6 +44,7 @@ QUIET_ROOT_PREFIXES = ("run/runbookd.flags.expire", "run/runbookd.loglevels.expi
                        "run/runbookd.runs.relay", "run/runbookd.runs.reap", "run/runbookd.beat_heartbeat",
                        "run/runbookd.audit_retention", "run/runbookd.ping")
 
+DEFAULT_EXCLUDED_URLS = "healthz,readyz,metrics,ofrep/v1"
 _NULL = contextlib.nullcontext()
 _provider: Any = None  # the process's TracerProvider once setup() turned tracing on
 _tracer: Any = None
@@ -96,11 +97,11 @@ def setup(role: str, *, service_name: str = "runbookd", instrument: bool = True)
 def _instrument(role: str) -> None:
     from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
     from opentelemetry.instrumentation.redis import RedisInstrumentor
-    from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
     from opentelemetry.instrumentation.threading import ThreadingInstrumentor
 
     HTTPXClientInstrumentor().instrument()
-    SQLAlchemyInstrumentor().instrument()
+    # SQL: server.db.make_engine hands each engine to traced_engine() (the instrumentor's global patch of
+    # create_engine misses SQLModel's reference, and refuses SQLAlchemy releases it has not been tested on).
     RedisInstrumentor().instrument()
     ThreadingInstrumentor().instrument()
     if role == "worker":
@@ -167,7 +168,12 @@ def instrument_app(app: FastAPI) -> None:
         return
     from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
-    FastAPIInstrumentor.instrument_app(app, tracer_provider=_provider, excluded_urls="healthz,readyz,metrics")
+    # One span per request, without ASGI's per-message receive/send spans. Flag evaluations (OFREP, the hot
+    # path: bench/flag_eval.py) are left out unless OTEL_PYTHON_FASTAPI_EXCLUDED_URLS says otherwise: services
+    # evaluate flags all the time, and each evaluation would otherwise be a trace of its own.
+    excluded = os.environ.get("OTEL_PYTHON_FASTAPI_EXCLUDED_URLS") or DEFAULT_EXCLUDED_URLS
+    FastAPIInstrumentor.instrument_app(app, tracer_provider=_provider, excluded_urls=excluded,
+                                       exclude_spans=["receive", "send"])
 
 
 def current_traceparent() -> str | None:

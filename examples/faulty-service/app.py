@@ -239,7 +239,7 @@ def instrument(app: FastAPI) -> FastAPI:
     if tracing.setup("service", service_name=SERVICE, instrument=False):
         from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
-        FastAPIInstrumentor.instrument_app(app, excluded_urls="healthz,metrics")
+        FastAPIInstrumentor.instrument_app(app, excluded_urls="healthz,metrics", exclude_spans=["receive", "send"])
     return app
 
 

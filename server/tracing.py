@@ -99,7 +99,7 @@ def _instrument(role: str) -> None:
     from opentelemetry.instrumentation.redis import RedisInstrumentor
     from opentelemetry.instrumentation.threading import ThreadingInstrumentor
 
-    HTTPXClientInstrumentor().instrument()
+    HTTPXClientInstrumentor().instrument(request_hook=_scrub_http_span, async_request_hook=_scrub_http_span_async)
     # SQL: server.db.make_engine hands each engine to traced_engine() (the instrumentor's global patch of
     # create_engine misses SQLModel's reference, and refuses SQLAlchemy releases it has not been tested on).
     RedisInstrumentor().instrument()
@@ -114,6 +114,28 @@ def _instrument(role: str) -> None:
         from celery.signals import before_task_publish
 
         before_task_publish.connect(_inject_into_task_headers, weak=False)
+
+
+SCRUB_KEY = "runbookd.scrub"  # in the OpenTelemetry context while a step runs: the run's secret masker
+URL_ATTRIBUTES = ("url.full", "http.url")
+
+
+def _scrub_http_span(span: Any, request: Any) -> None:
+    """A step's secret param values never reach a trace through the URL an http.request step called."""
+    from opentelemetry import context
+
+    scrub = context.get_value(SCRUB_KEY)
+    if not callable(scrub) or not span.is_recording():
+        return
+    url = str(getattr(request, "url", ""))
+    clean = scrub(url)
+    if clean != url:
+        for name in URL_ATTRIBUTES:
+            span.set_attribute(name, clean)
+
+
+async def _scrub_http_span_async(span: Any, request: Any) -> None:
+    _scrub_http_span(span, request)
 
 
 def _inject_into_task_headers(headers: dict[str, Any] | None = None, **_: Any) -> None:
@@ -245,13 +267,18 @@ def step_span(ex: Execution, spec: StepSpec, row: StepRun) -> contextlib.Abstrac
 
 @contextlib.contextmanager
 def _step_span(ex: Execution, spec: StepSpec, row: StepRun) -> Iterator[Any]:
+    from opentelemetry import context
     from opentelemetry.trace import Status, StatusCode
 
     attributes = {"runbookd.runbook": ex.run.runbook_id, "runbookd.run.id": ex.run_id,
                   "runbookd.step.id": spec.id, "runbookd.step.phase": spec.phase or "",
                   "runbookd.step.kind": spec.uses}
     with _tracer.start_as_current_span(f"step {spec.id}", attributes=attributes) as span:
-        yield span
+        token = context.attach(context.set_value(SCRUB_KEY, ex.scrub))  # carried into the step's thread
+        try:
+            yield span
+        finally:
+            context.detach(token)
         span.set_attribute("runbookd.step.status", str(row.status))
         span.set_attribute("runbookd.step.attempt", row.attempts)
         if row.status in ("failed", "timed_out"):

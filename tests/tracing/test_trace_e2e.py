@@ -211,6 +211,17 @@ def test_a_run_is_one_trace_from_the_callers_traceparent_into_the_faulty_service
         done_line = next(line for line in traced if line["message"] == "run task done")
         assert done_line["request_id"] and done_line["run_id"] == done["id"]
 
+        # A hostile or broken traceparent is ignored: the trace starts at the API instead, and nothing fails.
+        for bad in ("00-" + "0" * 32 + "-" + "1" * 16 + "-01", "00-xyz-abc-01", "ff-" + "a" * 32 + "-" + "b" * 16
+                    + "-01", "00-" + trace_id + "-" + "c" * 16 + "-01" + "x" * 4000):
+            response = stack.operator.post("/api/v1/runs", json={"runbook": "latency-regression", "dry_run": True,
+                                                                 "params": {"base_url": stack.service_url,
+                                                                            "logs": "x"}},
+                                           headers={"traceparent": bad})
+            assert response.status_code == 202, response.text
+            fresh = wait_run(stack.operator, response.json()["id"], timeout=60)
+            assert fresh["status"] == "succeeded" and fresh["trace_id"] not in (None, trace_id, "0" * 32), bad
+
 
 def test_tracing_off_exports_nothing_and_records_no_span(tmp_path, redis_url, redis_prefix):
     with otlp_receiver() as receiver, traced_stack(tmp_path, redis_url, redis_prefix, None) as stack:

@@ -40,7 +40,11 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy server workers
 
 bench: $(STAMP)
-	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+	@for b in bench/*.py; do echo "== $$b"; env -u OTEL_EXPORTER_OTLP_ENDPOINT -u OTEL_EXPORTER_OTLP_TRACES_ENDPOINT \
+		$(PY) $$b || exit 1; done
+	@# Tracing on (OTLP to a loopback sink), to compare with the plain runs above, where it is off.
+	@for b in bench/flag_eval.py bench/run_dispatch.py; do echo "== $$b (tracing on)"; \
+		$(PY) bench/tracing/traced.py $$b || exit 1; done
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

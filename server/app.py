@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from server import health
+from server import health, tracing
 from server.audit.routes import router as audit_router
 from server.auth.routes import router as tokens_router
 from server.auth.token_cache import RevocationFollower, TokenCache
@@ -80,4 +80,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RequestContextMiddleware)
     # Outermost of all: OFREP evaluations, the hot path, skip routing and the access log (see its module).
     app.add_middleware(OfrepFastPath, max_body_bytes=settings.max_body_bytes)
+    tracing.instrument_app(app)  # only when OTEL_EXPORTER_OTLP_*ENDPOINT is set (server/tracing.py)
     return app

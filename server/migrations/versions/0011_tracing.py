@@ -1,7 +1,7 @@
 """runs.traceparent: the W3C trace context of the request that created a run (issue 18)
 
 Revision ID: 0011
-Revises: 0005
+Revises: 0002
 """
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = '0011'
-down_revision = '0005'
+down_revision = '0002'  # the runs domain's branch
 branch_labels = None
-depends_on = '0002'  # the runs table
+depends_on = None
 
 
 def upgrade() -> None:

@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: up demo test lint bench install clean alert-e2e-packages
+.PHONY: up demo test lint bench install clean chromium alert-e2e-packages
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -24,8 +24,16 @@ up: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/runbookd demo
 
-test: $(STAMP) alert-e2e-packages
+test: $(STAMP) chromium alert-e2e-packages
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The console's browser tests drive Debian's chromium (never a downloaded browser). As root on Debian it is
+# installed once, skipped when present; elsewhere those tests skip and say why.
+chromium:
+	@if [ ! -x /usr/bin/chromium ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing Debian's chromium for the console's browser tests"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	fi
 
 # The alert end-to-end test (tests/server/hooks/test_alertmanager_e2e.py) runs Debian's Prometheus and
 # Alertmanager: installed here when running as root on Debian and missing; elsewhere that test skips, saying why.
@@ -41,7 +49,11 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy server workers
 
 bench: $(STAMP)
-	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+	@for b in bench/*.py; do echo "== $$b"; env -u OTEL_EXPORTER_OTLP_ENDPOINT -u OTEL_EXPORTER_OTLP_TRACES_ENDPOINT \
+		$(PY) $$b || exit 1; done
+	@# Tracing on (OTLP to a loopback sink), to compare with the plain runs above, where it is off.
+	@for b in bench/flag_eval.py bench/run_dispatch.py; do echo "== $$b (tracing on)"; \
+		$(PY) bench/tracing/traced.py $$b || exit 1; done
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from server import health
+from server import health, tracing
 from server.audit.routes import router as audit_router
 from server.auth.routes import router as tokens_router
 from server.auth.token_cache import RevocationFollower, TokenCache
@@ -31,6 +31,7 @@ from server.redis_client import make_redis
 from server.runbooks.routes import router as runbooks_router
 from server.runs.routes import router as runs_router
 from server.settings import Settings, get_settings
+from server.ui import install as install_console
 
 ROUTERS = [health.router, tokens_router, audit_router, loglevels_router, loggers_router, debug_router]
 ROUTERS += [flags_router, flag_environments_router, ofrep_router]
@@ -66,7 +67,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 app.state.redis.close()
             app.state.engine.dispose()
 
-    app = FastAPI(title="runbookd", version="0.1.0", lifespan=lifespan,
+    # docs_url/redoc_url None: server.ui.docs serves /docs and /redoc from local assets (no CDN).
+    app = FastAPI(title="runbookd", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Debugging automation: runbooks, flags, log levels, incident history.")
     app.state.settings = settings
     app.state.token_cache = TokenCache(settings.auth_cache_seconds)
@@ -74,9 +76,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     for router in ROUTERS:
         app.include_router(router)
+    install_console(app)  # the web console under /ui, "/" -> /ui, offline /docs and /redoc (server.ui)
     # Added last so it runs first: every response, errors from the body limit included, gets a request id.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestContextMiddleware)
     # Outermost of all: OFREP evaluations, the hot path, skip routing and the access log (see its module).
     app.add_middleware(OfrepFastPath, max_body_bytes=settings.max_body_bytes)
+    tracing.instrument_app(app)  # only when OTEL_EXPORTER_OTLP_*ENDPOINT is set (server/tracing.py)
     return app

@@ -16,6 +16,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 from sqlmodel import Session, create_engine
 
+from server import tracing
 from server.settings import get_settings
 
 _ASYNC_COMMIT: weakref.WeakSet[Engine] = weakref.WeakSet()
@@ -31,7 +32,7 @@ def make_engine(url: str, *, synchronous_commit: bool = True, **kwargs: Any) -> 
     if parsed.get_backend_name() != "sqlite":
         if not synchronous_commit:
             kwargs["connect_args"] = {**kwargs.get("connect_args", {}), "options": "-c synchronous_commit=off"}
-        engine = create_engine(url, pool_size=10, max_overflow=20, **kwargs)
+        engine = tracing.traced_engine(create_engine(url, pool_size=10, max_overflow=20, **kwargs))
         _ping_after_idle(engine)
         if not synchronous_commit:
             _ASYNC_COMMIT.add(engine)
@@ -40,7 +41,8 @@ def make_engine(url: str, *, synchronous_commit: bool = True, **kwargs: Any) -> 
         from pathlib import Path
 
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, **kwargs)
+    engine = tracing.traced_engine(create_engine(url, connect_args={"check_same_thread": False, "timeout": 30},
+                                                 **kwargs))
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:

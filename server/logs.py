@@ -9,6 +9,7 @@ from typing import Any
 
 from pythonjsonlogger.json import JsonFormatter
 
+from server import tracing
 from server.context import request_id_var
 from server.redaction import MASK, is_secret_key, redact
 
@@ -19,6 +20,9 @@ class ContextFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if not getattr(record, "request_id", None):
             record.request_id = request_id_var.get()
+        ids = tracing.log_ids()  # None unless tracing is on and a span is current
+        if ids is not None:
+            record.trace_id, record.span_id = ids
         for name in _DROPPED:
             record.__dict__.pop(name, None)
         for key, value in list(record.__dict__.items()):
@@ -31,7 +35,8 @@ class ContextFilter(logging.Filter):
         return True
 
 
-_RESERVED = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime", "request_id"}
+_RESERVED = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime", "request_id",
+                                                                              "trace_id", "span_id"}
 _DROPPED = ("color_message",)  # uvicorn's ANSI-coloured copy of the message
 
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from celery.signals import setup_logging, task_postrun, task_prerun
+from celery.signals import beat_init, setup_logging, task_postrun, task_prerun, worker_init
 
+from server import tracing
 from server.context import request_id_var
 from server.logs import configure_logging
 from server.queue import make_celery
@@ -18,6 +19,16 @@ app = make_celery(settings, include=["workers.tasks", "workers.control", "worker
 @setup_logging.connect
 def _logging(**_: Any) -> None:
     configure_logging(settings.log_level, settings.log_format)
+
+
+@worker_init.connect
+def _tracing_worker(**_: Any) -> None:
+    tracing.setup("worker")  # before the pool forks; only when OTEL_EXPORTER_OTLP_*ENDPOINT is set
+
+
+@beat_init.connect
+def _tracing_beat(**_: Any) -> None:
+    tracing.setup("beat")
 
 
 @task_prerun.connect

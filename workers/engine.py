@@ -19,6 +19,7 @@ from typing import Any
 import redis
 from sqlalchemy import Connection, Engine
 
+from server import tracing
 from server.auth.models import Actor, Role, Source
 from server.db import session_scope
 from server.models_base import as_utc, utcnow
@@ -260,7 +261,8 @@ def execute(run_id: int, queue: str, *, settings: Settings, engine: Engine, clie
         return "invalid definition"
     ex = Execution(settings, engine, client, run, checked.runbook, queue, held=got.held)
     try:
-        return _execute(ex, got)
+        with tracing.run_span(ex):
+            return _execute(ex, got)
     except RunAborted as aborted:  # the run is no longer ours: found by a heartbeat or a held claim's write
         if aborted.message != TAKEN_OVER:
             raise
@@ -293,7 +295,8 @@ def _execute(ex: Execution, got: claims.Claim) -> str:
                 return _hand_over(ex, wanted)
             if not CATALOG[spec.uses].side_effect_free and not ex.run.dry_run:
                 ex.write_claim()  # a redelivered twin must not act outside the run too
-            outcome = _step(ex, spec, row)
+            with tracing.step_span(ex, spec, row):
+                outcome = _step(ex, spec, row)
             if outcome == "parked":
                 return "waiting for approval"
             if outcome == "stop":

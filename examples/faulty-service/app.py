@@ -14,6 +14,10 @@ FAULTY_FLAG_PREFIX + name, default `faulty-`):
 It writes JSON lines to FAULTY_LOG (timestamp, level, logger, message, request_id, fields), its pid to
 FAULTY_PID_FILE, and runs runbookd's LogLevelAgent so `loglevel.raise` reaches its loggers (faulty.db logs
 each query at DEBUG).
+
+Traced (OpenTelemetry, OTLP/HTTP) when OTEL_EXPORTER_OTLP_ENDPOINT (or ..._TRACES_ENDPOINT) is set, as
+service.name FAULTY_SERVICE_NAME: a server span per request, continuing the caller's traceparent (a runbookd
+http.request step), and a `fetch_order_from_db` span beneath it, which the `slow` fault makes ~0.8 s long.
 """
 
 from __future__ import annotations
@@ -40,7 +44,9 @@ from fastapi.responses import JSONResponse
 from faulty_metrics import add_metrics  # beside this file (the script's directory is on sys.path)
 from openfeature import api as openfeature
 from openfeature.contrib.provider.ofrep import OFREPProvider
+from opentelemetry import trace
 
+from server import tracing
 from server.agent import LogLevelAgent
 
 SERVICE = os.environ.get("FAULTY_SERVICE_NAME", "faulty-service")
@@ -116,6 +122,13 @@ LEAK_CAP = 1024 * 1024 * 1024
 
 
 def fetch_order_from_db(order_id: int, faults: Faults) -> dict[str, Any]:
+    # A no-op span unless tracing is on (see instrument()).
+    with trace.get_tracer("faulty-service").start_as_current_span("fetch_order_from_db",
+                                                                  attributes={"order.id": order_id}):
+        return _fetch_order_from_db(order_id, faults)
+
+
+def _fetch_order_from_db(order_id: int, faults: Faults) -> dict[str, Any]:
     started = time.perf_counter()
     if faults.on("slow"):
         time.sleep(0.8)  # the regression: a query that lost its index
@@ -223,6 +236,15 @@ def create_app(faults: Faults, pricing: Any) -> FastAPI:
     return app
 
 
+def instrument(app: FastAPI) -> FastAPI:
+    """Server spans per request when the OTEL_* variables ask for export (server/tracing.py decides)."""
+    if tracing.setup("service", service_name=SERVICE, instrument=False):
+        from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+
+        FastAPIInstrumentor.instrument_app(app, excluded_urls="healthz,metrics", exclude_spans=["receive", "send"])
+    return app
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
@@ -245,11 +267,12 @@ def main() -> None:
     threading.Thread(target=_background, args=(faults, stop), name="background-jobs", daemon=True).start()
     logging.getLogger("faulty").info("faulty-service listening", extra={"port": args.port, "pid": os.getpid()})
     try:
-        uvicorn.run(create_app(faults, load_pricing()), host=args.host, port=args.port, log_config=None,
+        uvicorn.run(instrument(create_app(faults, load_pricing())), host=args.host, port=args.port, log_config=None,
                     access_log=False)
     finally:
         stop.set()
         agent.stop()
+        tracing.shutdown()
 
 
 if __name__ == "__main__":

@@ -150,7 +150,7 @@ class NotifyInputs(StepInputs):
 
 
 register_kind("http.request", HttpRequestInputs, "Send an HTTP request and check status, latency and body.",
-              outputs=("status", "latency_ms", "headers", "body", "json"))
+              outputs=("status", "latency_ms", "headers", "body", "json", "trace_id", "span_id"))
 register_kind("shell", ShellInputs, "Run a program (argv, never through a shell) with a timeout.",
               outputs=("exit_code", "stdout", "stderr"))
 register_kind("wait", WaitInputs, "Wait for a duration, or until an expression is true.",
@@ -172,4 +172,5 @@ register_kind("loglevel.raise", LogLevelRaiseInputs, "Raise one logger of one se
 register_kind("flag.set", FlagSetInputs, "Turn a flag on or off (or change its default variant) in one "
               "environment, optionally for a while; rollback restores the previous version.", compensates=True,
               outputs=("flag", "environment", "version", "previous_version", "expires_at"))
-import server.runbooks.toolkit_kinds  # noqa: E402, F401  (issue 6: the debugging toolkit's nine kinds)
+import server.runbooks.toolkit_kinds  # noqa: E402  (issue 6: the debugging toolkit's nine kinds)
+import server.runbooks.trace_kinds  # noqa: E402, F401  (issue 18: trace.get, trace.search)

@@ -177,6 +177,8 @@ def show(run_id: int, output: Annotated[str, typer.Option("--output", "-o", help
         return
     console.print(_steps_table(run))
     console.print(f"params: {orjson.dumps(run['params']).decode()}", highlight=False)
+    if run.get("trace_id"):  # distributed tracing was on as the run was created (docs/tracing.md)
+        console.print(f"trace: {run['trace_id']}", highlight=False)
     if run.get("error"):
         print_error(console, run["error"])
 

@@ -78,6 +78,8 @@ class Run(SQLModel, table=True):
     cancelled_by: str | None = Field(default=None, max_length=200)
     error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     outputs: dict[str, Any] | None = json_field()
+    # W3C traceparent of the request that created the run (tracing on only): its worker spans join that trace.
+    traceparent: str | None = Field(default=None, max_length=55)
 
 
 class StepRun(SQLModel, table=True):
@@ -178,6 +180,7 @@ class RunPublic(RunSummary):
     outputs: dict[str, Any] | None
     steps: list[StepRunPublic]
     url: str
+    trace_id: str | None = None  # the run's distributed trace (when tracing was on as it was created)
 
 
 class RunPage(BaseModel):

@@ -12,6 +12,7 @@ import orjson
 from sqlalchemy import insert, update
 from sqlmodel import Session, col, select
 
+from server import tracing
 from server.audit import service as audit
 from server.auth.models import Actor
 from server.errors import Conflict, InvalidInput, NotFound
@@ -71,7 +72,7 @@ def create_run(session: Session, *, checked: Checked, given: dict[str, Any], act
               # Optimistic: the caller sends right after the commit and clears this if the broker is down,
               # which saves a second write per run. Should the api die in between, the relay resends
               # after RESEND_AFTER_S.
-              dispatched_at=utcnow())
+              dispatched_at=utcnow(), traceparent=tracing.current_traceparent())
     # Core inserts (the ORM's flush cost more than the SQL on this path, see bench/run_dispatch.py): the Run
     # and StepRun objects returned are not attached to the session; they carry what the response shows.
     conn = session.connection()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from server import tracing
 from server.runs.models import Run, RunPublic, RunStatus, RunSummary, StepRun, StepRunPublic, StepStatus
 from server.runs.service import duration_s
 from server.settings import Settings
@@ -30,4 +31,5 @@ def public(run: Run, steps: list[StepRun], settings: Settings) -> RunPublic:
                      rerun_of=run.rerun_of, deadline_at=run.deadline_at, heartbeat_at=run.heartbeat_at,
                      worker=run.worker, cancel_requested_at=run.cancel_requested_at, outputs=run.outputs,
                      steps=[step_public(s) for s in steps],
-                     url=f"{settings.effective_public_url}/api/v1/runs/{run.id}")
+                     url=f"{settings.effective_public_url}/api/v1/runs/{run.id}",
+                     trace_id=tracing.trace_id_of(run.traceparent))

@@ -6,6 +6,7 @@ from typing import Any
 
 import httpx
 
+from server import tracing
 from server.runbooks.kinds import HttpExpect, HttpRequestInputs
 from workers.steps.base import Step, StepContext, StepFailed, register
 
@@ -77,6 +78,8 @@ class HttpRequest(Step[HttpRequestInputs]):
                            verify=inputs.verify_tls)
         except httpx.HTTPError as exc:
             raise StepFailed(f"{inputs.method} {inputs.url} failed: {type(exc).__name__}: {exc}") from None
+        ids = tracing.log_ids()  # the trace the request joined and the span above it (its traceparent), when on
+        outputs["trace_id"], outputs["span_id"] = ids if ids else (None, None)
         ctx.emit(f"{inputs.method} {inputs.url} -> {outputs['status']} in {outputs['latency_ms']} ms")
         if inputs.expect is not None:
             problems = check_expectations(inputs.expect, outputs)

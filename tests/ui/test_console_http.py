@@ -1,0 +1,216 @@
+"""The console over real HTTP, without a browser: sessions, CSRF, roles, headers, assets, /docs, OpenAPI."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import httpx
+import pytest
+
+from server.auth.models import Role
+
+
+@contextmanager
+def signed_in(url: str, token: str) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=url, timeout=30) as client:
+        page = client.get("/ui/sign-in")
+        csrf = re.search(r'name="csrf" value="([^"]+)"', page.text).group(1)
+        response = client.post("/ui/sign-in", data={"csrf": csrf, "token": token})
+        assert response.status_code == 303, response.text
+        yield client
+
+
+def csrf_of(client: httpx.Client, path: str = "/ui") -> str:
+    """The CSRF value of the page's last form (the sign-out form in the header comes first)."""
+    return re.findall(r'name="csrf" value="([^"]*)"', client.get(path).text)[-1]
+
+
+def test_root_redirects_to_the_console_and_pages_need_a_session(ui_url):
+    with httpx.Client(base_url=ui_url, timeout=30) as anon:
+        assert anon.get("/").headers["location"] == "/ui"
+        response = anon.get("/ui/runs")
+        assert response.status_code == 303 and response.headers["location"].startswith("/ui/sign-in")
+        assert anon.get("/api/v1/runs").status_code == 401  # the API keeps its JSON errors
+        assert anon.get("/api/v1/runs").json()["error"]["code"] == "unauthorized"
+
+
+def test_every_page_renders_for_an_admin_with_security_headers(ui_url, ui_token):
+    with signed_in(ui_url, ui_token(Role.admin)) as client:
+        for path in ["/ui", "/ui/runbooks", "/ui/runbooks/gated-fix", "/ui/runs", "/ui/flags", "/ui/loglevels",
+                     "/ui/incidents", "/ui/audit", "/ui/tokens"]:
+            response = client.get(path)
+            assert response.status_code == 200, (path, response.text[:2000])
+            csp = response.headers["content-security-policy"]
+            assert "script-src 'self'" in csp and "frame-ancestors 'none'" in csp and "unsafe-inline" not in csp
+            assert response.headers["cache-control"] == "no-store"
+            assert response.headers["referrer-policy"] == "same-origin"
+            assert "<script>" not in response.text  # no inline script anywhere
+
+
+def test_session_cookie_is_httponly_and_strict(ui_url, ui_token):
+    with httpx.Client(base_url=ui_url, timeout=30) as client:
+        _check_cookie(client, ui_token)
+
+
+def _check_cookie(client, ui_token):
+    page = client.get("/ui/sign-in")
+    csrf = re.search(r'name="csrf" value="([^"]+)"', page.text).group(1)
+    response = client.post("/ui/sign-in", data={"csrf": csrf, "token": ui_token(Role.viewer)})
+    cookie = next(v for k, v in response.headers.multi_items() if k == "set-cookie" and "runbookd_session=" in v)
+    assert "HttpOnly" in cookie and "SameSite=strict" in cookie and "Path=/ui" in cookie
+
+
+def test_a_bad_token_does_not_sign_in(ui_url):
+    with httpx.Client(base_url=ui_url, timeout=30) as client:
+        csrf = re.search(r'name="csrf" value="([^"]+)"', client.get("/ui/sign-in").text).group(1)
+        response = client.post("/ui/sign-in", data={"csrf": csrf, "token": "rbd_nope"})
+        assert response.status_code == 401 and "invalid API token" in response.text
+        assert "runbookd_session" not in client.cookies
+
+
+def test_a_client_role_token_cannot_sign_in(ui_url, ui_token):
+    with httpx.Client(base_url=ui_url, timeout=30) as client:
+        csrf = re.search(r'name="csrf" value="([^"]+)"', client.get("/ui/sign-in").text).group(1)
+        response = client.post("/ui/sign-in", data={"csrf": csrf, "token": ui_token(Role.client)})
+        assert response.status_code == 401 and "may only evaluate flags" in response.text
+
+
+def test_sign_in_without_its_csrf_value_is_refused(ui_url, ui_token):
+    with httpx.Client(base_url=ui_url, timeout=30) as client:
+        client.get("/ui/sign-in")
+        response = client.post("/ui/sign-in", data={"csrf": "forged", "token": ui_token(Role.admin)})
+        assert response.status_code == 403 and "CSRF" in response.text
+
+
+def test_post_without_or_with_a_wrong_csrf_token_is_refused(ui_url, ui_token):
+    with signed_in(ui_url, ui_token(Role.operator)) as client:
+        data = {"title": "csrf probe", "severity": "sev3"}
+        assert client.post("/ui/incidents", data=data).status_code == 403
+        assert client.post("/ui/incidents", data={**data, "csrf": "0" * 64}).status_code == 403
+        good = client.post("/ui/incidents", data={**data, "csrf": csrf_of(client)})
+        assert good.status_code == 303
+
+
+def test_cross_site_origin_is_refused_even_with_the_token(ui_url, ui_token):
+    with signed_in(ui_url, ui_token(Role.operator)) as client:
+        csrf = csrf_of(client)
+        response = client.post("/ui/incidents", data={"title": "x", "csrf": csrf},
+                               headers={"Origin": "https://evil.example"})
+        assert response.status_code == 403 and "cross-site" in response.text
+
+
+def test_viewer_sees_no_write_buttons_and_forged_posts_are_refused(ui_url, ui_token):
+    with signed_in(ui_url, ui_token(Role.viewer)) as viewer:
+        for path in ["/ui/runbooks/gated-fix", "/ui/flags", "/ui/loglevels", "/ui/incidents"]:
+            body = viewer.get(path).text
+            forms = re.findall(r'<form[^>]*method="post"[^>]*action="([^"]+)"', body)
+            assert forms == ["/ui/sign-out"], (path, forms)
+        csrf = csrf_of(viewer)  # a real session's own CSRF token: only the role stops these
+        for path, data in [("/ui/runbooks/gated-fix/run", {}), ("/ui/incidents", {"title": "x"}),
+                           ("/ui/loglevels", {"service": "a", "logger": "ROOT", "level": "DEBUG"}),
+                           ("/ui/tokens", {"name": "sneaky", "role": "admin"})]:
+            response = viewer.post(path, data={**data, "csrf": csrf})
+            assert response.status_code == 403, (path, response.status_code)
+            assert "role" in response.text
+        assert viewer.get("/ui/tokens").status_code == 403
+
+
+def test_operator_cannot_use_admin_pages(ui_url, ui_token):
+    with signed_in(ui_url, ui_token(Role.operator)) as client:
+        assert client.get("/ui/tokens").status_code == 403
+        assert "/ui/tokens" not in client.get("/ui").text
+        assert client.post("/ui/audit/verify", data={"csrf": csrf_of(client)}).status_code == 403
+
+
+def test_revoking_the_token_ends_the_session_at_once(ui_url, ui_token):
+    admin = ui_token(Role.admin)
+    name = "revoke-me-" + ui_token.__name__
+    victim = ui_token(Role.operator, name)
+    with signed_in(ui_url, victim) as session, httpx.Client(base_url=ui_url, timeout=30) as api:
+        assert session.get("/ui/runs").status_code == 200
+        assert api.delete(f"/api/v1/tokens/{name}", headers={"Authorization": f"Bearer {admin}"}).status_code == 200
+        response = session.get("/ui/runs")
+        assert response.status_code == 303 and "revoked" in httpx.URL(response.headers["location"]).params["note"]
+
+
+def test_sign_out_ends_the_session(ui_url, ui_token):
+    with signed_in(ui_url, ui_token(Role.viewer)) as client:
+        response = client.post("/ui/sign-out", data={"csrf": csrf_of(client)})
+        assert response.status_code == 303
+        assert client.get("/ui/runs").status_code == 303
+
+
+def test_run_form_422_is_shown_beside_the_field_and_secrets_never_come_back(ui_url, ui_token):
+    with signed_in(ui_url, ui_token(Role.operator)) as client:
+        csrf = csrf_of(client, "/ui/runbooks/http-health-triage")
+        response = client.post("/ui/runbooks/http-health-triage/run",
+                               data={"csrf": csrf, "p.base_url": "not-a-url", "p.max_latency_ms": "0",
+                                     "p.webhook_url": "https://hooks.example/SECRET-VALUE"})
+        assert response.status_code == 422
+        assert re.search(r'id="err-base_url">[^<]*does not match', response.text)
+        assert re.search(r'id="err-max_latency_ms">[^<]*below the minimum', response.text)
+        assert "SECRET-VALUE" not in response.text
+
+
+def test_static_assets_have_content_hashes_and_long_cache(ui_url, ui_token):
+    with signed_in(ui_url, ui_token(Role.viewer)) as client:
+        page = client.get("/ui").text
+        css = re.search(r'href="(/ui/static/console\.[0-9a-f]{12}\.css)"', page).group(1)
+        js = re.search(r'src="(/ui/static/console\.[0-9a-f]{12}\.js)"', page).group(1)
+        for path in (css, js):
+            response = client.get(path)
+            assert response.status_code == 200
+            assert response.headers["cache-control"] == "public, max-age=31536000, immutable"
+            assert client.get(path, headers={"If-None-Match": response.headers["etag"]}).status_code == 304
+        assert client.get("/ui/static/console.css").status_code == 404  # only hashed names are served
+
+
+def test_openapi_declares_security_schemes_and_docs_use_no_cdn(ui_url, ui_token):
+    with httpx.Client(base_url=ui_url, timeout=30) as client:
+        schema = client.get("/openapi.json").json()
+        schemes = schema["components"]["securitySchemes"]
+        assert schemes["bearer"] == {**schemes["bearer"], "type": "http", "scheme": "bearer"}
+        assert schemes["apiKey"]["name"] == "X-API-Key" and schemes["apiKey"]["in"] == "header"
+        assert "X-Slack-Signature" in schema["info"]["description"]
+        assert {"bearer": []} in schema["paths"]["/api/v1/runs"]["get"]["security"]
+        assert "security" not in schema["paths"]["/healthz"]["get"]
+        assert "security" not in schema["paths"]["/chat/slack/commands"]["post"]  # signed, not tokens
+        for path in ("/docs", "/redoc"):
+            html = client.get(path).text
+            assert "cdn" not in html.lower() and "fonts.googleapis" not in html
+            for asset in re.findall(r'(?:src|href)="(/docs-assets/[^"]+)"', html):
+                assert client.get(asset).status_code == 200
+        assert not any(p.startswith("/ui") for p in schema["paths"])
+
+
+@pytest.mark.parametrize("path", ["/ui/runs/999999", "/ui/flags/no-such-flag", "/ui/incidents/INC-99999"])
+def test_missing_things_are_html_404s(ui_url, ui_token, path):
+    with signed_in(ui_url, ui_token(Role.viewer)) as client:
+        response = client.get(path)
+        assert response.status_code == 404 and "text/html" in response.headers["content-type"]
+
+
+def test_run_page_shows_picture_artifacts_inline_and_streams_events_with_the_cookie(ui_url, ui_token, ui_settings,
+                                                                                      ui_worker):
+    operator = ui_token(Role.operator)
+    with httpx.Client(base_url=ui_url, headers={"Authorization": f"Bearer {operator}"}, timeout=30) as api:
+        run = api.post("/api/v1/runs", json={"runbook": "gated-fix", "params": {"api_key": "k-SECRET"}}).json()
+    folder = ui_settings.artifacts_dir / f"run-{run['id']}"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "flame.svg").write_text('<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"/>')
+    (folder / "top.txt").write_text("hot functions")
+    with signed_in(ui_url, ui_token(Role.viewer)) as client:
+        page = client.get(f"/ui/runs/{run['id']}").text
+        assert f'<img src="/ui/runs/{run["id"]}/artifacts/flame.svg"' in page
+        assert f'href="/ui/runs/{run["id"]}/artifacts/top.txt" download' in page
+        assert "k-SECRET" not in page
+        assert client.get(f"/ui/runs/{run['id']}/artifacts/flame.svg").status_code == 200
+        assert client.get(f"/ui/runs/{run['id']}/artifacts/..%2Fx").status_code == 404
+        with client.stream("GET", f"/ui/runs/{run['id']}/events") as stream:
+            assert stream.status_code == 200 and stream.headers["content-type"].startswith("text/event-stream")
+            first = next(line for line in stream.iter_lines() if line.startswith("event:"))
+            assert first == "event: run.queued"
+    with httpx.Client(base_url=ui_url, timeout=30) as anon:  # no cookie, no stream
+        assert anon.get(f"/ui/runs/{run['id']}/events").status_code == 401

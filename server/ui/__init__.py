@@ -20,11 +20,12 @@ from server.ui.common import field_errors, see_other
 from server.ui.render import ConsoleHeaders, page
 from server.ui.routes_core import router as core_router
 from server.ui.routes_flags import router as flags_router
+from server.ui.routes_hooks import router as hooks_router
 from server.ui.routes_incidents import router as incidents_router
 from server.ui.routes_runs import router as runs_router
 from server.ui.session import SignInRequired, clear_session
 
-ROUTERS = [core_router, runs_router, flags_router, incidents_router]
+ROUTERS = [core_router, runs_router, flags_router, incidents_router, hooks_router]
 
 
 def _is_console(request: Request) -> bool:

@@ -60,7 +60,9 @@ async def sign_in(request: Request, token: Annotated[str, Form()] = "") -> Respo
         except Unauthorized as exc:
             error = exc.message
         else:
-            if not actor.role.allows(Role.viewer):
+            if actor.role is Role.hook:
+                error = f"token {actor.name!r} has the hook role, which may only deliver alerts to /hooks/*"
+            elif not actor.role.allows(Role.viewer):
                 error = f"token {actor.name!r} has the {actor.role.value} role, which may only evaluate flags"
     if error:
         return page(request, "sign_in.html", {"login_csrf": expected, "error": error}, status_code=401)

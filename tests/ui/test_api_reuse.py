@@ -11,6 +11,7 @@ import pytest
 from server.audit import routes as audit
 from server.auth import routes as tokens
 from server.flags import routes as flags
+from server.hooks import routes as hooks
 from server.incidents import routes as incidents
 from server.loglevels import routes as loglevels
 from server.runbooks import routes as runbooks
@@ -47,6 +48,9 @@ USED = {
     runs.reject_step: ["run_id", "step_id", "request", "session", "actor", "body"],
     runs.rerun: ["run_id", "request", "session", "actor", "body"],
     runs.create_run: ["body", "request", "session", "actor", "idempotency_key"],
+    hooks.list_deliveries: ["session", "_actor", "source", "cursor", "limit"],
+    hooks.get_delivery: ["delivery_id", "session", "_actor"],
+    hooks.list_triggers: ["request", "_actor"],
 }
 
 

@@ -35,16 +35,27 @@ def _meta(reason: str | None, incident: str | None, duration: str | None) -> dic
     return body
 
 
-def _said(flag: dict[str, Any], what: str) -> None:
+def _said(flag: dict[str, Any], what: str, env: str | None = None) -> None:
     pending = flag.get("pending_expiries") or []
     until = f"; reverts at {pending[-1]['expires_at']}" if pending else ""
-    err.print(f"flag {flag['key']!r} {what} (version {flag['version']}{until})")
+    serves = ""
+    if env is not None and (state := (flag.get("serving") or {}).get(env)) is not None:
+        serves = f"; {env} serves {_served(state)}"
+    err.print(f"flag {flag['key']!r} {what} (version {flag['version']}{until}){serves}", highlight=False)
+
+
+def _served(state: dict[str, Any]) -> str:
+    """'off = false (off variant)', the same words for every command."""
+    value = json.dumps(state["value"])
+    if not state["enabled"]:
+        return f"{state['variant']} = {value} (off variant)"
+    return f"{state['variant']} = {value}" + (" unless a rule matches" if state.get("rules") else "")
 
 
 def _set_env(key: str, env: str, change: dict[str, Any], meta: dict[str, Any], what: str) -> None:
     with cli_client() as client:
         flag = client.request("PATCH", f"/api/v1/flags/{key}", json={"environments": {env: change}, **meta})
-    _said(flag, what)
+    _said(flag, what, env)
 
 
 @flags_app.command("list")
@@ -61,7 +72,9 @@ def list_flags(
     table = Table("key", "type", "version", "environments", "tags", "owner", "reverts")
     for flag in flags:
         spec = flag["spec"]
+        serving = flag.get("serving") or {}
         envs = " ".join(f"{name}:{'on' if state['enabled'] else 'off'}"
+                        + (f"→{serving[name]['variant']}" if name in serving else "")
                         for name, state in sorted(spec["environments"].items()))
         pending = flag["pending_expiries"]
         table.add_row(flag["key"] + (" (deleted)" if flag["deleted"] else ""), spec["type"], str(flag["version"]),

@@ -23,7 +23,7 @@ def test_set_on_kill_history_rollback(base_url, operator_token, client_token, tm
     key = new_key("cli")
     spec = tmp_path / "flag.yaml"
     spec.write_text(f"key: {key}\ntype: string\nvariants: {{old: v1, new: v2}}\ndefault_variant: old\n"
-                    "tags: [pricing]\n")
+                    "off_variant: old\ntags: [pricing]\n")
     created = runbookd(base_url, operator_token, "flags", "set", key, "--file", str(spec), "--reason", "new flag")
     assert created.returncode == 0, created.stderr
     assert "created" in created.stderr and "version 1" in created.stderr
@@ -39,11 +39,13 @@ def test_set_on_kill_history_rollback(base_url, operator_token, client_token, tm
                       "--incident", inc)
     assert killed.returncode == 0, killed.stderr
     assert "killed in production (version 4; reverts at" in killed.stderr
+    assert "production serves old = \"v1\" (off variant)" in killed.stderr
     with http(base_url, client_token) as client:
-        assert client.post(f"/ofrep/v1/evaluate/flags/{key}", json={}).json()["reason"] == "DISABLED"
+        served = client.post(f"/ofrep/v1/evaluate/flags/{key}", json={}).json()
+        assert (served["reason"], served["variant"], served["value"]) == ("DISABLED", "old", "v1")
 
     listed = runbookd(base_url, operator_token, "flags", "list", "--tag", "pricing")
-    assert listed.returncode == 0 and key in listed.stdout and "production:off" in listed.stdout
+    assert listed.returncode == 0 and key in listed.stdout and "production:off→old" in listed.stdout
     shown = json.loads(runbookd(base_url, operator_token, "flags", "show", key).stdout)
     assert shown["version"] == 4 and shown["pending_expiries"][0]["revert_to"] == 3
 

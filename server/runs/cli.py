@@ -16,6 +16,7 @@ from rich.text import Text
 
 from server.client import Client, ClientError
 from server.console import make_console, print_error
+from server.runs import findings
 
 runs_app = typer.Typer(help="List, show, cancel and approve runs on a server.", no_args_is_help=True)
 console = make_console()
@@ -54,10 +55,52 @@ def _steps_table(run: dict[str, Any]) -> Table:
     for step in run["steps"]:
         shown = step["status"] if step.get("approval") != "waiting" else "waiting approval"
         note = step.get("error") or ""
-        table.add_row(step["step_id"], step.get("phase") or "", step["uses"], _status(step["status"], shown),
+        status = _status(step["status"], shown)
+        if step.get("problem_found"):
+            # The check confirmed a problem: not a green success, though `if:` still reads the status.
+            status = Text(f"problem found ({step['status']})", style="bold red")
+            worst = (step.get("findings") or [{}])[0]
+            note = note or worst.get("message", "")
+        table.add_row(step["step_id"], step.get("phase") or "", step["uses"], status,
                       str(step["attempts"]),
                       f"{step['duration_s']:.2f}s" if step.get("duration_s") is not None else "", note[:80])
     return table
+
+
+def _findings_and_artifacts(out: Any, run: dict[str, Any], links: Client | None = None) -> None:
+    """What a run found, worst first, then its files with how to get them: the head of every run summary."""
+    found = run.get("findings") or []
+    if found:
+        out.print(Text(f"Findings of run {run['id']}:", style="bold"))
+        for finding in found:
+            style = {"error": "red", "warning": "yellow"}.get(finding["severity"], "")
+            out.print(Text("  " + findings.line(finding), style=style), overflow="fold")
+    files = run.get("artifacts") or []
+    if files:
+        link = None
+        if links is not None:
+            try:
+                link = links.request("POST", f"/api/v1/runs/{run['id']}/artifacts/link", json={})
+            except ClientError:
+                link = None
+        out.print(Text(f"Artifacts of run {run['id']}" + (f" (link valid until {link['expires_at']}, no token needed: "
+                                                          f"{link['url']})" if link else "") + ":", style="bold"),
+                  overflow="fold")
+        for item in files:
+            opened = f"{link['url']}/{item['name']}" if link else f"runbookd runs artifacts {run['id']} {item['name']}"
+            out.print(f"  {item['name']}  {_size(item['size'])}  {item['content_type']}  {opened}", highlight=False,
+                      overflow="fold")
+        if link is None:
+            out.print(f"  all: runbookd runs artifacts {run['id']} -o DIR; a link: runbookd runs artifacts "
+                      f"{run['id']} --link", highlight=False)
+
+
+def _size(size: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024  # type: ignore[assignment]
+    return str(size)
 
 
 def _events(client: Client, run_id: int) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -93,6 +136,7 @@ def _follow(client: Client, run: dict[str, Any], as_json: bool) -> dict[str, Any
             if line is not None:
                 out.print(line)
         run = client.request("GET", f"/api/v1/runs/{run_id}")
+        _findings_and_artifacts(out, run, client)
         out.print(_steps_table(run))
         return run
     lines: list[str] = []
@@ -108,7 +152,9 @@ def _follow(client: Client, run: dict[str, Any], as_json: bool) -> dict[str, Any
             if event != "step.output":
                 run = client.request("GET", f"/api/v1/runs/{run_id}")
             live.update(view())
-    return client.request("GET", f"/api/v1/runs/{run_id}")
+    run = client.request("GET", f"/api/v1/runs/{run_id}")
+    _findings_and_artifacts(out, run, client)
+    return run
 
 
 def run_command(
@@ -175,6 +221,7 @@ def show(run_id: int, output: Annotated[str, typer.Option("--output", "-o", help
     if output == "json":
         sys.stdout.write(orjson.dumps(run, option=orjson.OPT_INDENT_2).decode() + "\n")
         return
+    _findings_and_artifacts(console, run)
     console.print(_steps_table(run))
     console.print(f"params: {orjson.dumps(run['params']).decode()}", highlight=False)
     if run.get("error"):
@@ -204,3 +251,40 @@ def approve(run_id: int, step: str, reason: Annotated[str | None, typer.Option(h
     except ClientError as exc:
         raise _fail(exc) from None
     err.print(f"run {run_id}: step {step} {verb}d")
+
+
+@runs_app.command("artifacts")
+def artifacts_command(
+    run_id: int,
+    name: Annotated[str | None, typer.Argument(help="One artifact; all of them when left out.")] = None,
+    out_dir: Annotated[str, typer.Option("--output-dir", "-o", help="Directory to save into.")] = ".",
+    link: Annotated[bool, typer.Option("--link", help="Print a short-lived signed link (opens without a token) "
+                                       "instead of downloading.")] = False,
+) -> None:
+    """Download a run's artifacts (plots, profiles, reports), or print a signed link to them."""
+    from pathlib import Path
+
+    try:
+        with Client() as client:
+            if link:
+                made = client.request("POST", f"/api/v1/runs/{run_id}/artifacts/link", json={"name": name})
+                console.print(made["url"], highlight=False, soft_wrap=True)
+                err.print(f"valid until {made['expires_at']}; opens without a token; every use is audited")
+                return
+            items = client.request("GET", f"/api/v1/runs/{run_id}/artifacts")
+            if name is not None:
+                items = [i for i in items if i["name"] == name]
+                if not items:
+                    raise ClientError(f"run {run_id} has no artifact {name!r}; `runbookd runs artifacts {run_id} "
+                                      "--link` or `runbookd runs show` lists them", 404)
+            if not items:
+                err.print(f"run {run_id} has no artifacts")
+                return
+            target = Path(out_dir)
+            target.mkdir(parents=True, exist_ok=True)
+            for item in items:
+                path = target / item["name"]
+                client.download(f"/api/v1/runs/{run_id}/artifacts/{item['name']}", path)
+                err.print(f"{path}  {_size(item['size'])}  {item['content_type']}", highlight=False)
+    except ClientError as exc:
+        raise _fail(exc) from None

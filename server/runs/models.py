@@ -151,6 +151,9 @@ class StepRunPublic(BaseModel):
     approval_by: str | None
     approval_reason: str | None
     compensated: str | None
+    findings: list[dict[str, Any]] = PydanticField(default_factory=list)
+    problem_found: bool = PydanticField(False, description="a finding of severity warning or error; the status "
+                                                          "(what if: and control flow read) is unchanged")
 
 
 class RunSummary(BaseModel):
@@ -178,6 +181,8 @@ class RunPublic(RunSummary):
     outputs: dict[str, Any] | None
     steps: list[StepRunPublic]
     url: str
+    findings: list[dict[str, Any]] = PydanticField(default_factory=list, description="worst first")
+    artifacts: list[dict[str, Any]] = PydanticField(default_factory=list)
 
 
 class RunPage(BaseModel):

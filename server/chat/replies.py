@@ -6,12 +6,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from server.redaction import redact
+from server.runs import findings
 
 MAX_TEXT = 2800      # Slack truncates section text at 3,000 characters
 MAX_OUTPUT = 300     # per key output, before the "see the run" link
 STATUS_ICON = {"succeeded": ":white_check_mark:", "failed": ":x:", "cancelled": ":no_entry_sign:",
                "timed_out": ":hourglass:", "skipped": ":fast_forward:", "running": ":arrows_counterclockwise:",
                "waiting_approval": ":raised_hand:", "queued": ":inbox_tray:", "pending": ":white_circle:"}
+
+FINDING_ICON = {"error": ":red_circle:", "warning": ":warning:", "info": ":information_source:"}
 
 
 @dataclass
@@ -40,12 +43,20 @@ def run_summary(run: Any, steps: list[Any], url: str) -> str:
         duration = f" in {(run.finished_at - run.started_at).total_seconds():.1f}s"
     lines = [f"{STATUS_ICON.get(run.status, '')} Run #{run.id} `{run.runbook_id}` {run.status}{duration}"
              f" (by {run.actor}{', ' + run.incident_id if run.incident_id else ''})"]
+    found = findings.of_run(redact(run.outputs), [(s.step_id, redact(s.outputs)) for s in steps])
+    if found:  # what the run found leads: the step list is the how
+        lines.append("*Findings:*")
+        lines += [f"{FINDING_ICON[f.severity]} {_clip(findings.line(f)[2:])}" for f in found[:8]]
+        lines.append("*Steps:*")
     for step in steps:
         phase = f"[{step.phase}] " if step.phase else ""
         error = f": {_clip(step.error)}" if step.error else ""
-        lines.append(f"• {phase}`{step.step_id}` {STATUS_ICON.get(step.status, '')} {step.status}{error}")
+        status = f"{STATUS_ICON.get(step.status, '')} {step.status}"
+        if findings.problem_found(step.outputs):
+            status = f":mag: problem found ({step.status})"
+        lines.append(f"• {phase}`{step.step_id}` {status}{error}")
         for name, value in list(redact(step.outputs or {}).items())[:4]:
-            if name not in ("body", "stdout", "stderr", "headers"):
+            if name not in ("body", "stdout", "stderr", "headers", "findings", "files"):
                 lines.append(f"    {name} = {_clip(value)}")
     lines.append(f"<{url}|Full run, outputs and artifacts>")
     text = "\n".join(lines)

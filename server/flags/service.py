@@ -257,8 +257,10 @@ def set_flag_state(
 
 def rollback(session: Session, *, key: str, to_version: int, actor: Actor, reason: str | None = None,
              incident_id: str | None = None, duration: timedelta | None = None,
-             expires_at: datetime | None = None, if_match: int | None = None) -> FlagVersion:
-    """Write a new version equal to version N (a deleted flag comes back if N was not deleted)."""
+             expires_at: datetime | None = None, if_match: int | None = None,
+             keep_metadata: tuple[str, ...] = ()) -> FlagVersion:
+    """Write a new version equal to version N (a deleted flag comes back if N was not deleted); fields named
+    in keep_metadata (description, owner, tags) keep their current values."""
     flag = _locked(session, key)
     if flag is None:
         raise NotFound(f"no flag {key!r}")
@@ -267,6 +269,9 @@ def rollback(session: Session, *, key: str, to_version: int, actor: Actor, reaso
     spec = dict(target.spec)
     if spec.get("off_variant") is None and flag.spec.get("off_variant") in spec.get("variants", {}):
         spec["off_variant"] = flag.spec["off_variant"]  # a version written before flags had one
+    for name in keep_metadata:
+        if name in flag.spec:
+            spec[name] = flag.spec[name]
     return _write(session, flag=flag, key=key, spec=_validated(spec), action="flag.rollback", actor=actor,
                   reason=reason or f"rollback to version {to_version}", incident_id=incident_id,
                   expires_at=expiry_time(duration=duration, expires_at=expires_at))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,6 +62,20 @@ def run_summary(run: Any, steps: list[Any], url: str) -> str:
     lines.append(f"<{url}|Full run, outputs and artifacts>")
     text = "\n".join(lines)
     return text if len(text) <= MAX_TEXT else text[: MAX_TEXT - 80] + f"\n… truncated: see <{url}|the run>"
+
+
+def approval_details(outputs: Any) -> str:
+    """What the waiting step will do, as the engine rendered it (secrets masked): the action line, then inputs."""
+    shown = (outputs or {}).get("awaiting_approval") if isinstance(outputs, dict) else None
+    if not isinstance(shown, dict):
+        return ""
+    text = f"\nIt will run `{shown.get('uses')}`"
+    if shown.get("action"):
+        text += f": `{_clip(shown['action'])}`"
+    inputs = redact(shown.get("inputs"))
+    if inputs:
+        text += "\n```" + _clip(json.dumps(inputs, default=str, indent=1)) + "```"
+    return text
 
 
 def approval_blocks(run_id: int, step_id: str, text: str) -> list[dict[str, Any]]:

@@ -118,11 +118,42 @@ def _line(event: str, message: dict[str, Any], run_id: int, *, results: bool = F
     if event == "step.output":
         return f"{step}: {data.get('line', '')}"
     if event == "step.waiting_approval":
-        return f"step {step} waits for approval: runbookd runs approve {run_id} {step}"
+        return (f"step {step} waits for approval: runbookd runs approve {run_id} {step}"
+                + _what_it_runs(data, "\n  "))
+    if event == "step.finished" and data.get("reason") == "dry run" and results:
+        return None  # the dry run's table below shows every step's rendered inputs
     if event == "step.finished" and results:
         return (f"{step}: {data.get('status')}" + (f" ({data['reason']})" if data.get("reason") else "")
                 + (f": {data['error']}" if data.get("error") else ""))
     return None
+
+
+def _what_it_runs(shown: dict[str, Any], sep: str) -> str:
+    """`will run: argv: systemctl restart x` and the rendered inputs (secrets masked by the server)."""
+    parts = []
+    for key in ("approval", "condition"):
+        if shown.get(key):
+            parts.append(str(shown[key]))
+    if shown.get("action"):
+        parts.append(f"will run: {shown['action']}")
+    if shown.get("inputs") is not None:
+        parts.append("inputs: " + orjson.dumps(shown["inputs"], default=str).decode())
+    if shown.get("note"):
+        parts.append(str(shown["note"]))
+    return "".join(sep + p for p in parts)
+
+
+def _pending(out: Any, run: dict[str, Any]) -> None:
+    """Each waiting step with what it will run, and each dry-run step with what it would have run."""
+    for step in run["steps"]:
+        outputs = step.get("outputs") or {}
+        if step.get("approval") == "waiting" and isinstance(outputs.get("awaiting_approval"), dict):
+            out.print(f"step {step['step_id']} waits for approval: runbookd runs approve {run['id']} "
+                      f"{step['step_id']}" + _what_it_runs(outputs["awaiting_approval"], "\n  "), highlight=False,
+                      soft_wrap=True)
+        elif outputs.get("dry_run"):
+            out.print(f"step {step['step_id']} ({outputs.get('uses')}) would run" + _what_it_runs(outputs, "\n  "),
+                      highlight=False, soft_wrap=True)
 
 
 def _follow(client: Client, run: dict[str, Any], as_json: bool) -> dict[str, Any]:
@@ -137,6 +168,7 @@ def _follow(client: Client, run: dict[str, Any], as_json: bool) -> dict[str, Any
                 out.print(line)
         run = client.request("GET", f"/api/v1/runs/{run_id}")
         _findings_and_artifacts(out, run, client)
+        _pending(out, run)
         out.print(_steps_table(run))
         return run
     lines: list[str] = []
@@ -154,6 +186,7 @@ def _follow(client: Client, run: dict[str, Any], as_json: bool) -> dict[str, Any
             live.update(view())
     run = client.request("GET", f"/api/v1/runs/{run_id}")
     _findings_and_artifacts(out, run, client)
+    _pending(out, run)
     return run
 
 
@@ -173,9 +206,23 @@ def run_command(
             # One key per invocation: a retried POST (flaky network) never starts the run twice.
             run = client.request("POST", "/api/v1/runs", json=body, headers={"Idempotency-Key": uuid.uuid4().hex})
             if follow:
-                run = _follow(client, run, output == "json")
+                run = _follow_until_interrupted(client, run, output == "json")
     except ClientError as exc:
         raise _fail(exc) from None
+    _finish(run, follow, output)
+
+
+def _follow_until_interrupted(client: Client, run: dict[str, Any], as_json: bool) -> dict[str, Any]:
+    """Follow; on Ctrl-C say that the run goes on on the server and how to reattach (exit 130)."""
+    try:
+        return _follow(client, run, as_json)
+    except KeyboardInterrupt:
+        err.print(f"\nstopped following; run {run['id']} goes on on the server. Reattach: runbookd runs follow "
+                  f"{run['id']}; stop it: runbookd runs cancel {run['id']}", highlight=False)
+        raise typer.Exit(130) from None
+
+
+def _finish(run: dict[str, Any], follow: bool, output: str) -> None:
     if output == "json":
         sys.stdout.write(orjson.dumps(run, option=orjson.OPT_INDENT_2).decode() + "\n")
     elif not follow:
@@ -222,6 +269,7 @@ def show(run_id: int, output: Annotated[str, typer.Option("--output", "-o", help
         sys.stdout.write(orjson.dumps(run, option=orjson.OPT_INDENT_2).decode() + "\n")
         return
     _findings_and_artifacts(console, run)
+    _pending(console, run)
     console.print(_steps_table(run))
     console.print(f"params: {orjson.dumps(run['params']).decode()}", highlight=False)
     if run.get("error"):
@@ -247,10 +295,18 @@ def approve(run_id: int, step: str, reason: Annotated[str | None, typer.Option(h
     verb = "reject" if reject else "approve"
     try:
         with Client() as client:
-            client.request("POST", f"/api/v1/runs/{run_id}/steps/{step}/{verb}", json={"reason": reason})
+            run = client.request("POST", f"/api/v1/runs/{run_id}/steps/{step}/{verb}", json={"reason": reason})
     except ClientError as exc:
         raise _fail(exc) from None
-    err.print(f"run {run_id}: step {step} {verb}d")
+    row: dict[str, Any] = next((s for s in run.get("steps", []) if s["step_id"] == step), {})
+    shown = (row.get("outputs") or {}).get("awaiting_approval") or {}
+    what = _what_it_runs({k: shown.get(k) for k in ("action",)}, "; ") if shown else ""
+    if reject:
+        err.print(f"run {run_id}: step {step} rejected{what.replace('will run', 'would have run')}; the step "
+                  f"fails with your reason and the run stops there (runbookd runs show {run_id})", highlight=False)
+    else:
+        err.print(f"run {run_id}: step {step} approved{what}; the run goes on: runbookd runs follow {run_id}",
+                  highlight=False)
 
 
 @runs_app.command("artifacts")
@@ -288,3 +344,35 @@ def artifacts_command(
                 err.print(f"{path}  {_size(item['size'])}  {item['content_type']}", highlight=False)
     except ClientError as exc:
         raise _fail(exc) from None
+
+
+@runs_app.command("follow")
+def follow_command(run_id: int,
+                   output: Annotated[str, typer.Option("--output", "-o", help="text or json.")] = "text") -> None:
+    """Reattach to a run: its live view until it ends (exit 0 only when it succeeds)."""
+    try:
+        with Client() as client:
+            run = client.request("GET", f"/api/v1/runs/{run_id}")
+            run = _follow_until_interrupted(client, run, output == "json")
+    except ClientError as exc:
+        raise _fail(exc) from None
+    _finish(run, True, output)
+
+
+@runs_app.command("rerun")
+def rerun_command(
+    run_id: int,
+    params: Annotated[list[str] | None, typer.Argument(help="Params to change, as name=value.")] = None,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Watch the new run live.")] = False,
+    output: Annotated[str, typer.Option("--output", "-o", help="text or json.")] = "text",
+) -> None:
+    """Run a finished run again with the same runbook definition and params (changing those given)."""
+    try:
+        with Client() as client:
+            run = client.request("POST", f"/api/v1/runs/{run_id}/rerun", json={"params": parse_params(params or [])})
+            err.print(f"run {run['id']} reruns run {run_id}", highlight=False)
+            if follow:
+                run = _follow_until_interrupted(client, run, output == "json")
+    except ClientError as exc:
+        raise _fail(exc) from None
+    _finish(run, follow, output)

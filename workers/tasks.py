@@ -122,11 +122,11 @@ def _relay_at_start(**_: Any) -> None:
 
 
 @app.task(name=CHAT_FOLLOWUPS_TASK)
-def chat_followups() -> None:
-    """Post approval prompts and final summaries of runs started from chat to their response URLs."""
+def chat_followups() -> int:
+    """Post approval prompts and final summaries of runs started from chat to their response URLs; how many."""
     from server.chat.followups import post_due
 
-    post_due(get_engine(), settings)
+    return post_due(get_engine(), settings)
 
 
 # Every step kind imported before the pool forks: the children share it, and no run pays for the import.

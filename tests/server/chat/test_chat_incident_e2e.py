@@ -195,6 +195,8 @@ def test_approval_buttons_are_posted_and_work(e2e):
     wait_for(lambda: any(b.get("blocks") for p, b in receiver.received if p == "/gated"), 45, "approval buttons")
     blocks = next(b["blocks"] for p, b in receiver.received if p == "/gated" and b.get("blocks"))
     approve = next(e for e in blocks[1]["elements"] if e["action_id"] == "approve")
+    prompt = blocks[0]["text"]["text"]  # what the step will run, before anyone clicks
+    assert "It will run `log`" in prompt and '"message": "fixed"' in prompt, prompt
     payload = {"type": "block_actions", "user": {"id": "UOPS", "team_id": TEAM}, "team": {"id": TEAM},
                "channel": {"id": "CGENERAL"}, "response_url": f"{receiver.url}/gated",
                "actions": [{"action_id": "approve", "value": approve["value"]}]}

@@ -13,7 +13,7 @@ import typer
 from rich.table import Table
 
 from server.auth.models import Actor, Role, Source
-from server.console import make_console, print_error, styled
+from server.console import make_console, print_error, styled, when
 from server.flags.cli import flag_app, flags_app
 from server.incidents.cli import incident_app
 from server.loglevels.cli import loglevel_app
@@ -211,7 +211,7 @@ def _announce_revocation(token_hash: str) -> None:
 
 
 def _when(value: object) -> str:
-    return "-" if value is None else str(value)[:19]
+    return when(value)
 
 
 # -- audit -----------------------------------------------------------------------------------------

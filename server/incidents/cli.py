@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from server.client import cli_client
-from server.console import make_console, print_error, styled
+from server.console import make_console, print_error, styled, when
 
 incident_app = typer.Typer(help="Incidents: open, list, show, resolve, roll back, export "
                                 "(on a running server: RUNBOOKD_URL, RUNBOOKD_TOKEN).", no_args_is_help=True)
@@ -40,7 +40,7 @@ def list_incidents(status: Annotated[str | None, typer.Option(help="open, mitiga
     table = Table("id", "sev", "status", "title", "commander", "opened")
     for row in rows:
         table.add_row(row["id"], row["severity"], row["status"], row["title"], row["commander"] or "-",
-                      row["opened_at"][:19].replace("T", " "))
+                      when(row["opened_at"]))
     console.print(table)
 
 
@@ -54,7 +54,7 @@ def show_incident(ref: Annotated[str, typer.Argument(help="INC-<n>")]) -> None:
                          f" [{incident['severity']}, {incident['status']}] {incident['title']}"))
     table = Table("time (UTC)", "who", "what")
     for entry in timeline:
-        table.add_row(entry["ts"][:19].replace("T", " "), entry["actor"] or "", entry["summary"])
+        table.add_row(when(entry["ts"]), entry["actor"] or "", entry["summary"])
     console.print(table)
 
 

@@ -8,7 +8,7 @@ import typer
 from rich.table import Table
 
 from server.client import cli_client
-from server.console import make_console
+from server.console import make_console, when
 
 loglevel_app = typer.Typer(help="Raise a service's log level for a while, list and end overrides "
                                 "(on a running server: RUNBOOKD_URL, RUNBOOKD_TOKEN).", no_args_is_help=True)
@@ -17,7 +17,7 @@ err = make_console(stderr=True)
 
 
 def _until(override: dict[str, Any]) -> str:
-    return str(override["expires_at"])[:19].replace("T", " ") + " UTC" if override["expires_at"] else "until ended"
+    return when(override["expires_at"]) if override["expires_at"] else "until ended"
 
 
 @loglevel_app.command("set")

@@ -15,7 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from server.client import Client, ClientError
-from server.console import make_console, print_error
+from server.console import make_console, print_error, when
 from server.runs import findings
 
 runs_app = typer.Typer(help="List, show, cancel and approve runs on a server.", no_args_is_help=True)
@@ -83,9 +83,9 @@ def _findings_and_artifacts(out: Any, run: dict[str, Any], links: Client | None 
                 link = links.request("POST", f"/api/v1/runs/{run['id']}/artifacts/link", json={})
             except ClientError:
                 link = None
-        out.print(Text(f"Artifacts of run {run['id']}" + (f" (link valid until {link['expires_at']}, no token needed: "
-                                                          f"{link['url']})" if link else "") + ":", style="bold"),
-                  overflow="fold")
+        valid = (f" (link valid until {when(link['expires_at'])}, no token needed: {link['url']})"
+                 if link else "")
+        out.print(Text(f"Artifacts of run {run['id']}{valid}:", style="bold"), overflow="fold")
         for item in files:
             opened = f"{link['url']}/{item['name']}" if link else f"runbookd runs artifacts {run['id']} {item['name']}"
             out.print(f"  {item['name']}  {_size(item['size'])}  {item['content_type']}  {opened}", highlight=False,
@@ -252,7 +252,7 @@ def list_runs(
     table = Table("id", "runbook", "status", "actor", "incident", "created", "duration")
     for run in page["items"]:
         table.add_row(str(run["id"]), run["runbook"], _status(run["status"]),
-                      run["actor"], run.get("incident_id") or "", run["created_at"][:19],
+                      run["actor"], run.get("incident_id") or "", when(run["created_at"]),
                       f"{run['duration_s']:.1f}s" if run.get("duration_s") is not None else "")
     console.print(table)
 
@@ -325,7 +325,7 @@ def artifacts_command(
             if link:
                 made = client.request("POST", f"/api/v1/runs/{run_id}/artifacts/link", json={"name": name})
                 console.print(made["url"], highlight=False, soft_wrap=True)
-                err.print(f"valid until {made['expires_at']}; opens without a token; every use is audited")
+                err.print(f"valid until {when(made['expires_at'])}; opens without a token; every use is audited")
                 return
             items = client.request("GET", f"/api/v1/runs/{run_id}/artifacts")
             if name is not None:

@@ -3,6 +3,7 @@ post-incident report built on it."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from sqlmodel import Session, col, select
@@ -59,7 +60,9 @@ def flag_change_words(version: FlagVersion) -> str:
     key = version.flag_key
     span = ""
     if version.expires_at is not None:
-        span = f" for {format_duration(as_utc(version.expires_at) - as_utc(version.created_at))}"
+        # `for 30m` was asked; the expiry was computed a moment before the version's timestamp.
+        seconds = round((as_utc(version.expires_at) - as_utc(version.created_at)).total_seconds())
+        span = f" for {format_duration(timedelta(seconds=seconds))}"
     if version.action == "flag.update":
         toggles = [(op["path"].split("/")[2], op["value"]) for op in version.diff or []
                    if op.get("op") in ("replace", "add") and str(op.get("path", "")).endswith("/enabled")

@@ -210,8 +210,8 @@ def create(
     serving = flag.get("serving") or {}
     states = "; ".join(f"{env} serves {_served(state)}" for env, state in serving.items())
     _said(flag, "created")
-    err.print(f"{states}. Turn it on: runbookd flags on {key} --env production; kill it: "
-              f"runbookd flag kill {key} --reason WHY", highlight=False)
+    turn_on = "" if enabled else f"Turn it on: runbookd flags on {key} --env production; "
+    err.print(f"{states}. {turn_on}kill it: runbookd flag kill {key} --reason WHY", highlight=False)
 
 
 @flags_app.command("set")

@@ -176,7 +176,8 @@ def _follow(client: Client, run: dict[str, Any], as_json: bool) -> dict[str, Any
     def view() -> Group:
         return Group(_steps_table(run), Text("\n".join(lines[-OUTPUT_LINES:]), style="dim", overflow="fold"))
 
-    with Live(view(), console=out, refresh_per_second=8, transient=False) as live:
+    # Transient: when the run ends the live view gives way to the summary, which leads with the findings.
+    with Live(view(), console=out, refresh_per_second=8, transient=True) as live:
         for event, message in _events(client, run_id):
             line = _line(event, message, run_id)
             if line is not None:
@@ -187,6 +188,7 @@ def _follow(client: Client, run: dict[str, Any], as_json: bool) -> dict[str, Any
     run = client.request("GET", f"/api/v1/runs/{run_id}")
     _findings_and_artifacts(out, run, client)
     _pending(out, run)
+    out.print(view())
     return run
 
 

@@ -76,7 +76,7 @@ def flag_spec(i: int) -> dict:
                  {"conditions": [{"attribute": "email", "operator": "ends_with", "value": "@example.com"}],
                   "variant": "on"},
                  {"conditions": [], "split": [{"variant": "on", "weight": 12.5}, {"variant": "off", "weight": 87.5}]}]
-    return {"key": f"flag-{i}", "type": kind, "variants": variants, "default_variant": "off",
+    return {"key": f"flag-{i}", "type": kind, "variants": variants, "default_variant": "off", "off_variant": "off",
             "environments": {"production": {"enabled": i % 10 != 9, "rules": rules}}, "tags": ["bench"]}
 
 

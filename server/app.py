@@ -29,6 +29,7 @@ from server.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from server.migrate import code_heads
 from server.redis_client import make_redis
 from server.runbooks.routes import router as runbooks_router
+from server.runs.routes import links_router as artifact_links_router
 from server.runs.routes import router as runs_router
 from server.settings import Settings, get_settings
 from server.ui import install as install_console
@@ -38,6 +39,7 @@ ROUTERS += [flags_router, flag_environments_router, ofrep_router]
 ROUTERS += [runbooks_router, runs_router]
 ROUTERS += [incidents_router, chat_router]
 ROUTERS += [hooks_router]
+ROUTERS += [artifact_links_router]
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -13,7 +13,7 @@ import typer
 from rich.table import Table
 
 from server.auth.models import Actor, Role, Source
-from server.console import make_console, print_error, styled
+from server.console import make_console, print_error, styled, when
 from server.flags.cli import flag_app, flags_app
 from server.hooks.cli import hooks_app, triggers_app
 from server.incidents.cli import incident_app
@@ -47,6 +47,44 @@ err = make_console(stderr=True)
 
 def _cli_actor() -> Actor:
     return Actor(name=f"cli:{getpass.getuser()}", role=Role.admin, source=Source.cli)
+
+
+def _require_database() -> None:
+    """Commands that open the database directly (token ...) say what to set when there is none, rather
+    than creating an empty one (and a stray ./.runbookd) and failing with a traceback."""
+    import os
+
+    from sqlalchemy import inspect
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from server.db import make_engine
+
+    settings = get_settings()
+    url = settings.effective_database_url
+    where = ("RUNBOOKD_HOME is " + str(settings.home) if os.environ.get("RUNBOOKD_HOME")
+             else f"RUNBOOKD_HOME is unset, so ./.runbookd under {Path.cwd()}")
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite" and parsed.database and not Path(parsed.database).exists():
+        print_error(err, f"no runbookd database at {parsed.database} ({where}). Set RUNBOOKD_HOME to the "
+                         "directory `runbookd up` uses (`make up` in a clone: RUNBOOKD_HOME=<clone>/.runbookd), or "
+                         "RUNBOOKD_DATABASE_URL to your database; start the server first if it never ran.")
+        raise typer.Exit(1)
+    try:
+        engine = make_engine(url)
+        try:
+            ready = inspect(engine).has_table("api_tokens")
+        finally:
+            engine.dispose()
+    except SQLAlchemyError as exc:
+        print_error(err, f"cannot open the database {parsed.render_as_string(hide_password=True)}: "
+                         f"{str(exc).splitlines()[0]}; check RUNBOOKD_DATABASE_URL")
+        raise typer.Exit(1) from None
+    if not ready:
+        print_error(err, f"the database {parsed.render_as_string(hide_password=True)} has no runbookd schema yet "
+                         f"({where}): run `runbookd migrate`, or point RUNBOOKD_HOME / RUNBOOKD_DATABASE_URL "
+                         "at the server's database")
+        raise typer.Exit(1)
 
 
 # -- processes -------------------------------------------------------------------------------------
@@ -154,6 +192,7 @@ def token_create(
         problems = "; ".join(f"--{'-'.join(map(str, e['loc'])).replace('_', '-')}: {e['msg']}" for e in exc.errors())
         print_error(err, problems)
         raise typer.Exit(2) from None
+    _require_database()
     try:
         with session_scope() as session:
             _t, raw = service.create_token(session, name=body.name, role=body.role, actor=_cli_actor(),
@@ -171,6 +210,7 @@ def token_list(include_revoked: Annotated[bool, typer.Option("--all", help="Incl
     from server.auth import service
     from server.db import session_scope
 
+    _require_database()
     table = Table("id", "name", "role", "prefix", "created", "expires", "last used", "revoked")
     with session_scope() as session:
         for t in service.list_tokens(session, include_revoked=include_revoked):
@@ -186,6 +226,7 @@ def token_revoke(ref: Annotated[str, typer.Argument(help="Token id or name.")]) 
     from server.db import session_scope
     from server.errors import DomainError
 
+    _require_database()
     try:
         with session_scope() as session:
             token = service.revoke_token(session, ref=ref, actor=_cli_actor())
@@ -214,7 +255,7 @@ def _announce_revocation(token_hash: str) -> None:
 
 
 def _when(value: object) -> str:
-    return "-" if value is None else str(value)[:19]
+    return when(value)
 
 
 # -- audit -----------------------------------------------------------------------------------------

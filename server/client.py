@@ -43,7 +43,9 @@ def load_config() -> ClientConfig:
             file = tomllib.loads(path.read_text())
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise ClientError(f"cannot read {path}: {exc}") from None
-    url = os.environ.get("RUNBOOKD_URL") or file.get("url") or DEFAULT_URL
+    port = os.environ.get("RUNBOOKD_PORT")  # the port `runbookd up` was told to use, when no URL says more
+    url = (os.environ.get("RUNBOOKD_URL") or file.get("url")
+           or (f"http://127.0.0.1:{port}" if port and port.isdigit() else DEFAULT_URL))
     token = os.environ.get("RUNBOOKD_TOKEN") or file.get("token")
     return ClientConfig(url=str(url).rstrip("/"), token=str(token) if token else None)
 
@@ -77,6 +79,22 @@ class Client:
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
         response = self._send(method, path, **kwargs)
         return response.json() if response.content else None
+
+    def download(self, path: str, dest: Path) -> int:
+        """Stream a file to dest (written whole or not at all); returns its size."""
+        partial = dest.with_name(dest.name + ".part")
+        try:
+            with self.http.stream("GET", path) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    raise _error(response, self.config)
+                with partial.open("wb") as out:
+                    for chunk in response.iter_bytes():
+                        out.write(chunk)
+        except httpx.ConnectError:
+            raise ClientError(f"cannot reach runbookd at {self.config.url} (connection refused)") from None
+        partial.replace(dest)
+        return dest.stat().st_size
 
     def get_text(self, path: str, **kwargs: Any) -> str:
         """GET a non-JSON resource (a Markdown report, say), with the same errors as request()."""

@@ -97,6 +97,12 @@ class Settings(BaseSettings):
     loglevel_max_duration: Duration = Field(
         timedelta(hours=4), description="Longest temporary log-level override (issue 4's safety rail)."
     )
+    artifact_link_ttl: Duration = Field(
+        timedelta(minutes=15), description="How long a signed artifact link (opens without a token) stays valid."
+    )
+    artifact_link_secret: SecretStr | None = Field(
+        None, description="Key that signs artifact links; unset: one random key shared through Redis."
+    )
 
     @model_validator(mode="after")
     def _derive_paths(self) -> Settings:

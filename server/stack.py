@@ -283,9 +283,13 @@ def run_stack(settings: Settings) -> int:
                                  f"  (API docs: {url}/docs)"))
             console.print(f"logs      {stack.logs}/{{api,worker,beat,redis}}.log")
             if token:
-                console.print("\nFirst start: an admin API token was created. It is shown only this once:\n")
-                print(token, flush=True)
-                console.print(f"\n  export RUNBOOKD_URL={url} RUNBOOKD_TOKEN=<the token above>")
+                console.print("\nFirst start: an admin API token was created. It is shown only this once; "
+                              "paste this line into the shell you use the CLI from:\n")
+                print(f"export RUNBOOKD_URL={url} RUNBOOKD_TOKEN={token}", flush=True)
+            else:
+                console.print(f"\nThe admin token was shown at the first start. For another one, in this directory:"
+                              f"\n  export RUNBOOKD_URL={url} RUNBOOKD_TOKEN=$(RUNBOOKD_HOME={settings.home} "
+                              f"runbookd token create --name $USER-$(date +%s) --role admin)", highlight=False)
             console.print("\nPress Ctrl-C to stop.")
             stack.watch()
     except StackError as exc:

@@ -19,6 +19,9 @@ app = make_celery(settings, include=["workers.tasks", "workers.control", "worker
 @setup_logging.connect
 def _logging(**_: Any) -> None:
     configure_logging(settings.log_level, settings.log_format)
+    from workers.quiet import install
+
+    install()  # once-a-second sweeps log at DEBUG unless they did something
 
 
 @worker_init.connect

@@ -33,7 +33,7 @@ from server.runs.models import FINISHED_STEP, Run, RunStatus, StepRun, StepStatu
 from server.runs.service import mark_undispatched
 from server.runs.sweeps import send_run
 from server.settings import Settings
-from workers import claims
+from workers import claims, preview
 from workers.artifacts import to_json
 from workers.steps.base import StepContext, StepFailed, StepInterrupted, load_step_kinds
 
@@ -338,6 +338,8 @@ def _step(ex: Execution, spec: StepSpec, row: StepRun) -> str:
     from workers.stepexec import run_step
 
     context = ex.context()
+    if ex.run.dry_run and spec.if_ is not None and preview.reads_steps(spec.if_):
+        return _dry_run_step(ex, spec, row, context)  # no earlier step ran: show the condition, do not decide it
     if spec.if_ is not None:
         try:
             wanted = spec.if_ if isinstance(spec.if_, bool) else expressions.evaluate(
@@ -356,20 +358,15 @@ def _step(ex: Execution, spec: StepSpec, row: StepRun) -> str:
         if row.approval is None:
             row.approval = "waiting"
             ex.run.status, ex.run.worker = RunStatus.waiting_approval.value, None
-            ex.save(row, run=True, event=("step.waiting_approval", {"title": spec.title}))
+            shown = to_json(preview.preview(spec.uses, spec.with_, context, ex.scrub))
+            row.outputs = {preview.APPROVAL_KEY: shown}  # replaced by the step's own outputs once it runs
+            ex.save(row, run=True, event=("step.waiting_approval", {"title": spec.title, **shown}))
             return "parked"
         if row.approval == "rejected":
             return _fail(ex, spec, row, StepStatus.failed,
                          f"rejected by {row.approval_by}: {row.approval_reason or 'no reason given'}")
     if ex.run.dry_run:
-        try:
-            preview = ex.scrub(expressions.render(spec.with_, context))
-        except expressions.ExpressionError as exc:
-            preview = {"unrendered": spec.with_, "note": str(exc)}
-        row.status, row.finished_at = StepStatus.skipped.value, utcnow()
-        row.outputs = to_json({"dry_run": True, "uses": spec.uses, "inputs": preview})
-        ex.save(row, event=("step.finished", {"status": "skipped", "reason": "dry run"}), defer=True)
-        return "next"
+        return _dry_run_step(ex, spec, row, context)
     status, outputs, error = run_step(ex, spec, row)
     if status == StepStatus.succeeded:
         row.status, row.outputs, row.error, row.finished_at = status.value, outputs, None, utcnow()
@@ -377,6 +374,20 @@ def _step(ex: Execution, spec: StepSpec, row: StepRun) -> str:
                 defer=_deferrable(ex, spec, row))
         return "next"
     return _fail(ex, spec, row, status, error or "failed", outputs)
+
+
+def _dry_run_step(ex: Execution, spec: StepSpec, row: StepRun, context: dict[str, Any]) -> str:
+    """A dry run's step: its rendered inputs and what it would do, including waiting for approval."""
+    shown = preview.preview(spec.uses, spec.with_, context, ex.scrub)
+    condition = f" if {spec.if_}" if spec.if_ is not None and preview.reads_steps(spec.if_) else ""
+    if spec.approval == "required":
+        shown["approval"] = f"would wait for approval{condition}"
+    elif condition:
+        shown["condition"] = f"would run{condition}"
+    row.status, row.finished_at = StepStatus.skipped.value, utcnow()
+    row.outputs = to_json({"dry_run": True, **shown})
+    ex.save(row, event=("step.finished", {"status": "skipped", "reason": "dry run"}), defer=True)
+    return "next"
 
 
 def _deferrable(ex: Execution, spec: StepSpec, row: StepRun) -> bool:

@@ -123,11 +123,11 @@ def _relay_at_start(**_: Any) -> None:
 
 
 @app.task(name=CHAT_FOLLOWUPS_TASK)
-def chat_followups() -> None:
-    """Post approval prompts and final summaries of runs started from chat to their response URLs."""
+def chat_followups() -> int:
+    """Post approval prompts and final summaries of runs started from chat to their response URLs; how many."""
     from server.chat.followups import post_due
 
-    post_due(get_engine(), settings)
+    return post_due(get_engine(), settings)
 
 
 @app.task(name=TRIGGER_SCHEDULES_TASK)

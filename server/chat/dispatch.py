@@ -115,7 +115,8 @@ def _flags(cmd: g.ListFlags, ctx: ChatContext) -> Reply:
     lines = []
     for flag in rows[:50]:
         state = (flag.spec.get("environments", {}).get(env) or {})
-        lines.append(f"• `{flag.key}` v{flag.version} {'on' if state.get('enabled') else 'off'} in {env}")
+        lines.append(f"• `{flag.key}` v{flag.version} {'on' if state.get('enabled') else 'off'} in {env}, "
+                     f"{flags.describe_serving(flag.spec, env)}")
     more = f"\n… and {len(rows) - 50} more" if len(rows) > 50 else ""
     return Reply("Flags:\n" + ("\n".join(lines) or "none") + more)
 
@@ -127,7 +128,8 @@ def _flag(cmd: g.FlagCommand, ctx: ChatContext) -> Reply:
     ctx.after_commit.append(lambda: publish_change(ctx.settings, ctx.redis, key=cmd.key, version=version.version))
     until = f" until {version.expires_at:%H:%M:%S} UTC, then it reverts" if version.expires_at else ""
     return Reply(f"Flag `{cmd.key}` turned {'on' if cmd.enabled else 'off'} in {ctx.settings.flag_environment} "
-                 f"by {ctx.actor.name} (version {version.version}){until}", public=True)
+                 f"by {ctx.actor.name} (version {version.version}){until}; it "
+                 f"{flags.describe_serving(version.spec, ctx.settings.flag_environment)}", public=True)
 
 
 def _rollback(cmd: g.RollbackFlag, ctx: ChatContext) -> Reply:

@@ -13,7 +13,7 @@ from sqlalchemy import Engine
 from sqlmodel import col, select
 
 from server.chat.models import ChatFollowup
-from server.chat.replies import Reply, approval_blocks, run_summary
+from server.chat.replies import Reply, approval_blocks, approval_details, run_summary
 from server.db import session_scope
 from server.models_base import utcnow
 from server.runs import service as runs
@@ -51,6 +51,7 @@ def post_due(engine: Engine, settings: Settings, *, limit: int = 100) -> int:
                         text = (f":raised_hand: Run #{run.id} `{run.runbook_id}` waits for approval of step "
                                 f"`{step.step_id}`{f' [{step.phase}]' if step.phase else ''}. "
                                 f"Approve or reject, or `/{settings.chat_command} approve {run.id} {step.step_id}`.")
+                        text += approval_details(step.outputs)
                         replies.append((step.step_id, Reply(text, public=True,
                                                             blocks=approval_blocks(run.id, step.step_id, text))))
             elif RunStatus(run.status).finished:

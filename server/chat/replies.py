@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
 from server.redaction import redact
+from server.runs import findings
 
 MAX_TEXT = 2800      # Slack truncates section text at 3,000 characters
 MAX_OUTPUT = 300     # per key output, before the "see the run" link
 STATUS_ICON = {"succeeded": ":white_check_mark:", "failed": ":x:", "cancelled": ":no_entry_sign:",
                "timed_out": ":hourglass:", "skipped": ":fast_forward:", "running": ":arrows_counterclockwise:",
                "waiting_approval": ":raised_hand:", "queued": ":inbox_tray:", "pending": ":white_circle:"}
+
+FINDING_ICON = {"error": ":red_circle:", "warning": ":warning:", "info": ":information_source:"}
 
 
 @dataclass
@@ -40,16 +44,38 @@ def run_summary(run: Any, steps: list[Any], url: str) -> str:
         duration = f" in {(run.finished_at - run.started_at).total_seconds():.1f}s"
     lines = [f"{STATUS_ICON.get(run.status, '')} Run #{run.id} `{run.runbook_id}` {run.status}{duration}"
              f" (by {run.actor}{', ' + run.incident_id if run.incident_id else ''})"]
+    found = findings.of_run(redact(run.outputs), [(s.step_id, redact(s.outputs)) for s in steps])
+    if found:  # what the run found leads: the step list is the how
+        lines.append("*Findings:*")
+        lines += [f"{FINDING_ICON[f.severity]} {_clip(findings.line(f)[2:])}" for f in found[:8]]
+        lines.append("*Steps:*")
     for step in steps:
         phase = f"[{step.phase}] " if step.phase else ""
         error = f": {_clip(step.error)}" if step.error else ""
-        lines.append(f"• {phase}`{step.step_id}` {STATUS_ICON.get(step.status, '')} {step.status}{error}")
+        status = f"{STATUS_ICON.get(step.status, '')} {step.status}"
+        if findings.problem_found(step.outputs):
+            status = f":mag: problem found ({step.status})"
+        lines.append(f"• {phase}`{step.step_id}` {status}{error}")
         for name, value in list(redact(step.outputs or {}).items())[:4]:
-            if name not in ("body", "stdout", "stderr", "headers"):
+            if name not in ("body", "stdout", "stderr", "headers", "findings", "files"):
                 lines.append(f"    {name} = {_clip(value)}")
     lines.append(f"<{url}|Full run, outputs and artifacts>")
     text = "\n".join(lines)
     return text if len(text) <= MAX_TEXT else text[: MAX_TEXT - 80] + f"\n… truncated: see <{url}|the run>"
+
+
+def approval_details(outputs: Any) -> str:
+    """What the waiting step will do, as the engine rendered it (secrets masked): the action line, then inputs."""
+    shown = (outputs or {}).get("awaiting_approval") if isinstance(outputs, dict) else None
+    if not isinstance(shown, dict):
+        return ""
+    text = f"\nIt will run `{shown.get('uses')}`"
+    if shown.get("action"):
+        text += f": `{_clip(shown['action'])}`"
+    inputs = redact(shown.get("inputs"))
+    if inputs:
+        text += "\n```" + _clip(json.dumps(inputs, default=str, indent=1)) + "```"
+    return text
 
 
 def approval_blocks(run_id: int, step_id: str, text: str) -> list[dict[str, Any]]:

@@ -53,7 +53,7 @@ class CompiledFlag:
     flag_type: str
     variants: dict[str, Any]
     environments: dict[str, CompiledEnvironment]
-    fallback: CompiledEnvironment  # an environment the flag has no state for: off, at its default
+    fallback: CompiledEnvironment  # an environment the flag has no state for: off, at its off variant
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
@@ -130,6 +130,7 @@ _COMPARE: dict[str, Callable[[int], bool]] = {
 def compile_flag(spec: FlagSpec, version: int) -> CompiledFlag:
     """Turn a validated spec into the objects evaluate() walks."""
     environments = {}
+    off = spec.off_variant or spec.default_variant
     for name, state in spec.environments.items():
         rules = []
         for rule in state.rules:
@@ -140,12 +141,14 @@ def compile_flag(spec: FlagSpec, version: int) -> CompiledFlag:
                 if round(part.weight * 10):
                     split.append((upper, part.variant))
             rules.append(CompiledRule(conditions=conditions, variant=rule.variant, split=split))
+        # Disabled (killed) serves the off variant: resolved here, so evaluate() costs nothing more.
         environments[name] = CompiledEnvironment(enabled=state.enabled,
-                                                 default_variant=state.default_variant or spec.default_variant,
+                                                 default_variant=(state.default_variant or spec.default_variant)
+                                                 if state.enabled else off,
                                                  rules=rules)
     return CompiledFlag(key=spec.key, version=version, flag_type=spec.type.value, variants=dict(spec.variants),
                         environments=environments,
-                        fallback=CompiledEnvironment(enabled=False, default_variant=spec.default_variant, rules=[]),
+                        fallback=CompiledEnvironment(enabled=False, default_variant=off, rules=[]),
                         metadata={"version": version, "flagType": spec.type.value})
 
 

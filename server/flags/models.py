@@ -136,6 +136,9 @@ class FlagSpec(BaseModel):
     type: FlagType
     variants: dict[str, Any] = PydanticField(min_length=1)
     default_variant: str
+    off_variant: str | None = PydanticField(
+        default=None, description="served wherever the flag is disabled (a kill switch); a boolean flag defaults "
+                                  "to its variant whose value is false, other types must name it")
     environments: dict[str, EnvironmentState] = PydanticField(default_factory=dict)
     tags: list[str] = PydanticField(default_factory=list)
     owner: str | None = PydanticField(default=None, max_length=200)
@@ -151,7 +154,9 @@ class FlagSpec(BaseModel):
             if not _fits(self.type, value):
                 raise ValueError(f"variant {name!r} value {value!r} is not of the flag's type {self.type.value}")
         known = set(self.variants)
-        wanted = [("default_variant", self.default_variant)]
+        if self.off_variant is None:
+            self.off_variant = default_off_variant(self.type, self.variants)
+        wanted = [("default_variant", self.default_variant), ("off_variant", self.off_variant)]
         for env_name, env in self.environments.items():
             if not re.match(ENV_PATTERN, env_name):
                 raise ValueError(f"environment name {env_name!r} is invalid")
@@ -166,6 +171,18 @@ class FlagSpec(BaseModel):
         if self.temporary and self.remove_after is None:
             raise ValueError("a temporary flag needs remove_after, the date it is expected to be removed")
         return self
+
+
+def default_off_variant(flag_type: FlagType, variants: dict[str, Any]) -> str:
+    """The variant a flag serves when disabled, when none is named: a boolean flag's `false` variant."""
+    if flag_type == FlagType.boolean:
+        falses = [name for name, value in variants.items() if value is False]
+        if falses:
+            return falses[0]
+        raise ValueError("a boolean flag needs a variant whose value is false, served when the flag is off "
+                         "(a kill switch); add one, e.g. \"off\": false, or name another in off_variant")
+    raise ValueError(f"a {flag_type.value} flag must name its off_variant: the variant served wherever the flag is "
+                     f"disabled, e.g. by a kill switch; variants are {sorted(variants)}")
 
 
 def _fits(flag_type: FlagType, value: Any) -> bool:
@@ -261,6 +278,7 @@ class FlagCreate(ChangeMeta):
     type: FlagType
     variants: dict[str, Any] = PydanticField(min_length=1)
     default_variant: str
+    off_variant: str | None = PydanticField(default=None, description="see FlagSpec.off_variant")
     enabled: bool = PydanticField(default=False, description="initial state in every environment not given")
     environments: dict[str, EnvironmentState] = PydanticField(default_factory=dict)
     tags: list[str] = PydanticField(default_factory=list)
@@ -282,6 +300,7 @@ class FlagUpdate(ChangeMeta):
     type: FlagType | None = None
     variants: dict[str, Any] | None = None
     default_variant: str | None = None
+    off_variant: str | None = None
     environments: dict[str, EnvironmentPatch] | None = None
     tags: list[str] | None = None
     owner: str | None = None
@@ -301,6 +320,9 @@ class FlagPublic(BaseModel):
     updated_at: UTCDateTime
     spec: dict[str, Any]
     pending_expiries: list[dict[str, Any]] = PydanticField(default_factory=list)
+    serving: dict[str, dict[str, Any]] = PydanticField(
+        default_factory=dict, description="per environment, what a context no rule matches gets: a disabled "
+                                          "environment serves the off variant (as OFREP does)")
 
 
 class FlagVersionPublic(BaseModel):

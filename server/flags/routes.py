@@ -51,7 +51,8 @@ def _public(session: Session, flag: Flag) -> FlagPublic:
                 "reason": e.reason, "incident_id": e.incident_id}
                for e in service.pending_expiries(session, key=flag.key)]
     return FlagPublic(key=flag.key, version=flag.version, deleted=flag.deleted, created_at=flag.created_at,
-                      updated_at=flag.updated_at, spec=flag.spec, pending_expiries=pending)
+                      updated_at=flag.updated_at, spec=flag.spec, pending_expiries=pending,
+                      serving=service.serving(flag.spec))
 
 
 def _changed(request: Request, session: Session, response: Response, version: FlagVersion) -> FlagPublic:

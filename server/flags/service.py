@@ -5,6 +5,7 @@ The caller commits, then calls server.flags.cache.publish_change() so every api 
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -95,12 +96,41 @@ def pending_expiries(session: Session, *, key: str) -> list[FlagExpiry]:
                              .order_by(col(FlagExpiry.expires_at))))
 
 
+def serving(spec: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """What each environment serves a context no rule matches, from the same compiled flag OFREP evaluates:
+    {env: {enabled, variant, value, reason, rules}}; a disabled environment serves the off variant."""
+    from server.flags.evaluation import DEFAULT, DISABLED, STATIC, compile_flag
+
+    try:
+        compiled = compile_flag(FlagSpec.model_validate(spec), 0)
+    except (ValidationError, ValueError):
+        return {}
+    return {name: {"enabled": env.enabled, "variant": env.default_variant,
+                   "value": compiled.variants[env.default_variant],
+                   "reason": DISABLED if not env.enabled else DEFAULT if env.rules else STATIC,
+                   "rules": len(env.rules)}
+            for name, env in sorted(compiled.environments.items())}
+
+
+def describe_serving(spec: dict[str, Any], environment: str) -> str:
+    """'serves off = false' for one environment, as the CLI, chat and steps say it."""
+    state = serving(spec).get(environment)
+    if state is None:
+        return f"serves its off variant {spec.get('off_variant')!r}"
+    value = json.dumps(state["value"])
+    if not state["enabled"]:
+        return f"serves its off variant {state['variant']!r} = {value}"
+    rules = f" when no rule of {state['rules']} matches" if state["rules"] else ""
+    return f"serves {state['variant']!r} = {value}{rules}"
+
+
 # -- the one write path ----------------------------------------------------------------------------
 def _validated(data: dict[str, Any]) -> FlagSpec:
     try:
         return FlagSpec.model_validate(data)
     except ValidationError as exc:
-        details = [{"field": ".".join(map(str, e["loc"])), "message": e["msg"], "type": e["type"]}
+        details = [{"field": ".".join(map(str, e["loc"])), "message": e["msg"].removeprefix("Value error, "),
+                    "type": e["type"]}
                    for e in exc.errors()]
         raise InvalidInput("invalid flag: " + "; ".join(f"{d['field'] or 'flag'}: {d['message']}"
                                                        for d in details[:5]), details=details) from None
@@ -194,7 +224,7 @@ def update_flag(session: Session, *, key: str, changes: FlagUpdate, actor: Actor
     _check_precondition(flag, if_match)
     data = dict(flag.spec)
     top = changes.model_dump(exclude_unset=True, include={"description", "type", "variants", "default_variant",
-                                                          "tags", "owner", "temporary", "remove_after"})
+                                                          "off_variant", "tags", "owner", "temporary", "remove_after"})
     data.update(top)
     if changes.environments:
         known = _known_environments(session) | set(data["environments"])
@@ -227,14 +257,22 @@ def set_flag_state(
 
 def rollback(session: Session, *, key: str, to_version: int, actor: Actor, reason: str | None = None,
              incident_id: str | None = None, duration: timedelta | None = None,
-             expires_at: datetime | None = None, if_match: int | None = None) -> FlagVersion:
-    """Write a new version equal to version N (a deleted flag comes back if N was not deleted)."""
+             expires_at: datetime | None = None, if_match: int | None = None,
+             keep_metadata: tuple[str, ...] = ()) -> FlagVersion:
+    """Write a new version equal to version N (a deleted flag comes back if N was not deleted); fields named
+    in keep_metadata (description, owner, tags) keep their current values."""
     flag = _locked(session, key)
     if flag is None:
         raise NotFound(f"no flag {key!r}")
     _check_precondition(flag, if_match)
     target = get_version(session, key=key, version=to_version)
-    return _write(session, flag=flag, key=key, spec=_validated(target.spec), action="flag.rollback", actor=actor,
+    spec = dict(target.spec)
+    if spec.get("off_variant") is None and flag.spec.get("off_variant") in spec.get("variants", {}):
+        spec["off_variant"] = flag.spec["off_variant"]  # a version written before flags had one
+    for name in keep_metadata:
+        if name in flag.spec:
+            spec[name] = flag.spec[name]
+    return _write(session, flag=flag, key=key, spec=_validated(spec), action="flag.rollback", actor=actor,
                   reason=reason or f"rollback to version {to_version}", incident_id=incident_id,
                   expires_at=expiry_time(duration=duration, expires_at=expires_at))
 

@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from server.client import cli_client
-from server.console import make_console, print_error, styled
+from server.console import make_console, print_error, styled, when
 
 incident_app = typer.Typer(help="Incidents: open, list, show, resolve, roll back, export "
                                 "(on a running server: RUNBOOKD_URL, RUNBOOKD_TOKEN).", no_args_is_help=True)
@@ -40,7 +40,7 @@ def list_incidents(status: Annotated[str | None, typer.Option(help="open, mitiga
     table = Table("id", "sev", "status", "title", "commander", "opened")
     for row in rows:
         table.add_row(row["id"], row["severity"], row["status"], row["title"], row["commander"] or "-",
-                      row["opened_at"][:19].replace("T", " "))
+                      when(row["opened_at"]))
     console.print(table)
 
 
@@ -54,7 +54,7 @@ def show_incident(ref: Annotated[str, typer.Argument(help="INC-<n>")]) -> None:
                          f" [{incident['severity']}, {incident['status']}] {incident['title']}"))
     table = Table("time (UTC)", "who", "what")
     for entry in timeline:
-        table.add_row(entry["ts"][:19].replace("T", " "), entry["actor"] or "", entry["summary"])
+        table.add_row(when(entry["ts"]), entry["actor"] or "", entry["summary"])
     console.print(table)
 
 
@@ -72,16 +72,32 @@ def resolve_incident(ref: Annotated[str, typer.Argument(help="INC-<n>")],
 @incident_app.command("rollback")
 def rollback_incident(ref: Annotated[str, typer.Argument(help="INC-<n>")],
                       dry_run: Annotated[bool, typer.Option("--dry-run", help="Only say what would change.")] = False,
+                      force: Annotated[bool, typer.Option("--force", help="Restore flags someone changed outside "
+                                                          "the incident too.")] = False,
                       ) -> None:
-    """Revert every change made under the incident that is still in effect; exit 3 if any flag conflicted."""
+    """Revert every change made under the incident that is still in effect; exit 3 if any flag conflicted.
+
+    A flag changed outside the incident only in its metadata (owner, description, tags) is no conflict: its
+    behaviour is restored and the newer metadata kept."""
     with cli_client() as client:
-        result = client.post(f"/api/v1/incidents/{ref}/rollback", json={"dry_run": dry_run})
-    verb = "would" if dry_run else "did"
+        result = client.post(f"/api/v1/incidents/{ref}/rollback", json={"dry_run": dry_run, "force": force})
+    would = dry_run
+    outcome = {"restore": ("would restore" if would else "restored"), "already_restored": "already restored",
+               "conflict": "conflict, left alone"}
     for flag in result["flags"]:
-        err.print(f"flag {flag['flag']}: {flag['outcome'].replace('_', ' ')} "
-                  f"(to version {flag['target_version']}){' - ' + flag['detail'] if flag['detail'] else ''}")
+        target = ("delete it (the incident created it)" if flag["target_version"] == 0
+                  else f"version {flag['target_version']}")
+        err.print(f"flag {flag['flag']}: {outcome.get(flag['outcome'], flag['outcome'])} ({target})"
+                  f"{' - ' + flag['detail'] if flag['detail'] else ''}", highlight=False)
     for item in result["loglevels"]:
-        err.print(f"log level {item['service']} {item['logger']} {item['level']}: {verb} end override {item['id']}")
+        err.print(f"log level {item['service']} {item['logger']} {item['level']}: "
+                  f"{'would end' if would else 'ended'} override {item['id']}", highlight=False)
+    if not result["flags"] and not result["loglevels"]:
+        err.print(f"{ref}: nothing to roll back (no change made under it is still in effect)")
+    elif dry_run:
+        err.print(f"{ref}: dry run, nothing changed; run again without --dry-run to do it")
+    else:
+        err.print(f"{ref}: rolled back, recorded in the audit log as incident.rollback")
     if result["conflicts"]:
         raise typer.Exit(3)
 

@@ -1,11 +1,14 @@
 """Undo an incident: every change made under it that is still in effect, in one audited operation.
 
 Flags go back to their version from before the incident's first change to them; active log-level
-overrides end. A flag changed since by someone outside the incident is left alone and reported.
+overrides end. A flag whose behaviour someone outside the incident changed since is left alone and reported
+as a conflict (`force` restores it anyway). Changes of metadata only (owner, description, tags) are no
+conflict: the flag's behaviour is restored and the newer metadata kept.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -48,11 +51,25 @@ class RollbackResult:
                 "loglevels": self.loglevels, "conflicts": [asdict(f) for f in self.conflicts]}
 
 
+METADATA = ("description", "owner", "tags")
+
+
 def _comparable(spec: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in spec.items() if k not in ("version", "updated_at")}
+    """What a flag does: metadata (who owns it, what it is called) is no part of the comparison."""
+    return {k: v for k, v in spec.items() if k not in ("version", "updated_at", *METADATA)}
 
 
-def plan_flags(session: Session, *, key: str) -> list[FlagPlan]:
+def _outside_changes(session: Session, flag_key: str, key: str) -> list[FlagVersion]:
+    """Versions after the incident's last change to the flag, in order, with the one before them first."""
+    last_ours = session.exec(select(FlagVersion.version).where(FlagVersion.flag_key == flag_key,
+                                                               FlagVersion.incident_id == key)
+                             .order_by(col(FlagVersion.version).desc())).first() or 0
+    return list(session.exec(select(FlagVersion).where(FlagVersion.flag_key == flag_key,
+                                                       FlagVersion.version >= last_ours)
+                             .order_by(col(FlagVersion.version))))
+
+
+def plan_flags(session: Session, *, key: str, force: bool = False) -> list[FlagPlan]:
     """For each flag the incident touched: restore it, or it is already back, or someone else changed it."""
     first: dict[str, int] = {}
     for flag_key, version in session.exec(select(FlagVersion.flag_key, FlagVersion.version)
@@ -74,20 +91,33 @@ def plan_flags(session: Session, *, key: str) -> list[FlagPlan]:
         if back:
             plans.append(FlagPlan(flag_key, "already_restored", flag.version, target))
         elif current.incident_id != key:
-            plans.append(FlagPlan(flag_key, "conflict", flag.version, target, current.actor,
-                                  f"changed outside {key} by {current.actor} (version {flag.version}); left alone"))
+            chain = _outside_changes(session, flag_key, key)
+            outside = [v for v in chain[1:] if v.incident_id != key]
+            behaviour = [v for prev, v in itertools.pairwise(chain)
+                         if v.incident_id != key and _comparable(prev.spec) != _comparable(v.spec)]
+            who = ", ".join(sorted({v.actor for v in (behaviour or outside)}))
+            if not behaviour:
+                plans.append(FlagPlan(flag_key, "restore", flag.version, target, who,
+                                      f"keeps the metadata {who} changed outside {key} (version {flag.version})"))
+            elif force:
+                plans.append(FlagPlan(flag_key, "restore", flag.version, target, who,
+                                      f"forced over {who}'s change outside {key} (version {flag.version})"))
+            else:
+                plans.append(FlagPlan(flag_key, "conflict", flag.version, target, who,
+                                      f"changed outside {key} by {who} (version {flag.version}); left alone "
+                                      "(--force restores it anyway)"))
         else:
             plans.append(FlagPlan(flag_key, "restore", flag.version, target))
     return plans
 
 
-def rollback(session: Session, *, incident: Incident, actor: Actor, dry_run: bool,
+def rollback(session: Session, *, incident: Incident, actor: Actor, dry_run: bool, force: bool = False,
              on_flag_change: Callable[[str, int], None] | None = None,
              on_loglevel_change: Callable[[str], None] | None = None) -> RollbackResult:
     """Plan (dry run) or perform the undo; the caller commits, then publishes what the callbacks collected."""
     key = incident.key
     reason = f"rollback of {key}"
-    result = RollbackResult(incident=key, dry_run=dry_run, flags=plan_flags(session, key=key))
+    result = RollbackResult(incident=key, dry_run=dry_run, flags=plan_flags(session, key=key, force=force))
     now = utcnow()
     overrides = session.exec(select(LogLevelOverride).where(LogLevelOverride.incident_id == key,
                                                             col(LogLevelOverride.ended_at).is_(None))
@@ -107,7 +137,7 @@ def rollback(session: Session, *, incident: Incident, actor: Actor, dry_run: boo
                                         incident_id=key)
         else:
             version = flags.rollback(session, key=plan.flag, to_version=plan.target_version, actor=actor,
-                                     reason=reason, incident_id=key)
+                                     reason=reason, incident_id=key, keep_metadata=METADATA)
         if on_flag_change:
             on_flag_change(plan.flag, version.version)
     for item in result.loglevels:

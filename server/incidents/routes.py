@@ -51,6 +51,7 @@ class RollbackRequest(BaseModel):
     model_config = {"extra": "forbid"}
 
     dry_run: bool = False
+    force: bool = False  # restore flags changed outside the incident too (metadata-only changes never conflict)
 
 
 @router.post("/{ref}/rollback")
@@ -60,7 +61,7 @@ def rollback_incident(ref: str, body: RollbackRequest, request: Request, session
     incident = service.get_incident(session, ref=ref)
     flags_changed: list[tuple[str, int]] = []
     services: set[str] = set()
-    result = undo.rollback(session, incident=incident, actor=actor, dry_run=body.dry_run,
+    result = undo.rollback(session, incident=incident, actor=actor, dry_run=body.dry_run, force=body.force,
                            on_flag_change=lambda key, version: flags_changed.append((key, version)),
                            on_loglevel_change=services.add)
     session.commit()

@@ -8,7 +8,7 @@ import typer
 from rich.table import Table
 
 from server.client import cli_client
-from server.console import make_console
+from server.console import make_console, when
 
 loglevel_app = typer.Typer(help="Raise a service's log level for a while, list and end overrides "
                                 "(on a running server: RUNBOOKD_URL, RUNBOOKD_TOKEN).", no_args_is_help=True)
@@ -17,7 +17,7 @@ err = make_console(stderr=True)
 
 
 def _until(override: dict[str, Any]) -> str:
-    return str(override["expires_at"])[:19].replace("T", " ") + " UTC" if override["expires_at"] else "until ended"
+    return when(override["expires_at"]) if override["expires_at"] else "until ended"
 
 
 @loglevel_app.command("set")
@@ -36,7 +36,11 @@ def set_level(
     with cli_client() as client:
         if service == "_runbookd":
             client.post(f"/debug/loggers/{logger}", json={"configuredLevel": level, **body})
-            err.print(f"runbookd's logger {logger!r} set to {level.upper()}" + (f" for {duration}" if duration else ""))
+            override = (client.get(f"/debug/loggers/{logger}") or {}).get("override") or {}
+            err.print(f"override {override.get('id', '?')}: runbookd's logger {logger!r} at {level.upper()} "
+                      f"{_until(override) if override else ''}".rstrip())
+            if override.get("id") is not None:
+                print(override["id"])
             return
         override = client.post("/api/v1/loglevels", json={"service": service, "logger": logger, "level": level,
                                                            **body})
@@ -50,7 +54,8 @@ def list_levels(
     include_ended: Annotated[bool, typer.Option("--all", help="Include ended overrides.")] = False,
     incident: Annotated[str | None, typer.Option("--incident", help="Only this incident's.")] = None,
 ) -> None:
-    """List overrides, newest first; `*` marks the one in effect on its logger."""
+    """List overrides of every service (runbookd's own, `_runbookd`, included), newest first; `*` marks the one
+    in effect on its logger."""
     params: dict[str, Any] = {"active": not include_ended}
     if service:
         params["service"] = service
@@ -58,6 +63,13 @@ def list_levels(
         params["incident_id"] = incident
     with cli_client() as client:
         overrides = client.get("/api/v1/loglevels", params=params)
+        if not service:  # the API leaves runbookd's own loggers out unless asked for them by name
+            overrides += client.get("/api/v1/loglevels", params={**params, "service": "_runbookd"})
+    overrides.sort(key=lambda o: o["id"], reverse=True)
+    if not overrides:
+        err.print("no " + ("" if include_ended else "active ") + "log-level overrides"
+                  + (f" for {service}" if service else "") + ("" if include_ended else " (--all shows ended ones)"))
+        return
     table = Table("id", "service", "logger", "level", "until", "by", "reason", "ended")
     for o in overrides:
         ended = f"{o['end_reason']} by {o['ended_by']}" if o["ended_at"] else "-"

@@ -134,6 +134,8 @@ class WaitInputs(StepInputs):
 class AssertInputs(StepInputs):
     that: Any = expression("An expression that must be true, e.g. steps.probe.outputs.status == 200.")
     message: str | None = Field(None, description="Shown when the assertion fails.")
+    finding: str | None = Field(None, max_length=300, description="When the assertion holds, emit this one-line "
+                                "finding (severity error): a hypothesis confirmed, so the step reads 'problem found'.")
 
 
 class LogInputs(StepInputs):

@@ -177,7 +177,7 @@ class _Parts:
         raw_params: dict[Any, Any] = data["params"] if isinstance(data.get("params"), dict) else {}
         raw_steps: list[Any] = data["steps"] if isinstance(data.get("steps"), list) else []
         params = {name: spec for name, raw in raw_params.items() if (spec := _valid(ParamSpec, raw)) is not None}
-        steps = [(i, spec) for i, raw in enumerate(raw_steps) if (spec := _valid(StepSpec, raw)) is not None]
+        steps = [(i, spec) for i, raw in enumerate(raw_steps) if (spec := _salvaged_step(raw)) is not None]
         order = _first_positions([raw.get("id") if isinstance(raw, dict) else None for raw in raw_steps])
         outputs = data.get("outputs") if isinstance(data.get("outputs"), dict) else {}
         return cls(params, steps, outputs, {str(name) for name in raw_params}, order, len(raw_steps))
@@ -193,6 +193,21 @@ def _valid(model: type[ParamSpec] | type[StepSpec], raw: Any) -> Any:
         return model.model_validate(raw)
     except ValidationError:
         return None  # its problems were reported with the whole document's
+
+
+def _salvaged_step(raw: Any) -> StepSpec | None:
+    """A malformed step without its faulty top-level fields (an invalid phase, a typo'd key), so that its
+    other problems (unknown inputs, references to later steps) are reported too, not hidden behind the first."""
+    spec = _valid(StepSpec, raw)
+    if spec is not None or not isinstance(raw, dict):
+        return spec
+    try:
+        StepSpec.model_validate(raw)
+    except ValidationError as exc:
+        faulty = {e["loc"][0] for e in exc.errors() if e["loc"]} - {"id", "uses"}
+    else:  # pragma: no cover - validated above
+        return None
+    return _valid(StepSpec, {k: v for k, v in raw.items() if k not in faulty}) if faulty else None
 
 
 def _check_semantics(parts: _Parts, data: dict[str, Any], report: _Reporter) -> None:

@@ -153,6 +153,9 @@ class StepRunPublic(BaseModel):
     approval_by: str | None
     approval_reason: str | None
     compensated: str | None
+    findings: list[dict[str, Any]] = PydanticField(default_factory=list)
+    problem_found: bool = PydanticField(False, description="a finding of severity warning or error; the status "
+                                                          "(what if: and control flow read) is unchanged")
 
 
 class RunSummary(BaseModel):
@@ -181,6 +184,8 @@ class RunPublic(RunSummary):
     steps: list[StepRunPublic]
     url: str
     trace_id: str | None = None  # the run's distributed trace (when tracing was on as it was created)
+    findings: list[dict[str, Any]] = PydanticField(default_factory=list, description="worst first")
+    artifacts: list[dict[str, Any]] = PydanticField(default_factory=list)
 
 
 class RunPage(BaseModel):

@@ -1,21 +1,23 @@
 from __future__ import annotations
 
 import contextlib
-import re
 from typing import Annotated
 
 import redis
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import FileResponse, Response
+from pydantic import BaseModel, Field
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 from sse_starlette.sse import EventSourceResponse
 
+from server.audit import service as audit
+from server.auth.models import Actor, Role, Source
 from server.db import SessionDep
 from server.deps import Operator, Viewer
-from server.errors import InvalidInput, NotFound
+from server.errors import Forbidden, InvalidInput
 from server.runbooks import service as runbooks
-from server.runs import events, service, stream, sweeps, views
+from server.runs import artifacts, events, service, stream, sweeps, views
 from server.runs.models import (
     CancelRequest,
     DecisionRequest,
@@ -30,7 +32,7 @@ from server.runs.models import (
 from server.settings import Settings
 
 router = APIRouter(prefix="/api/v1/runs", tags=["runs"])
-ARTIFACT_NAME = re.compile(r"^[A-Za-z0-9._-]+$")
+links_router = APIRouter(tags=["runs"])
 
 
 def _settings(request: Request) -> Settings:
@@ -200,14 +202,73 @@ def run_events(run_id: int, request: Request, session: SessionDep, _actor: Viewe
     return EventSourceResponse(stream.follow(request, _settings(request), run_id, after_id), ping=15)
 
 
+@router.get("/{run_id}/artifacts", response_model=list[artifacts.ArtifactInfo])
+def list_artifacts(run_id: int, request: Request, session: SessionDep, _actor: Viewer
+                   ) -> list[artifacts.ArtifactInfo]:
+    service.get_run(session, run_id=run_id)
+    steps = [s.step_id for s in service.steps_of(session, run_id=run_id)]
+    return artifacts.list_artifacts(_settings(request), run_id, steps)
+
+
 @router.get("/{run_id}/artifacts/{name}")
 def download_artifact(run_id: int, name: str, request: Request, session: SessionDep, _actor: Viewer
                       ) -> FileResponse:
     _check_exists(session, run_id)
-    directory = _settings(request).artifacts_dir
-    assert directory is not None
-    path = directory / f"run-{run_id}" / name
-    if not ARTIFACT_NAME.match(name) or not path.is_file():
-        raise NotFound(f"run {run_id} has no artifact {name!r}")
-    return FileResponse(path, media_type="text/plain" if name.endswith(".txt") else "application/json",
-                        filename=name)
+    path = artifacts.path_of(_settings(request), run_id, name)
+    return FileResponse(path, headers=artifacts.headers_for(name))
+
+
+class LinkRequest(BaseModel):
+    name: str | None = Field(default=None, max_length=200, description="one artifact; none: all of the run's")
+
+
+@router.post("/{run_id}/artifacts/link", response_model=artifacts.ArtifactLink)
+def link_artifacts(run_id: int, request: Request, session: SessionDep, actor: Viewer,
+                   body: LinkRequest | None = None) -> artifacts.ArtifactLink:
+    """A short-lived signed link (RUNBOOKD_ARTIFACT_LINK_TTL) that opens without a bearer header."""
+    name = body.name if body else None
+    settings = _settings(request)
+    service.get_run(session, run_id=run_id)
+    if name is not None:
+        artifacts.path_of(settings, run_id, name)
+    link = artifacts.sign(settings, request.app.state.redis, run_id=run_id, name=name, by=actor.name,
+                          base_url=str(request.base_url))
+    audit.record(session, actor=actor, action="artifact.link", target_type="run", target_id=run_id,
+                 after={"artifact": name or "*", "expires_at": link.expires_at.isoformat()})
+    session.commit()
+    return link
+
+
+def _open_link(request: Request, session: Session, token: str, name: str | None) -> Response:
+    settings = _settings(request)
+    signed = artifacts.verify(settings, request.app.state.redis, token)
+    run_id, signed_name, by = signed["run"], signed.get("name"), str(signed.get("by"))
+    if signed_name is not None and name is not None and name != signed_name:
+        raise Forbidden(f"this link opens {signed_name!r} only")
+    name = name or signed_name
+    who = Actor(name=f"link from {by}"[:200], role=Role.viewer, source=Source.api)
+    if name is None:
+        items = artifacts.list_artifacts(settings, run_id)
+        audit.record(session, actor=who, action="artifact.open", target_type="run", target_id=run_id,
+                     after={"artifact": "*"})
+        session.commit()
+        base = str(request.url).split("?")[0].rstrip("/")
+        page = artifacts.index_page(run_id, [(a, f"{base}/{a.name}") for a in items])
+        return Response(page, media_type="text/html; charset=utf-8",
+                        headers={k: v for k, v in artifacts.headers_for("index.txt").items()
+                                 if k not in ("Content-Type", "Content-Disposition")})
+    path = artifacts.path_of(settings, run_id, name)
+    audit.record(session, actor=who, action="artifact.open", target_type="run", target_id=run_id,
+                 after={"artifact": name, "size": path.stat().st_size})
+    session.commit()
+    return FileResponse(path, headers=artifacts.headers_for(name))
+
+
+@links_router.get("/a/{token}", summary="Open a signed artifact link (no token needed until it expires)")
+def open_link(token: str, request: Request, session: SessionDep) -> Response:
+    return _open_link(request, session, token, None)
+
+
+@links_router.get("/a/{token}/{name}", summary="One artifact through a run's signed link")
+def open_link_artifact(token: str, name: str, request: Request, session: SessionDep) -> Response:
+    return _open_link(request, session, token, name)

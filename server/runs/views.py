@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from server import tracing
+from server.runs import artifacts, findings
 from server.runs.models import Run, RunPublic, RunStatus, RunSummary, StepRun, StepRunPublic, StepStatus
 from server.runs.service import duration_s
 from server.settings import Settings
@@ -23,7 +24,9 @@ def step_public(step: StepRun) -> StepRunPublic:
                          duration_s=duration_s(step.started_at, step.finished_at) if step.finished_at else None,
                          outputs=step.outputs, error=step.error, approval=step.approval,
                          approval_by=step.approval_by, approval_reason=step.approval_reason,
-                         compensated=step.compensated)
+                         compensated=step.compensated,
+                         findings=[f.model_dump() for f in findings.of_outputs(step.outputs, step.step_id)],
+                         problem_found=findings.problem_found(step.outputs))
 
 
 def public(run: Run, steps: list[StepRun], settings: Settings) -> RunPublic:
@@ -32,4 +35,8 @@ def public(run: Run, steps: list[StepRun], settings: Settings) -> RunPublic:
                      worker=run.worker, cancel_requested_at=run.cancel_requested_at, outputs=run.outputs,
                      steps=[step_public(s) for s in steps],
                      url=f"{settings.effective_public_url}/api/v1/runs/{run.id}",
-                     trace_id=tracing.trace_id_of(run.traceparent))
+                     trace_id=tracing.trace_id_of(run.traceparent),
+                     findings=[f.model_dump() for f in findings.of_run(run.outputs,
+                                                                       [(s.step_id, s.outputs) for s in steps])],
+                     artifacts=[a.model_dump() for a in artifacts.list_artifacts(settings, run.id or 0,
+                                                                                  [s.step_id for s in steps])])

@@ -66,8 +66,10 @@ class Up:
         return {**state["children"], "up": state["pid"]}
 
     def first_token(self) -> str | None:
-        lines = [ln.strip() for ln in self.output.read_text().splitlines() if ln.strip().startswith("rbd_")]
-        return lines[0] if lines else None
+        """The token from the ready-to-paste `export RUNBOOKD_URL=... RUNBOOKD_TOKEN=rbd_...` line."""
+        lines = [ln.strip() for ln in self.output.read_text().splitlines()
+                 if ln.strip().startswith(f"export RUNBOOKD_URL={self.url} RUNBOOKD_TOKEN=rbd_")]
+        return lines[0].rsplit("RUNBOOKD_TOKEN=", 1)[1] if lines else None
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "server.cli", *args], env=self.env, capture_output=True,
@@ -89,6 +91,11 @@ def test_make_up_serves_stops_cleanly_and_keeps_its_data(tmp_path):
         for token in (admin, oncall):
             response = httpx.get(f"{up.url}/api/v1/audit", headers={"Authorization": f"Bearer {token}"})
             assert response.status_code == 200, response.text
+        # The CLI finds the server from RUNBOOKD_PORT alone (no RUNBOOKD_URL), as `make up` was started.
+        listed = subprocess.run([sys.executable, "-m", "server.cli", "runs", "list"], capture_output=True, text=True,
+                                env={**up.env, "RUNBOOKD_TOKEN": admin, "RUNBOOKD_CONFIG": "/nonexistent"},
+                                timeout=60)
+        assert listed.returncode == 0, listed.stderr
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(60)
         wait_for(lambda: not any(_alive(pid) for pid in pids.values()), 30, "every child and redis to exit")
@@ -100,6 +107,8 @@ def test_make_up_serves_stops_cleanly_and_keeps_its_data(tmp_path):
     with up.running():
         warm = time.monotonic() - started
         assert up.first_token() is None, "the admin token is printed on the first start only"
+        assert "For another one, in this directory:" in up.output.read_text()
+        assert f"RUNBOOKD_HOME={up.home} runbookd token create" in up.output.read_text()
         response = httpx.get(f"{up.url}/api/v1/audit", headers={"Authorization": f"Bearer {oncall}"})
         assert response.status_code == 200
     print(f"\nmake up to ready: cold {cold:.1f}s, warm {warm:.1f}s")

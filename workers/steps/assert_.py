@@ -4,6 +4,7 @@ from typing import Any
 
 from server.runbooks.kinds import AssertInputs
 from workers.steps.base import Step, StepContext, StepFailed, register
+from workers.toolkit.findings import finding
 
 
 @register("assert")
@@ -16,4 +17,6 @@ class Assert(Step[AssertInputs]):
             if not isinstance(value, bool):
                 detail += f" (it gave {value!r}, a {type(value).__name__}, not true/false)"
             raise StepFailed(detail, {"value": value if isinstance(value, bool | int | float | str) else repr(value)})
+        if inputs.finding:
+            return {"value": True, "findings": [finding("error", inputs.finding, output="value")]}
         return {"value": True}

@@ -12,6 +12,7 @@ from server.runbooks.toolkit_kinds import CoredumpAnalyzeInputs
 from workers.steps.base import Step, StepContext, StepFailed, register
 from workers.toolkit import proc
 from workers.toolkit.artifacts import artifact, ref, within
+from workers.toolkit.findings import finding
 
 GDB_HINT = "apt-get install gdb"
 SCRIPT = Path(__file__).resolve().parent.parent / "toolkit" / "gdb_frames.py"
@@ -117,6 +118,10 @@ class CoredumpAnalyze(Step[CoredumpAnalyzeInputs]):
         frames_path.write_bytes(orjson.dumps(found["threads"]))
         # Every frame of the crashed thread, the top few of the others: the file has them all.
         threads = [t if t["crashed"] else {**t, "frames": t["frames"][:OTHER_FRAMES]} for t in found["threads"]]
-        return {"signal": name, "signo": signo, "crashing_frame": frame, "app_frame": ours,
+        where = (f"{frame['function']} at {frame['file']}:{frame['line']}" if frame else "an unknown frame")
+        if ours and frame and ours is not frame:
+            where += f", called from {ours['function']} at {ours['file']}:{ours['line']}"
+        findings = [finding("error", f"crashed with {name or 'no signal'} in {where}", artifact=report)]
+        return {"signal": name, "signo": signo, "crashing_frame": frame, "app_frame": ours, "findings": findings,
                 "threads": within(threads, 32 * 1024), "thread_count": len(threads), "binary": binary,
                 "core": str(core), "files": {"gdb_output": ref(report), "threads": ref(frames_path)}}

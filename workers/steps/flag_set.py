@@ -30,8 +30,11 @@ class FlagSet(Step[FlagSetInputs]):
         except DomainError as exc:
             raise StepFailed(exc.message) from None
         publish_with_new_client(ctx.settings, key=version.flag_key, version=version.version)
-        ctx.emit(f"flag {inputs.flag!r} is at version {version.version} in {inputs.environment}")
+        serving = service.serving(version.spec).get(inputs.environment, {})
+        ctx.emit(f"flag {inputs.flag!r} is at version {version.version} in {inputs.environment}; it "
+                 f"{service.describe_serving(version.spec, inputs.environment)}")
         return {"flag": version.flag_key, "environment": inputs.environment, "version": version.version,
+                "serving": {k: serving.get(k) for k in ("variant", "value", "reason")},
                 "previous_version": version.version - 1,
                 "expires_at": as_utc(version.expires_at).isoformat() if version.expires_at else None}
 

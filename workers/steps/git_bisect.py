@@ -8,6 +8,7 @@ from typing import Any
 from server.runbooks.toolkit_kinds import GitBisectInputs
 from workers.steps.base import Step, StepContext, StepFailed, register
 from workers.toolkit import proc
+from workers.toolkit.findings import finding
 
 # Keep the user's and the system's git config (hooks, aliases, pagers) out of a bisect we run unattended.
 GIT_ENV = {"GIT_CONFIG_NOSYSTEM": "1", "GIT_TERMINAL_PROMPT": "0", "GIT_PAGER": "cat", "GIT_ADVICE": "0",
@@ -50,7 +51,11 @@ class GitBisect(Step[GitBisectInputs]):
             found = re.search(r"^([0-9a-f]{40}) is the first bad commit", ran.stdout, re.M)
             if found:
                 outputs["first_bad_commit"] = _commit(clone, found.group(1), ctx)
-                ctx.emit(f"first bad commit: {found.group(1)[:12]} {outputs['first_bad_commit']['subject']}")
+                commit = outputs["first_bad_commit"]
+                ctx.emit(f"first bad commit: {found.group(1)[:12]} {commit['subject']}")
+                outputs["findings"] = [finding("error", f"first bad commit {found.group(1)[:12]} "
+                                                        f"\"{commit['subject']}\" by {commit['author']} "
+                                                        f"({steps} test runs)", output="first_bad_commit")]
                 return outputs
             outputs["candidates"] = re.findall(r"^([0-9a-f]{40})$", ran.stdout, re.M)
             if outputs["candidates"]:

@@ -14,6 +14,7 @@ from server.redaction import is_secret_key
 from server.runbooks.toolkit_kinds import HttpReplayInputs
 from workers.steps.base import Step, StepContext, StepFailed, register
 from workers.toolkit.artifacts import artifact, ref, within
+from workers.toolkit.findings import finding
 
 # Never replayed: they describe the original connection, not the request.
 HOP_HEADERS = {"host", "content-length", "connection", "transfer-encoding", "keep-alive", "upgrade", "te",
@@ -122,6 +123,12 @@ def body_diff(captured: Any, replayed: str, ignore: set[str]) -> list[Any]:
                                      lineterm=""))[:BODY_DIFF_LINES]
 
 
+def _diff_line(d: dict[str, Any]) -> str:
+    what = d["error"] if d.get("error") else f"captured {d.get('captured_status')}, replayed {d.get('replayed_status')}"
+    return f"#{d.get('index', '?')} {d.get('method', '')} {d.get('path', '')}: {what}" + (
+        " (body differs)" if d.get("body") else "")
+
+
 @register("http.replay")
 class HttpReplay(Step[HttpReplayInputs]):
     def run(self, inputs: HttpReplayInputs, ctx: StepContext) -> dict[str, Any]:
@@ -179,6 +186,8 @@ class HttpReplay(Step[HttpReplayInputs]):
         outputs = {"replayed": len(requests), "matched": matched, "differed": len(diffs) - errors, "errors": errors,
                    "diffs": within(diffs[:DIFFS_KEPT], 32 * 1024), "stripped_headers": sorted(stripped_all),
                    "files": {"report": ref(path)}}
+        outputs["findings"] = [finding("warning", _diff_line(d), artifact=path) for d in diffs[:5]] or [
+            finding("info", f"all {len(requests)} replayed requests match the capture", artifact=path)]
         if inputs.fail_on_diff and diffs:
             raise StepFailed(f"{len(diffs)} of {len(requests)} replayed requests differ from the capture", outputs)
         return outputs

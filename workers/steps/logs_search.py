@@ -10,6 +10,7 @@ from typing import Any
 from server.runbooks.toolkit_kinds import LogsSearchInputs
 from workers.steps.base import Step, StepContext, StepFailed, StepInterrupted, register
 from workers.toolkit.artifacts import artifact, ref, within
+from workers.toolkit.findings import finding
 from workers.toolkit.logsearch import Query, Searcher, parse_when
 
 OVERFLOW_LIMIT = 256 * 1024 * 1024  # every match beyond the outputs' cap goes to an artifact, up to this size
@@ -36,6 +37,19 @@ def build_query(inputs: LogsSearchInputs, now: datetime) -> Query:
                      top=inputs.top, limit=inputs.limit, time_field=inputs.time_field, level_field=inputs.level_field)
     except (ValueError, re.error) as exc:
         raise StepFailed(f"bad search: {exc}") from None
+
+
+def _findings(outputs: dict[str, Any], overflow: Any) -> list[dict[str, Any]]:
+    """One finding per top group of matches (error groups), or one for the whole count."""
+    if not outputs["matched"]:
+        return [finding("info", f"no matches in {outputs['lines_scanned']} lines", output="matched")]
+    evidence = {"artifact": overflow} if overflow is not None else {"output": "matches"}
+    groups = outputs["groups"][:5]
+    if not groups:
+        return [finding("warning", f"{outputs['matched']} matching log lines", **evidence)]
+    return [finding("warning", f"{group['count']} x " + ", ".join(f"{k}={v}" for k, v in group.items()
+                                                                 if k != "count"), **evidence)
+            for group in groups]
 
 
 @register("logs.search")
@@ -74,6 +88,7 @@ class LogsSearch(Step[LogsSearchInputs]):
             outputs["files"] = {"matches": ref(overflow_path)}
         else:
             overflow_path.unlink(missing_ok=True)
+        outputs["findings"] = _findings(outputs, overflow_path if outputs["truncated"] else None)
         ctx.emit(f"{outputs['matched']} matches in {outputs['lines_scanned']} lines of {len(files)} file(s) "
                  f"({outputs['bytes_scanned'] / 1e6:.1f} MB in {seconds:.2f}s)")
         for group in outputs["groups"][:5]:

@@ -9,6 +9,7 @@ from server.runbooks.toolkit_kinds import MemoryGrowthInputs
 from workers.steps.base import Step, StepContext, StepFailed, StepInterrupted, register
 from workers.toolkit import svg
 from workers.toolkit.artifacts import artifact, ref
+from workers.toolkit.findings import finding
 from workers.toolkit.targets import process_label, resolve_pid
 
 MIB = 1024 * 1024
@@ -75,6 +76,11 @@ class MemoryGrowth(Step[MemoryGrowthInputs]):
                    "sample_count": len(points), "start_mb": round(points[0][1], 2), "end_mb": round(points[-1][1], 2),
                    "growth_mb_per_min": round(rate, 3), "threshold_mb_per_min": inputs.threshold_mb_per_min,
                    "verdict": verdict, "exited": exited, "files": {"plot": ref(plot)}}
+        outputs["findings"] = [finding(
+            "error" if verdict == "leaking" else "info",
+            f"pid {pid} RSS {'grows' if verdict == 'leaking' else 'is stable at'} {rate:+.1f} MiB/min "
+            f"({points[0][1]:.0f} -> {points[-1][1]:.0f} MiB over {points[-1][0]:.0f}s; threshold "
+            f"{inputs.threshold_mb_per_min:g})", artifact=plot)]
         ctx.emit(f"RSS {points[0][1]:.1f} -> {points[-1][1]:.1f} MiB: {rate:+.2f} MiB/min, {verdict}")
         if verdict == "leaking" and inputs.fail_on_leak:
             raise StepFailed(f"pid {pid} grows {rate:.1f} MiB/min, over {inputs.threshold_mb_per_min:g}", outputs)

@@ -9,9 +9,12 @@ from server.runbooks.toolkit_kinds import ProfileCpuInputs
 from workers.steps.base import Step, StepContext, StepFailed, register
 from workers.toolkit import proc, svg
 from workers.toolkit.artifacts import artifact, ref
+from workers.toolkit.findings import finding
 from workers.toolkit.targets import process_label, resolve_pid
 
 PY_SPY_HINT = "pip install py-spy (runbookd depends on it); it also needs ptrace rights (root or CAP_SYS_PTRACE)"
+
+HOT_PERCENT = 30  # one function with this share of the samples is a hotspot worth a warning
 
 
 def frame_label(frame: dict[str, Any]) -> str:
@@ -71,6 +74,11 @@ class ProfileCpu(Step[ProfileCpuInputs]):
         flame_path.write_text(svg.flamegraph(stacks, f"CPU flamegraph of pid {pid}, {samples} samples, {seconds}s"))
         top_own, top_total = top_functions(stacks, inputs.top)
         ctx.emit(f"hottest function: {top_own[0]['where']} ({top_own[0]['percent']}% of samples)")
+        hot = top_own[0]
+        frames = "; ".join(f"{t['where']} {t['percent']}%" for t in top_own[:3])
+        findings = [finding("warning" if hot["percent"] >= HOT_PERCENT else "info",
+                            f"hottest: {hot['where']} takes {hot['percent']}% of {samples} samples (top: {frames})",
+                            artifact=flame_path)]
         return {"pid": pid, "samples": samples, "duration_s": seconds, "top_own": top_own, "top_total": top_total,
-                "hottest": top_own[0]["function"],
+                "hottest": top_own[0]["function"], "findings": findings,
                 "files": {"flamegraph": ref(flame_path), "speedscope": ref(speedscope_path)}}

@@ -81,9 +81,9 @@ def test_an_incident_from_chat_end_to_end(e2e, make_token):
     slack = Slack(url)
     admin = make_token(Role.admin)
     suffix = uuid.uuid4().hex[:6]
-    pricing, search = f"new-pricing-{suffix}", f"search-v2-{suffix}"
+    pricing, search, ranking = f"new-pricing-{suffix}", f"search-v2-{suffix}", f"ranking-{suffix}"
     with http(url, admin) as api:
-        for key in (pricing, search):
+        for key in (pricing, search, ranking):
             created = api.post("/api/v1/flags", json={"key": key, "type": "boolean", "enabled": True,
                                                       "variants": {"on": True, "off": False},
                                                       "default_variant": "on"})
@@ -103,6 +103,7 @@ def test_an_incident_from_chat_end_to_end(e2e, make_token):
     kill = slack.command(f"flag {pricing} off for 30m pricing bug", channel=channel).json()
     assert "turned off" in kill["text"] and "then it reverts" in kill["text"], kill
     assert "reverts" not in slack.command(f"flag {search} off", channel=channel).json()["text"]
+    slack.command(f"flag {ranking} off", channel=channel)
     verbose = slack.command("loglevel checkout app.db DEBUG for 15m slow queries", channel=channel).json()
     assert "at DEBUG" in verbose["text"], verbose
 
@@ -111,12 +112,21 @@ def test_an_incident_from_chat_end_to_end(e2e, make_token):
         outside = api.patch(f"/api/v1/flags/{search}", json={"description": "tuned by the search team",
                                                               "reason": "unrelated tuning"})
         assert outside.status_code == 200, outside.text
+        # ... and someone turns ranking back on outside the incident: that one is a conflict.
+        turned = api.patch(f"/api/v1/flags/{ranking}", json={"environments": {"production": {"enabled": True}},
+                                                               "reason": "ranking is fine"})
+        assert turned.status_code == 200, turned.text
+        api.patch(f"/api/v1/flags/{ranking}", json={"environments": {"production": {"enabled": False}}})
 
     # The worker posts the run's outcome to the response_url, as Slack expects.
     wait_for(lambda: any(f"Run #{run_id}" in t and "succeeded" in t for t in receiver.texts("/slack-hook")),
              45, "the run summary at the response_url")
     summary = next(t for t in receiver.texts("/slack-hook") if f"Run #{run_id}" in t)
     assert "[observe] `observe`" in summary and "[verify] `verify`" in summary and "/api/v1/runs/" in summary
+    # The summary leads with what the run found; the step that confirmed it reads "problem found".
+    assert summary.index("*Findings:*") < summary.index("[observe]")
+    assert ":red_circle: verify: checkout answers 500 to one request in three" in summary
+    assert "`verify` :mag: problem found (succeeded)" in summary
 
     with http(url, admin) as api:
         timeline = api.get(f"/api/v1/incidents/{incident}/timeline").json()
@@ -128,25 +138,45 @@ def test_an_incident_from_chat_end_to_end(e2e, make_token):
         assert order[0] < order[2] < order[3] and order[0] < order[1]
         assert all(e["actor"] for e in timeline)
         assert any(e["actor"] == f"slack:{TEAM}/UOPS" for e in timeline)
+        summaries = [e["summary"] for e in timeline]
+        # A kill reads as one, and nobody's name is written twice (the actor has its own column).
+        assert f"killed flag {pricing} in production for 30m (version 2) (pricing bug)" in summaries, summaries
+        assert not [t for t in summaries if t.startswith(("slack:", "admin:", "system:"))], summaries
+        # Step starts and ends fold into one row per step, with its result.
+        steps_rows = [e for e in timeline if e["kind"] == "step" and f"run {run_id} " in e["summary"]]
+        assert [e["details"]["step_id"] for e in steps_rows] == ["observe", "verify"], steps_rows
+        assert steps_rows[1]["summary"].endswith("step verify: problem found (succeeded): checkout answers 500 "
+                                                 "to one request in three")
+        assert "step.started" not in actions and "step.finished" not in actions
 
         dry = api.post(f"/api/v1/incidents/{incident}/rollback", json={"dry_run": True}).json()
-        assert {f["flag"]: f["outcome"] for f in dry["flags"]} == {pricing: "restore", search: "conflict"}
+        # search-v2 was changed outside only in its description: metadata is no conflict.
+        assert {f["flag"]: f["outcome"] for f in dry["flags"]} == {pricing: "restore", search: "restore",
+                                                                   ranking: "conflict"}
         assert api.get(f"/api/v1/flags/{pricing}").json()["version"] == 2  # a dry run changes nothing
 
         done = api.post(f"/api/v1/incidents/{incident}/rollback", json={}).json()
-        assert [c["flag"] for c in done["conflicts"]] == [search]
+        assert [c["flag"] for c in done["conflicts"]] == [ranking]
         restored = api.get(f"/api/v1/flags/{pricing}").json()
         assert restored["spec"]["environments"]["production"]["enabled"] is True
-        untouched = api.get(f"/api/v1/flags/{search}").json()
-        assert untouched["spec"]["description"] == "tuned by the search team"
-        assert untouched["spec"]["environments"]["production"]["enabled"] is False
+        kept = api.get(f"/api/v1/flags/{search}").json()
+        assert kept["spec"]["description"] == "tuned by the search team"  # the newer metadata stays
+        assert kept["spec"]["environments"]["production"]["enabled"] is True  # the behaviour is restored
+        assert api.get(f"/api/v1/flags/{ranking}").json()["spec"]["environments"]["production"]["enabled"] is False
+        forced = api.post(f"/api/v1/incidents/{incident}/rollback", json={"force": True}).json()
+        assert forced["conflicts"] == [] and {f["flag"]: f["outcome"] for f in forced["flags"]}[ranking] == "restore"
+        assert api.get(f"/api/v1/flags/{ranking}").json()["spec"]["environments"]["production"]["enabled"] is True
         overrides = api.get("/api/v1/loglevels", params={"service": "checkout"}).json()
         assert not [o for o in overrides if o.get("incident_id") == incident and not o.get("ended_at")]
 
         report = api.get(f"/api/v1/incidents/{incident}/report").text
         assert f"# {incident}: Checkout errors" in report and "`triage`" in report and pricing in report
+        found = report.index("## What was found")
+        assert "| error | " in report[found:] and "checkout answers 500 to one request in three" in report[found:]
+        assert f"killed flag {pricing} in production for 30m" in report
+        assert "{'" not in report and "headers" not in report  # prose and tables, never raw dicts
         events = api.get("/api/v1/audit", params={"incident_id": incident, "action": "incident.rollback"}).json()
-        assert len(events["items"]) == 1 and events["items"][0]["source"] == "api"
+        assert len(events["items"]) == 2 and {e["source"] for e in events["items"]} == {"api"}  # plain, then --force
 
 
 def test_mattermost_run_posts_its_summary(e2e):
@@ -165,6 +195,8 @@ def test_approval_buttons_are_posted_and_work(e2e):
     wait_for(lambda: any(b.get("blocks") for p, b in receiver.received if p == "/gated"), 45, "approval buttons")
     blocks = next(b["blocks"] for p, b in receiver.received if p == "/gated" and b.get("blocks"))
     approve = next(e for e in blocks[1]["elements"] if e["action_id"] == "approve")
+    prompt = blocks[0]["text"]["text"]  # what the step will run, before anyone clicks
+    assert "It will run `log`" in prompt and '"message": "fixed"' in prompt, prompt
     payload = {"type": "block_actions", "user": {"id": "UOPS", "team_id": TEAM}, "team": {"id": TEAM},
                "channel": {"id": "CGENERAL"}, "response_url": f"{receiver.url}/gated",
                "actions": [{"action_id": "approve", "value": approve["value"]}]}

@@ -14,7 +14,8 @@ from server.flags.models import FlagSpec
 
 def spec(rules=None, enabled=True, **extra):
     data = {"key": "checkout.new-pricing", "type": "string", "variants": {"on": "new", "off": "old", "beta": "beta"},
-            "default_variant": "off", "environments": {"production": {"enabled": enabled, "rules": rules or []}}}
+            "default_variant": "off", "off_variant": "off",
+            "environments": {"production": {"enabled": enabled, "rules": rules or []}}}
     data.update(extra)
     return FlagSpec.model_validate(data)
 
@@ -109,7 +110,32 @@ def test_split_without_targeting_key_is_an_error():
     ({"environments": {"production": {"rules": [rule("a", "in", "x")]}}}, "needs a list"),
     ({"key": "Bad Key"}, "String should match pattern"),
     ({"temporary": True}, "remove_after"),
+    ({"off_variant": None}, "a string flag must name its off_variant"),
+    ({"off_variant": "ghost"}, "off_variant: 'ghost'"),
+    ({"type": "boolean", "variants": {"on": True, "also": True}, "default_variant": "on", "off_variant": None},
+     "needs a variant whose value is false"),
 ])
 def test_invalid_specs_say_why(change, message):
     with pytest.raises(ValidationError, match=message):
         spec(**change)
+
+
+@pytest.mark.parametrize("rules", [[], [rule("plan", "equals", "pro", "beta")],
+                                   [{"conditions": [], "split": [{"variant": "on", "weight": 50},
+                                                                 {"variant": "beta", "weight": 50}]}]])
+@pytest.mark.parametrize("env_default", ["on", "off"])
+def test_a_disabled_environment_serves_the_off_variant(rules, env_default):
+    data = spec(rules, enabled=False).model_dump()
+    data["environments"]["production"]["default_variant"] = env_default
+    data["default_variant"] = "on"
+    flag = compile_flag(FlagSpec.model_validate(data), 1)
+    for context in ({}, {"plan": "pro", "targetingKey": "u-1"}):
+        assert evaluate(flag, "production", context) == ("off", "DISABLED")
+    assert evaluate(flag, "no-such-environment", {}) == ("off", "DISABLED")
+
+
+def test_a_boolean_flag_defaults_its_off_variant_to_false():
+    flag = FlagSpec.model_validate({"key": "k", "type": "boolean", "variants": {"yes": True, "no": False},
+                                    "default_variant": "yes", "environments": {"production": {"enabled": False}}})
+    assert flag.off_variant == "no"
+    assert evaluate(compile_flag(flag, 1), "production", {}) == ("no", "DISABLED")

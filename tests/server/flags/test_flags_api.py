@@ -76,7 +76,8 @@ def test_soft_delete_restore_and_key_reuse(api, make_flag, base_url, client_toke
         assert client.post(f"/ofrep/v1/evaluate/flags/{key}", json={"context": {}}).json()["value"] is True
 
     api.delete(f"/api/v1/flags/{key}")
-    again = api.post("/api/v1/flags", json=flag_body(key, type="string", variants={"a": "x"}, default_variant="a"))
+    again = api.post("/api/v1/flags", json=flag_body(key, type="string", variants={"a": "x"}, default_variant="a",
+                                                     off_variant="a"))
     assert again.status_code == 201, again.text
     assert again.json()["version"] == 5 and again.json()["spec"]["type"] == "string"
     assert api.post("/api/v1/flags", json=flag_body(key)).status_code == 409

@@ -20,7 +20,8 @@ def ofrep(base_url, client_token):
 
 
 def test_single_evaluation_shape_and_reasons(make_flag, ofrep, api):
-    key = make_flag(type="string", variants={"a": "alpha", "b": "beta"}, default_variant="a", environments={
+    key = make_flag(type="string", variants={"a": "alpha", "b": "beta"}, default_variant="a", off_variant="a",
+                    environments={
         "production": {"enabled": True, "rules": [
             {"conditions": [{"attribute": "email", "operator": "ends_with", "value": "@corp.com"}], "variant": "b"}]},
     })["key"]

@@ -25,7 +25,7 @@ def of_client(base_url, make_token):
 
 
 def test_typed_flags(make_flag, of_client):
-    on = dict(enabled=True, default_variant="b")
+    on = dict(enabled=True, default_variant="b", off_variant="a")
     boolean = make_flag(type="boolean", variants={"a": False, "b": True}, **on)["key"]
     string = make_flag(type="string", variants={"a": "x", "b": "checkout-v2"}, **on)["key"]
     integer = make_flag(type="number", variants={"a": 1, "b": 42}, **on)["key"]
@@ -47,7 +47,7 @@ def test_targeting_split_disabled_and_missing(make_flag, of_client):
                              {"attribute": "app_version", "operator": "semver_gte", "value": "2.0.0"}],
               "variant": "new"},
              {"conditions": [], "split": [{"variant": "new", "weight": 50}, {"variant": "old", "weight": 50}]}]
-    key = make_flag(type="string", variants={"new": "v2", "old": "v1"}, default_variant="old",
+    key = make_flag(type="string", variants={"new": "v2", "old": "v1"}, default_variant="old", off_variant="old",
                     environments={"production": {"enabled": True, "rules": rules}})["key"]
 
     targeted = of_client.get_string_details(key, "none", EvaluationContext(
@@ -69,7 +69,8 @@ def test_targeting_split_disabled_and_missing(make_flag, of_client):
     no_key = of_client.get_string_details(key, "none", EvaluationContext(attributes={"plan": "free"}))
     assert (no_key.value, no_key.error_code) == ("none", ErrorCode.TARGETING_KEY_MISSING)
 
-    off = make_flag(type="string", variants={"new": "v2", "old": "v1"}, default_variant="old", enabled=False)["key"]
+    off = make_flag(type="string", variants={"new": "v2", "old": "v1"}, default_variant="new", off_variant="old",
+                    enabled=False)["key"]
     disabled = of_client.get_string_details(off, "none", EvaluationContext(targeting_key="u"))
     assert (disabled.value, disabled.reason) == ("v1", Reason.DISABLED)
 
@@ -78,6 +79,6 @@ def test_targeting_split_disabled_and_missing(make_flag, of_client):
 
 
 def test_type_mismatch_falls_back_to_the_default(make_flag, of_client):
-    key = make_flag(type="string", variants={"a": "text"}, default_variant="a", enabled=True)["key"]
+    key = make_flag(type="string", variants={"a": "text"}, default_variant="a", off_variant="a", enabled=True)["key"]
     details = of_client.get_boolean_details(key, False, EvaluationContext(targeting_key="u"))
     assert (details.value, details.error_code) == (False, ErrorCode.TYPE_MISMATCH)

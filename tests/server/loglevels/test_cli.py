@@ -45,6 +45,12 @@ def test_runbookd_own_logger_and_clear_errors(base_url, make_token, admin_token)
     done = runbookd(base_url, admin_token, "set", "_runbookd", name, "WARN", "--for", "1m")
     assert done.returncode == 0, done.stderr
     assert logging.getLogger(name).level == logging.WARNING  # the api under test runs in this process
+    # It prints the override id, as `set` does for any service, and a bare `list` shows runbookd's own too.
+    printed = done.stdout.strip()
+    assert printed.isdigit() and f"override {printed}: runbookd's logger {name!r} at WARN" in done.stderr
+    listed = runbookd(base_url, admin_token, "list")
+    row = next(line for line in listed.stdout.splitlines() if name in line)
+    assert "_runbookd" in row and printed in row
 
     refused = runbookd(base_url, make_token(Role.operator), "set", "svc-a", "app", "DEBUG")
     assert refused.returncode == 1 and "needs `for`" in refused.stderr

@@ -66,11 +66,28 @@ steps:
 """
     checked = check_text(text, "broken.yaml")
     found = [(p.line, p.message) for p in checked.errors]
-    assert [line for line, _m in found] == [3, 7, 6, 6, 8], found
+    assert [line for line, _m in found] == [3, 7, 6, 6, 7, 8], found
     assert "params.host.type" in found[0][1] and "steps.1.retry.attempts" in found[1][1]
     assert "unknown step kind 'shel'" in found[2][1] and "param 'nope' is not declared" in found[3][1]
-    # step 2 is malformed, so its duplicate id is not checked; params.host is declared, if broken
-    assert "there is no step 'b'" in found[4][1]
+    # step 2 is malformed, yet its duplicate id is checked too; params.host is declared, if broken
+    assert "duplicate step id 'a'" in found[4][1]
+    assert "there is no step 'b'" in found[5][1]
+
+
+def test_an_invalid_phase_does_not_hide_the_steps_other_errors():
+    text = """\
+title: Hidden errors
+steps:
+  - id: probe
+    phase: obsreve
+    uses: log
+    with: {mesage: "{{ steps.later.outputs.x }}"}
+  - {id: later, uses: log, with: {message: hi}}
+"""
+    found = [(p.line, p.message) for p in check_text(text, "hidden.yaml").errors]
+    assert found[0][0] == 4 and "steps.0.phase" in found[0][1]
+    assert any(line == 6 and "unknown key 'mesage'" in m for line, m in found), found
+    assert any(line == 6 and "step 'later' has not run yet" in m for line, m in found), found
 
 
 def test_param_interpolated_into_sh_c_is_a_warning_that_says_how_to_fix_it():

@@ -124,3 +124,39 @@ def test_runs_list_show_cancel_approve(runs_api, run_worker, make_token, tmp_pat
     assert listed.returncode == 0 and str(run_id) in listed.stdout
     gone = cli(["runs", "cancel", "999999"], runs_api, token, tmp_path)
     assert gone.returncode == 1 and "does not exist" in gone.stderr
+
+
+def test_ctrl_c_leaves_the_run_going_and_runs_follow_reattaches(runs_api, run_worker, make_token, tmp_path):
+    import signal
+
+    token = make_token(Role.operator)
+    proc = subprocess.Popen([sys.executable, "-m", "server.cli", "run", "slow-shell", "seconds=3", "--follow"],
+                            cwd=REPO, env={**_env(runs_api, token, tmp_path), "COLUMNS": "200"},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    with http(runs_api, token) as client:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            running = client.get("/api/v1/runs", params={"runbook": "slow-shell", "status": "running",
+                                                         "limit": 1}).json()["items"]
+            if running:
+                break
+            time.sleep(0.2)
+        assert running, "the run never started"
+        run_id = running[0]["id"]
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        _out, err = proc.communicate(timeout=30)
+        assert proc.returncode == 130, err
+        assert f"run {run_id} goes on on the server. Reattach: runbookd runs follow {run_id}" in err
+        assert client.get(f"/api/v1/runs/{run_id}").json()["status"] == "running"  # Ctrl-C stopped nothing
+
+        again = cli(["runs", "follow", str(run_id)], runs_api, token, tmp_path)
+        assert again.returncode == 0, again.stderr
+        assert f"run {run_id} succeeded" in again.stderr and "sleeper: succeeded" in again.stdout
+
+        rerun = cli(["runs", "rerun", str(run_id), "seconds=0", "--follow"], runs_api, token, tmp_path)
+        assert rerun.returncode == 0, rerun.stderr
+        assert f"reruns run {run_id}" in rerun.stderr
+        newest = client.get("/api/v1/runs", params={"runbook": "slow-shell", "limit": 1}).json()["items"][0]
+        assert newest["id"] != run_id and newest["status"] == "succeeded"
+        assert client.get(f"/api/v1/runs/{newest['id']}").json()["rerun_of"] == run_id

@@ -73,6 +73,10 @@ def test_crash_gives_the_signal_and_the_crashing_frame(program, tmp_path):
     assert outputs["signal"] == "SIGSEGV"
     frame = outputs["crashing_frame"]
     assert (frame["function"], Path(frame["file"]).name, frame["line"]) == ("parse_record", "crashy.c", CRASH_LINE)
+    (found,) = outputs["findings"]
+    assert found["severity"] == "error" and found["evidence"]["artifact"].endswith("gdb.txt")
+    assert found["message"].startswith("crashed with SIGSEGV in parse_record at ")
+    assert f":{CRASH_LINE}" in found["message"]
     crashed = [t for t in outputs["threads"] if t["crashed"]]
     assert len(crashed) == 1 and [f["function"] for f in crashed[0]["frames"][:2]] == ["parse_record", "main"]
     assert len(outputs["threads"]) == 2

@@ -72,6 +72,9 @@ def test_finds_the_planted_commit_in_at_most_8_steps_without_touching_the_checko
     assert first["author"] == f"Dev {PLANTED % 5} <dev{PLANTED % 5}@example.com>"
     assert first["date"].startswith("2023-11-14T")
     assert 1 <= outputs["steps"] <= 8
+    (found,) = outputs["findings"]
+    assert found["severity"] == "error" and found["evidence"] == {"output": "first_bad_commit"}
+    assert found["message"].startswith(f"first bad commit {hashes[PLANTED - 1][:12]} \"change {PLANTED}")
     assert outputs["log"].count("# first bad commit") == 1
     assert _state(path) == before  # same HEAD, clean tree, no BISECT_* files in the original .git
 

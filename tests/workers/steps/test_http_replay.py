@@ -65,6 +65,9 @@ def test_replay_strips_secrets_and_reports_each_difference(base_url, tmp_path):
     outputs = HttpReplay().run(HttpReplayInputs(capture=str(capture), base_url=base_url,
                                                 ignore_fields=["served_at"]), make_ctx(tmp_path))
     assert (outputs["replayed"], outputs["matched"], outputs["differed"], outputs["errors"]) == (4, 2, 2, 0)
+    assert len(outputs["findings"]) == 2 and {f["severity"] for f in outputs["findings"]} == {"warning"}
+    assert all(f["evidence"]["artifact"].endswith("replay.json") and "captured" in f["message"]
+               for f in outputs["findings"])
     assert outputs["stripped_headers"] == ["authorization", "cookie", "x-api-key"]
     sent = [s["headers"] for s in SEEN]
     assert not any(k in h for h in sent for k in ("authorization", "cookie", "x-api-key"))

@@ -95,6 +95,10 @@ def test_since_and_level_with_groups_agree_with_the_reference(logs, tmp_path):
         counts[r["error"]] = counts.get(r["error"], 0) + 1
     assert {g["error"]: g["count"] for g in outputs["groups"]} == counts
     assert outputs["groups"][0]["count"] == max(counts.values())
+    # Each error group is a finding, the biggest first, pointing at the matches.
+    assert [f["message"] for f in outputs["findings"]] == [
+        f"{g['count']} x error={g['error']}" for g in outputs["groups"][:5]]
+    assert {f["severity"] for f in outputs["findings"]} == {"warning"}
     assert outputs["lines_scanned"] == 6001
     assert len(outputs["searched"]) == 2
 

@@ -72,6 +72,9 @@ def test_the_hot_function_tops_the_profile(busy, tmp_path):
     assert outputs["top_own"][0]["function"] == "burn_cpu", outputs["top_own"][:3]
     assert outputs["hottest"] == "burn_cpu"
     assert outputs["top_own"][0]["percent"] > 50
+    (found,) = outputs["findings"]
+    assert found["severity"] == "warning" and found["message"].startswith("hottest: burn_cpu (")
+    assert found["evidence"]["artifact"].endswith("flamegraph.svg")
     assert outputs["samples"] > 100
     by_total = {row["function"]: row for row in outputs["top_total"]}
     assert by_total["main"]["total"] >= by_total["burn_cpu"]["total"]  # main is on every stack

@@ -20,6 +20,7 @@ from server.errors import DomainError, InvalidInput
 from server.incidents import service as incidents
 from server.incidents.models import IncidentStatus
 from server.runbooks import routes as runbooks_api
+from server.runs import artifacts
 from server.runs import routes as runs_api
 from server.runs import service as runs
 from server.runs.models import CancelRequest, DecisionRequest, RerunRequest, RunCreate, RunStatus
@@ -28,7 +29,6 @@ from server.ui.render import page
 from server.ui.session import UiOperator, UiViewer
 
 router = APIRouter(prefix="/ui", include_in_schema=False)
-PICTURES = (".svg", ".png", ".jpg", ".jpeg", ".gif", ".webp")
 
 
 # -- runbooks ----------------------------------------------------------------------------------------------
@@ -128,12 +128,8 @@ def runs_page(request: Request, session: SessionDep, actor: UiViewer, cursor: st
 
 def _artifacts(request: Request, run_id: int) -> list[dict[str, Any]]:
     """The run's artifact files (large step outputs, profiles, plots); pictures are shown inline."""
-    directory = request.app.state.settings.artifacts_dir
-    folder = directory / f"run-{run_id}" if directory is not None else None
-    if folder is None or not folder.is_dir():
-        return []
-    return [{"name": p.name, "size": p.stat().st_size, "picture": p.suffix.lower() in PICTURES}
-            for p in sorted(folder.iterdir()) if p.is_file() and runs_api.ARTIFACT_NAME.match(p.name)]
+    return [{"name": a.name, "size": a.size, "picture": a.content_type.startswith("image/")}
+            for a in artifacts.list_artifacts(request.app.state.settings, run_id)]
 
 
 def run_context(request: Request, session: Any, actor: Any, run_id: int) -> dict[str, Any]:

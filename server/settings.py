@@ -86,6 +86,17 @@ class Settings(BaseSettings):
         timedelta(hours=4), description="Longest temporary log-level override (issue 4's safety rail)."
     )
 
+    # Security (issue 15)
+    step_env_passthrough: list[str] = Field(
+        default_factory=lambda: ["PATH", "LANG", "HOME"],
+        description="Environment variables a step's process inherits from the worker, JSON list; the runbook's "
+        "env: adds more. RUNBOOKD_*, database, Redis and secret-looking names are never passed.",
+    )
+    approval_by_others: bool = Field(
+        False, description="Every approval-gated step needs a second person: the run's starter may not approve "
+        "it (a step may say approval: {required: true, by: others} without this).",
+    )
+
     @model_validator(mode="after")
     def _derive_paths(self) -> Settings:
         self.home = self.home.expanduser().absolute()

@@ -243,6 +243,7 @@ def _check_semantics(parts: _Parts, data: dict[str, Any], report: _Reporter) -> 
                 _check_template(report, sub, value, bare=False, declared=declared, order=order, limit=index)
         if step.uses == "shell":
             _warn_shell_interpolation(report, path, step.with_)
+            _check_program_param(report, path, step.with_, parts.params)
     for sub, value in _strings(parts.outputs, ("outputs",)):
         if expressions.has_template(value):
             _check_template(report, sub, value, bare=False, declared=declared, order=order, limit=parts.count)
@@ -319,3 +320,25 @@ def _warn_shell_interpolation(report: _Reporter, path: Path, inputs: dict[str, A
                    "a param is interpolated into a shell script, where a value like '; rm -rf ~' runs as code: "
                    "pass it as an argument (argv: [sh, -c, 'echo \"$1\"', sh, '{{ params.x }}']) or in env "
                    "(env: {X: '{{ params.x }}'} and \"$X\" in the script)", severity="warning")
+
+
+def _check_program_param(report: _Reporter, path: Path, inputs: dict[str, Any], params: dict[str, ParamSpec]) -> None:
+    """A param in argv[0] picks the program to run: `printenv` reads the worker's secrets. Only an enum, whose
+    choices the runbook's author wrote, may do that."""
+    argv = inputs.get("argv")
+    if not isinstance(argv, list) or not argv or not isinstance(argv[0], str) or not expressions.has_template(argv[0]):
+        return
+    try:
+        tree = expressions.parse(argv[0], bare=False)
+    except TemplateError:
+        return  # reported as a template that does not parse
+    for chain, _line in expressions.references(tree):
+        if chain[0] == "params" and len(chain) > 1:
+            spec = params.get(str(chain[1]))
+            if spec is None or spec.type != "enum":
+                report.add((*path, "with", "argv", 0),
+                           f"param {chain[1]!r} chooses the program to run (argv[0]): whoever starts the run could "
+                           "run any program; make it an enum (type: enum, choices: [...]) or name the program")
+        elif chain[0] == "steps":
+            report.add((*path, "with", "argv", 0),
+                       "a step's output chooses the program to run (argv[0]): name the program instead")

@@ -153,7 +153,8 @@ def _decide(run_id: int, step_id: str, request: Request, session: SessionDep, ac
             body: DecisionRequest | None, approve: bool) -> Response:
     last = _last_event_id(session, run_id)
     run = service.decide(session, run_id=run_id, step_id=step_id, actor=actor, approve=approve,
-                         reason=body.reason if body else None)
+                         reason=body.reason if body else None,
+                         others_by_default=_settings(request).approval_by_others)
     session.commit()
     _dispatch(request, session, run)
     _publish_history(request, session, run_id, last)

@@ -12,6 +12,7 @@ import hashlib
 import os
 import re
 import shlex
+import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -26,6 +27,9 @@ from server.runbooks.yamlpos import Path
 
 SHELLS = {"sh", "bash", "zsh", "dash", "ksh", "ash"}
 RUN_FIELDS = {"id", "actor", "incident", "incident_id", "runbook"}
+# The most work one validation does (a viewer may ask for one): templates checked, and seconds spent on them.
+MAX_TEMPLATES = 2000
+MAX_VALIDATION_SECONDS = 2.0
 STEP_FIELDS = {"outputs", "status", "error", "attempts"}
 
 
@@ -69,6 +73,21 @@ class _Reporter:
     def __init__(self, source: str, positions: dict[Path, tuple[int, int]]) -> None:
         self.source, self.positions = source, positions
         self.problems: list[Problem] = []
+        self.templates_left = MAX_TEMPLATES
+        self.deadline = time.monotonic() + MAX_VALIDATION_SECONDS
+        self.exhausted = False
+
+    def spend(self, path: Path) -> bool:
+        """False (and one error) once this validation has checked as many templates as it may."""
+        if self.exhausted:
+            return False
+        self.templates_left -= 1
+        if self.templates_left < 0 or time.monotonic() > self.deadline:
+            self.exhausted = True
+            self.add(path, f"the runbook is too large to validate: over {MAX_TEMPLATES} templates or "
+                     f"{MAX_VALIDATION_SECONDS:g}s of checks; split it into smaller runbooks")
+            return False
+        return True
 
     def add(self, path: Path, message: str, *, severity: str = "error", key: bool = False) -> None:
         line, column = yamlpos.position(self.positions, path, key=key)
@@ -262,10 +281,15 @@ def _strings(value: Any, path: Path) -> list[tuple[Path, str]]:
 def _check_template(report: _Reporter, path: Path, text: str, *, bare: bool, declared: set[str],
                     order: dict[str, int], limit: int, extra: set[str] | None = None) -> None:
     label = "expression" if bare else "template"
+    if not report.spend(path):
+        return
     try:
         tree = expressions.parse(text, bare=bare)
     except TemplateError as exc:
         report.add(path, f"{label} {text.strip()!r} does not parse: {exc.message or exc}")
+        return
+    except RecursionError:
+        report.add(path, f"{label} is nested too deeply to check; simplify it")
         return
     for attr in expressions.private_attributes(tree):
         report.add(path, f"{label} uses {attr!r}: attributes starting with _ are blocked by the sandbox; "
@@ -330,7 +354,7 @@ def _check_program_param(report: _Reporter, path: Path, inputs: dict[str, Any], 
         return
     try:
         tree = expressions.parse(argv[0], bare=False)
-    except TemplateError:
+    except (TemplateError, RecursionError):
         return  # reported as a template that does not parse
     for chain, _line in expressions.references(tree):
         if chain[0] == "params" and len(chain) > 1:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+from urllib.parse import quote
+
 from server.auth.models import Role
 from tests.support import http, start, steps, wait_run
 
@@ -49,3 +52,11 @@ def test_the_approval_by_others_setting_makes_every_gate_four_eyes(operator, run
         assert own.status_code == 403, own.text
         assert operator.post(f"/api/v1/runs/{run['id']}/steps/gated/approve", json={}).status_code == 202
         assert wait_run(starter, run["id"])["status"] == "succeeded"
+
+
+def test_a_secret_in_a_requested_url_never_reaches_the_worker_log(operator, run_worker, runs_api):
+    token = "s3cr3t-" + str(time.time_ns())
+    run = wait_run(operator, start(operator, "secret-url", {"base": runs_api, "token": token})["id"])
+    assert run["status"] == "succeeded", run
+    log = run_worker.read_text()
+    assert token not in log and quote(token) not in log

@@ -13,6 +13,7 @@ import orjson
 from server.redaction import is_secret_key
 from server.runbooks.toolkit_kinds import HttpReplayInputs
 from workers.steps.base import Step, StepContext, StepFailed, register
+from workers.toolkit import netguard
 from workers.toolkit.artifacts import artifact, ref, within
 
 # Never replayed: they describe the original connection, not the request.
@@ -140,7 +141,8 @@ class HttpReplay(Step[HttpReplayInputs]):
         diffs: list[dict[str, Any]] = []
         matched = errors = 0
         report = []
-        with httpx.Client(timeout=inputs.timeout.total_seconds(), follow_redirects=False) as client:
+        with httpx.Client(timeout=inputs.timeout.total_seconds(), follow_redirects=False,
+                          transport=netguard.transport()) as client:
             for index, request in enumerate(requests):
                 ctx.check()
                 headers, stripped = clean_headers(request["headers"], allow)

@@ -318,6 +318,7 @@ class FlagVersionPublic(BaseModel):
 
 
 class EnvironmentCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # an unknown field is an error, never ignored
     name: str = PydanticField(pattern=ENV_PATTERN)
     description: str = PydanticField(default="", max_length=500)
 

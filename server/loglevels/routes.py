@@ -18,6 +18,7 @@ from server.auth.models import Actor, Role
 from server.db import SessionDep
 from server.deps import Admin, Operator, Viewer, require_role
 from server.errors import DomainError
+from server.ids import PathId
 from server.loglevels import service as svc
 from server.loglevels.levels import LEVELS, ROOT, get_logger, to_name
 from server.loglevels.models import (
@@ -112,14 +113,14 @@ def list_overrides(session: SessionDep, _actor: Viewer, service: str | None = No
 
 
 @router.get("/overrides/{override_id}", response_model=OverridePublic)
-def get_override(override_id: int, session: SessionDep, _actor: Viewer) -> OverridePublic:
+def get_override(override_id: PathId, session: SessionDep, _actor: Viewer) -> OverridePublic:
     row = svc.get_override(session, override_id=override_id)
     listed = svc.list_overrides(session, service=row.service, active=True)
     return svc.public(row, effective=any(o.id == row.id and o.effective for o in listed))
 
 
 @router.delete("/overrides/{override_id}", response_model=OverridePublic)
-def end_override(override_id: int, request: Request, session: SessionDep, actor: Operator,
+def end_override(override_id: PathId, request: Request, session: SessionDep, actor: Operator,
                  reason: Annotated[str | None, Query(max_length=2000)] = None) -> OverridePublic:
     """End an override early; the logger goes back to the next older live override, or its own level."""
     row = svc.end_override(session, override_id=override_id, actor=actor, reason=reason)

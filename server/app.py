@@ -14,7 +14,7 @@ from server.auth.token_cache import RevocationFollower, TokenCache
 from server.chat.routes import router as chat_router
 from server.db import make_engine
 from server.debug.routes import router as debug_router
-from server.errors import install_error_handlers
+from server.errors import document_errors, install_error_handlers
 from server.flags.fastpath import OfrepFastPath
 from server.flags.ofrep import router as ofrep_router
 from server.flags.routes import environments_router as flag_environments_router
@@ -72,6 +72,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     for router in ROUTERS:
         app.include_router(router)
+    document_errors(app)
     # Added last so it runs first: every response, errors from the body limit included, gets a request id.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestContextMiddleware)

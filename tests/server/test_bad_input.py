@@ -34,14 +34,13 @@ def _error(response, status: int = 422) -> dict:
 @pytest.mark.parametrize("duration", ["{}", "[]", "1e300", "Infinity", "-Infinity", "NaN", '"99999999999d"'])
 def test_a_bad_for_is_a_422_on_log_levels_loggers_and_flags(admin, duration):
     raw = {"content-type": "application/json"}
-    override = ('{"service": "svc-bad-for", "logger": "app", "level": "DEBUG", "reason": "r", "for": %s}'
-                % duration)
+    override = '{"service": "svc-bad-for", "logger": "app", "level": "DEBUG", "reason": "r", "for": ' + duration + "}"
     assert "for" in _error(admin.post("/api/v1/loglevels", content=override, headers=raw))["message"]
-    actuator = '{"configuredLevel": "DEBUG", "for": %s}' % duration
+    actuator = '{"configuredLevel": "DEBUG", "for": ' + duration + "}"
     assert "for" in _error(admin.post("/debug/loggers/runbookd.badfor", content=actuator, headers=raw))["message"]
     key = new_key()
     assert admin.post("/api/v1/flags", json=flag_body(key)).status_code == 201
-    change = '{"environments": {"production": {"enabled": true}}, "reason": "r", "for": %s}' % duration
+    change = '{"environments": {"production": {"enabled": true}}, "reason": "r", "for": ' + duration + "}"
     assert "for" in _error(admin.patch(f"/api/v1/flags/{key}", content=change, headers=raw))["message"]
 
 
@@ -55,7 +54,8 @@ def test_ids_cursors_and_event_ids_beyond_bigint_or_not_ascii_digits(admin, bad)
     assert admin.delete(f"/api/v1/tokens/{bad}").status_code == 404
     if bad != "-1":
         _error(admin.get(f"/api/v1/runs/{TOO_BIG}"))
-        stream = admin.get("/api/v1/runs/1/events", headers={"Last-Event-ID": bad.encode("latin-1")})  # as a header carries it
+        # latin-1: how a header carries it, so the server sees the character itself
+        stream = admin.get("/api/v1/runs/1/events", headers={"Last-Event-ID": bad.encode("latin-1")})
         assert "Last-Event-ID" in _error(stream)["message"]
 
 

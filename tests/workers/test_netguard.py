@@ -88,7 +88,7 @@ def test_the_http_request_step_says_why(monkeypatch):
     _use(monkeypatch)
     step = load_step_kinds()["http.request"]()
     from tests.workers.steps.test_core_kinds import ctx
-    with pytest.raises(StepFailed, match="169.254.169.254.*blocked"):
+    with pytest.raises(StepFailed, match=r"169\.254\.169\.254.*blocked"):
         step.run(CATALOG["http.request"].inputs.model_validate({"url": "http://169.254.169.254/"}), ctx())
 
 

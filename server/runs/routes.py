@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import contextlib
 import re
-from typing import Annotated
+from typing import Annotated, Any
 
 import redis
 from fastapi import APIRouter, Header, Query, Request
@@ -15,6 +15,7 @@ from server.db import SessionDep
 from server.deps import Operator, Viewer
 from server.errors import InvalidInput, NotFound
 from server.ids import MAX_ID, PathId, parse_id
+from server.redaction import MASK
 from server.runbooks import service as runbooks
 from server.runs import events, service, stream, sweeps, views
 from server.runs.models import (
@@ -66,10 +67,24 @@ def _response(request: Request, session: SessionDep, run: Run, status_code: int,
     return Response(body.model_dump_json(), status_code=status_code, media_type="application/json")
 
 
+def _without_secrets(body: RunCreate, session: SessionDep, request: Request) -> dict[str, Any]:
+    """The body as its hash sees it: secret params masked, so runs.request_hash (an unsalted SHA-256) cannot
+    be used to guess a short secret (a 4-digit pin) offline. Params of an unknown runbook are all masked."""
+    dumped = body.model_dump(mode="json")
+    try:
+        entry = runbooks.get_runbook(session, store=runbooks.store_for(_settings(request).runbooks_dir),
+                                     runbook_id=body.runbook)
+        secret = entry.checked.runbook.secret_params() if entry.checked.runbook else set(dumped["params"])
+    except NotFound:
+        secret = set(dumped["params"])
+    dumped["params"] = {k: (MASK if k in secret else v) for k, v in dumped["params"].items()}
+    return dumped
+
+
 @router.post("", status_code=202, response_model=RunPublic)
 def create_run(body: RunCreate, request: Request, session: SessionDep, actor: Operator,
                idempotency_key: Annotated[str | None, Header(max_length=200)] = None) -> Response:
-    body_hash = service.request_hash(body.model_dump(mode="json"))
+    body_hash = service.request_hash(_without_secrets(body, session, request))
     if idempotency_key:
         existing = service.find_idempotent(session, key=idempotency_key, body_hash=body_hash)
         if existing is not None:

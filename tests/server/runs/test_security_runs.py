@@ -60,3 +60,36 @@ def test_a_secret_in_a_requested_url_never_reaches_the_worker_log(operator, run_
     assert run["status"] == "succeeded", run
     log = run_worker.read_text()
     assert token not in log and quote(token) not in log
+
+
+def test_the_request_hash_cannot_confirm_a_guessed_secret(operator, engine):
+    import hashlib
+
+    import orjson
+    from sqlmodel import select
+
+    from server.db import session_scope
+    from server.runs.models import Run
+
+    pin = "4711"
+    key = "idem-" + str(time.time_ns())
+    body = {"runbook": "secrets", "params": {"password": pin}, "incident_id": None, "dry_run": False}
+    first = operator.post("/api/v1/runs", json=body, headers={"Idempotency-Key": key})
+    assert first.status_code == 202
+    with session_scope(engine) as session:
+        stored = session.exec(select(Run.request_hash).where(Run.id == first.json()["id"])).one()
+    # The offline attack: hash the body with every 4-digit pin until one matches the stored hash.
+    guesses = [hashlib.sha256(orjson.dumps({**body, "params": {"password": f"{n:04d}"}},
+                                           option=orjson.OPT_SORT_KEYS)).hexdigest() for n in range(10000)]
+    assert stored not in guesses
+    again = operator.post("/api/v1/runs", json=body, headers={"Idempotency-Key": key})
+    assert again.status_code == 202 and again.json()["id"] == first.json()["id"]  # idempotency still works
+
+
+def test_a_bad_secret_is_never_echoed_in_the_422(operator):
+    answer = operator.post("/api/v1/runs", json={"runbook": "secret-pin",
+                                                 "params": {"pin": "12ab-secret", "zone": "hidden-zone-9"}})
+    assert answer.status_code == 422, answer.text
+    assert "12ab-secret" not in answer.text and "hidden-zone-9" not in answer.text
+    fields = {d["field"] for d in answer.json()["error"]["details"]}
+    assert fields == {"params.pin", "params.zone"}

@@ -46,6 +46,10 @@ def register(values: Any) -> None:
         _ordered = tuple(sorted(_values, key=len, reverse=True))
 
 
+def is_secret(value: str) -> bool:
+    return value in _values
+
+
 def mask(text: str) -> str:
     for value in _ordered:
         if value in text:

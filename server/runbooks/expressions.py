@@ -23,6 +23,8 @@ from jinja2.runtime import Context
 from jinja2.sandbox import ImmutableSandboxedEnvironment, safe_range
 from jinja2.visitor import NodeTransformer
 
+from server import logmask
+
 WHOLE = re.compile(r"^\s*\{\{(?P<expr>.*?)\}\}\s*$", re.S)
 MAX_POWER_RESULT = 10**12
 # What one value an expression makes may hold (characters of a string, items of a list, a padding width), and
@@ -37,6 +39,7 @@ WIDTH_FILTERS = frozenset({"center", "indent", "wordwrap", "truncate", "batch", 
 WIDE_FORMAT = re.compile(r"\d{7,}")  # a width of a million or more in a %- or {}-format
 
 _work: ContextVar[list[int] | None] = ContextVar("runbookd_expression_work", default=None)
+_read_secret: ContextVar[list[bool] | None] = ContextVar("runbookd_expression_read_secret", default=None)
 
 
 class ExpressionError(Exception):
@@ -145,8 +148,11 @@ class _Sandbox(ImmutableSandboxedEnvironment):
     def getattr(self, obj: Any, attribute: str) -> Any:
         # Runbook data is all mappings: `params.items` means the param named items, not dict.items.
         if isinstance(obj, dict) and attribute in obj:
-            return obj[attribute]
-        return super().getattr(obj, attribute)
+            return _note_secret(obj[attribute])
+        return _note_secret(super().getattr(obj, attribute))
+
+    def getitem(self, obj: Any, argument: Any) -> Any:
+        return _note_secret(super().getitem(obj, argument))
 
     def _generate(self, source: nodes.Template, *args: Any, **kwargs: Any) -> str:
         # Loops are bounded in a copy: the caller's tree (validation reads its names) stays as written.
@@ -204,6 +210,36 @@ def environment() -> _Sandbox:
     return env
 
 
+def _note_secret(value: Any) -> Any:
+    """A template that reads a secret makes a secret: `{{ params.pin|reverse }}` must be masked too."""
+    if isinstance(value, str) and logmask.is_secret(value):
+        read = _read_secret.get()
+        if read is not None:
+            read[0] = True
+    return value
+
+
+def _register_derived(value: Any) -> None:
+    if isinstance(value, str):
+        logmask.register([value])
+    elif isinstance(value, list | tuple):
+        for item in value:
+            _register_derived(item)
+    elif isinstance(value, dict):
+        for item in value.values():
+            _register_derived(item)
+
+
+@contextmanager
+def _tainted() -> Iterator[list[bool]]:
+    """Whether what is evaluated inside reads a known secret value (logmask's registry of the run's secrets)."""
+    token = _read_secret.set([False])
+    try:
+        yield _read_secret.get()  # type: ignore[misc]
+    finally:
+        _read_secret.reset(token)
+
+
 @contextmanager
 def _budget() -> Iterator[None]:
     token = _work.set([MAX_WORK]) if _work.get() is None else None
@@ -242,8 +278,10 @@ def _describe(exc: Exception) -> str:
 def evaluate(expr: str, context: dict[str, Any]) -> Any:
     """Evaluate a bare expression (`if:`, assert's `that:`) to its native value."""
     try:
-        with _budget():
+        with _budget(), _tainted() as read:
             result = _compiled_expression(expr)(**context)
+        if read[0]:
+            _register_derived(result)
         if isinstance(result, Undefined):
             result._fail_with_undefined_error()  # a bare `params.typo` must fail, not return a placeholder
         return result
@@ -274,13 +312,16 @@ def _render_bounded(template: Any, context: dict[str, Any]) -> str:
     """Template.render, but the output stops at MAX_SIZE characters instead of filling the memory."""
     parts: list[str] = []
     size = 0
-    with _budget():
+    with _budget(), _tainted() as read:
         for part in template.generate(**context):
             size += len(part)
             if size > MAX_SIZE:
                 raise ExpressionError(f"the template renders over {MAX_SIZE:,} characters")
             parts.append(part)
-    return "".join(parts)
+    text = "".join(parts)
+    if read[0]:
+        _register_derived(text)
+    return text
 
 
 def parse(text: str, *, bare: bool) -> nodes.Template:

@@ -93,3 +93,13 @@ def test_a_bad_secret_is_never_echoed_in_the_422(operator):
     assert "12ab-secret" not in answer.text and "hidden-zone-9" not in answer.text
     fields = {d["field"] for d in answer.json()["error"]["details"]}
     assert fields == {"params.pin", "params.zone"}
+
+
+def test_a_value_rendered_from_a_secret_is_masked_like_the_secret(operator, run_worker):
+    password = "pw-" + str(time.time_ns())
+    run = wait_run(operator, start(operator, "secret-filters", {"password": password})["id"])
+    assert run["status"] == "succeeded", run
+    shown = str(run)
+    for derived in (password.upper(), password[::-1], password.replace("-", "_")):
+        assert derived not in shown and derived not in run_worker.read_text()
+    assert steps(run)["upper"]["outputs"]["message"] == "***" and run["outputs"]["shouting"] == "***"

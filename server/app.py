@@ -20,6 +20,7 @@ from server.flags.ofrep import router as ofrep_router
 from server.flags.routes import environments_router as flag_environments_router
 from server.flags.routes import router as flags_router
 from server.flags.runtime import start_flags
+from server.hosts import HostGuardMiddleware
 from server.incidents.routes import router as incidents_router
 from server.loglevels.routes import debug_router as loggers_router
 from server.loglevels.routes import router as loglevels_router
@@ -75,6 +76,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     document_errors(app)
     # Added last so it runs first: every response, errors from the body limit included, gets a request id.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(HostGuardMiddleware, allowed_hosts=settings.allowed_hosts, public_url=settings.public_url)
     app.add_middleware(RequestContextMiddleware)
     # Outermost of all: OFREP evaluations, the hot path, skip routing and the access log (see its module).
     app.add_middleware(OfrepFastPath, max_body_bytes=settings.max_body_bytes)

@@ -97,6 +97,9 @@ class Settings(BaseSettings):
         False, description="Every approval-gated step needs a second person: the run's starter may not approve "
         "it (a step may say approval: {required: true, by: others} without this).",
     )
+    allowed_hosts: list[str] = Field(
+        default_factory=list, description='Host headers the api answers, JSON list ("rb.example.com", '
+        '"*.example.com"); others get 400. Empty answers any (set it in production).')
     http_allow_cidrs: list[str] = Field(
         default_factory=list, description="Networks http steps may reach, JSON list; empty: any not denied.")
     http_deny_cidrs: list[str] = Field(

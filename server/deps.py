@@ -9,6 +9,7 @@ from fastapi import Depends, Request
 
 from server.auth.models import Actor, Role
 from server.errors import Forbidden, Unauthorized
+from server.throttle import auth_throttle
 
 
 def _presented_token(request: Request) -> str:
@@ -29,7 +30,14 @@ async def current_actor(request: Request) -> Actor:
     thread-pool hop, and the database is asked once per token per RUNBOOKD_AUTH_CACHE_SECONDS. A revoked
     token stops working at once (the cache forgets it when the revocation commits or is announced)."""
     state = request.app.state
-    actor: Actor = await state.token_cache.actor(state.engine, _presented_token(request))
+    presented = _presented_token(request)
+    throttle, client = auth_throttle(state), request.client.host if request.client else "unknown"
+    throttle.check(client)  # 429 after repeated bad tokens from this address
+    try:
+        actor: Actor = await state.token_cache.actor(state.engine, presented)
+    except Unauthorized:
+        throttle.failed(client)
+        raise
     request.state.actor = actor
     return actor
 

@@ -100,6 +100,11 @@ class Settings(BaseSettings):
     allowed_hosts: list[str] = Field(
         default_factory=list, description='Host headers the api answers, JSON list ("rb.example.com", '
         '"*.example.com"); others get 400. Empty answers any (set it in production).')
+    auth_fail_limit: int = Field(
+        30, ge=1, description="Bad tokens one client address may present per minute (per api process) "
+        "before every request from it gets 429 for the rest of the minute.")
+    max_streams_per_token: int = Field(
+        20, ge=1, description="Server-Sent Event streams one token may hold open at once (per api process).")
     http_allow_cidrs: list[str] = Field(
         default_factory=list, description="Networks http steps may reach, JSON list; empty: any not denied.")
     http_deny_cidrs: list[str] = Field(

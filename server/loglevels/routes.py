@@ -31,6 +31,7 @@ from server.loglevels.models import (
     ServiceLevels,
 )
 from server.loglevels.sync import publish
+from server.throttle import stream_slots
 
 router = APIRouter(prefix="/api/v1/loglevels", tags=["loglevels"])
 debug_router = APIRouter(prefix="/debug/loggers", tags=["debug"])
@@ -100,7 +101,9 @@ async def service_level_events(service_name: Annotated[str, Path(pattern=SERVICE
                                 "GET /api/v1/loglevels/{service} instead")
     # sse-starlette sends the keepalive pings (so the agent tells a quiet server from a dead one) and ends
     # the stream when the server shuts down.
-    return EventSourceResponse(_level_events(request, service_name, keepalive), ping=keepalive,
+    slots = stream_slots(request.app.state)
+    holder = slots.take(_actor)
+    return EventSourceResponse(slots.hold(holder, _level_events(request, service_name, keepalive)), ping=keepalive,
                                headers={"X-Accel-Buffering": "no"})
 
 

@@ -30,6 +30,7 @@ from server.runs.models import (
     StepRun,
 )
 from server.settings import Settings
+from server.throttle import stream_slots
 
 router = APIRouter(prefix="/api/v1/runs", tags=["runs"])
 ARTIFACT_NAME = re.compile(r"^[A-Za-z0-9._-]+$")
@@ -213,7 +214,10 @@ def run_events(run_id: PathId, request: Request, session: SessionDep, _actor: Vi
                ) -> EventSourceResponse:
     after_id = parse_id(last_event_id, "Last-Event-ID", "an event id of this stream") if last_event_id else after
     _check_exists(session, run_id)  # 404 before the stream starts
-    return EventSourceResponse(stream.follow(request, _settings(request), run_id, after_id), ping=15)
+    slots = stream_slots(request.app.state)
+    holder = slots.take(_actor)
+    return EventSourceResponse(slots.hold(holder, stream.follow(request, _settings(request), run_id, after_id)),
+                               ping=15)
 
 
 @router.get("/{run_id}/artifacts/{name}")

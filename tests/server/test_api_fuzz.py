@@ -61,7 +61,9 @@ def fuzz_api(tmp_path_factory, redis_url, request):
             f"{COUNTS['examples']} examples ({COUNTS['examples admin']} admin, {COUNTS['examples viewer']} viewer), "
             f"{COUNTS['failures']} failures")
     if reporter is not None:
+        reporter.ensure_newline()
         reporter.write_line(line)
+    (home / "schemathesis-summary.txt").write_text(line + "\n")
 
 
 def _document() -> dict:

@@ -8,7 +8,12 @@ import httpx
 
 from server.app import create_app
 from server.auth.models import Role
-from tests.support import serve
+from tests.support import serve, wait_for
+
+
+def _opens(client: httpx.Client, path: str) -> bool:
+    with client.stream("GET", path) as response:
+        return response.status_code == 200
 
 
 def test_repeated_bad_tokens_get_429_even_for_a_good_token_then(settings, make_token):
@@ -35,6 +40,8 @@ def test_a_token_holds_at_most_the_configured_number_of_event_streams(settings, 
         assert first.status_code == 200 and second.status_code == 200
         third = client.get(path)
         assert third.status_code == 429 and "event streams" in third.json()["error"]["message"]
+        first.close()  # the client goes: its slot comes back
+        wait_for(lambda: _opens(client, path), 10, "the closed stream's slot to come back")
         with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {make_token(Role.operator)}"},
                           timeout=10) as other, other.stream("GET", path) as theirs:
             assert theirs.status_code == 200  # the cap is per token

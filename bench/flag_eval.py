@@ -62,6 +62,9 @@ wrk.headers["Authorization"] = "Bearer {token}"
 """
 
 
+MATCHES = False  # --matches: the email rule is a regular expression (issue 15: RE2 instead of re)
+
+
 def flag_spec(i: int) -> dict:
     """Mixed types; every third flag has targeting rules and a percentage split."""
     kind = ("boolean", "string", "number", "object")[i % 4]
@@ -73,7 +76,8 @@ def flag_spec(i: int) -> dict:
         rules = [{"conditions": [{"attribute": "plan", "operator": "in", "value": ["enterprise", "team"]},
                                  {"attribute": "app_version", "operator": "semver_gte", "value": "2.4.0"}],
                   "variant": "on"},
-                 {"conditions": [{"attribute": "email", "operator": "ends_with", "value": "@example.com"}],
+                 {"conditions": [{"attribute": "email", "operator": "matches", "value": r"@example\.com$"} if MATCHES
+                                 else {"attribute": "email", "operator": "ends_with", "value": "@example.com"}],
                   "variant": "on"},
                  {"conditions": [], "split": [{"variant": "on", "weight": 12.5}, {"variant": "off", "weight": 87.5}]}]
     return {"key": f"flag-{i}", "type": kind, "variants": variants, "default_variant": "off", "off_variant": "off",
@@ -143,7 +147,10 @@ def main() -> int:
     parser.add_argument("--duration", type=int, default=8, help="seconds per wrk run")
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=3, help="alternating bare/runbookd rounds; medians reported")
+    parser.add_argument("--matches", action="store_true", help="the email rule uses `matches` (a regex) instead")
     args = parser.parse_args()
+    global MATCHES
+    MATCHES = args.matches
     if shutil.which("wrk") is None:
         print("flag_eval: SKIPPED: wrk is not installed (Debian: apt-get install -y wrk); no figures measured")
         return 0

@@ -14,13 +14,14 @@ from server.auth.token_cache import RevocationFollower, TokenCache
 from server.chat.routes import router as chat_router
 from server.db import make_engine
 from server.debug.routes import router as debug_router
-from server.errors import install_error_handlers
+from server.errors import document_errors, install_error_handlers
 from server.flags.fastpath import OfrepFastPath
 from server.flags.ofrep import router as ofrep_router
 from server.flags.routes import environments_router as flag_environments_router
 from server.flags.routes import router as flags_router
 from server.flags.runtime import start_flags
 from server.hooks.routes import router as hooks_router
+from server.hosts import HostGuardMiddleware
 from server.incidents.routes import router as incidents_router
 from server.loglevels.routes import debug_router as loggers_router
 from server.loglevels.routes import router as loglevels_router
@@ -79,8 +80,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for router in ROUTERS:
         app.include_router(router)
     install_console(app)  # the web console under /ui, "/" -> /ui, offline /docs and /redoc (server.ui)
+    document_errors(app)
     # Added last so it runs first: every response, errors from the body limit included, gets a request id.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(HostGuardMiddleware, allowed_hosts=settings.allowed_hosts, public_url=settings.public_url)
     app.add_middleware(RequestContextMiddleware)
     # Outermost of all: OFREP evaluations, the hot path, skip routing and the access log (see its module).
     app.add_middleware(OfrepFastPath, max_body_bytes=settings.max_body_bytes)

@@ -9,6 +9,7 @@ from fastapi import Depends, Request
 
 from server.auth.models import Actor, Role
 from server.errors import Forbidden, Unauthorized
+from server.throttle import auth_throttle
 
 
 def _presented_token(request: Request) -> str:
@@ -28,8 +29,7 @@ async def current_actor(request: Request) -> Actor:
     """Who is calling. Answered from the process's token cache (server.auth.token_cache): async, so no
     thread-pool hop, and the database is asked once per token per RUNBOOKD_AUTH_CACHE_SECONDS. A revoked
     token stops working at once (the cache forgets it when the revocation commits or is announced)."""
-    state = request.app.state
-    actor: Actor = await state.token_cache.actor(state.engine, _presented_token(request))
+    actor = await _looked_up(request)
     if actor.role is Role.hook:
         # A hook token (the one Alertmanager holds) triggers runs through /hooks/* and can do nothing else:
         # refused here, every other route refuses it, OFREP and whoami included (server.hooks.routes admits it).
@@ -39,11 +39,24 @@ async def current_actor(request: Request) -> Actor:
     return actor
 
 
+async def _looked_up(request: Request) -> Actor:
+    """The presented token's holder, from the token cache; repeated bad tokens from one address get 429."""
+    state = request.app.state
+    presented = _presented_token(request)
+    throttle, client = auth_throttle(state), request.client.host if request.client else "unknown"
+    throttle.check(client)  # 429 after repeated bad tokens from this address
+    try:
+        actor: Actor = await state.token_cache.actor(state.engine, presented)
+    except Unauthorized:
+        throttle.failed(client)
+        raise
+    return actor
+
+
 async def hook_actor(request: Request) -> Actor:
     """The token holder delivering to a /hooks/* endpoint: a hook, operator or admin token. Anything else,
     a missing, unknown, revoked or lower-role token, is a 401: a webhook sender has nobody to read a 403."""
-    state = request.app.state
-    actor: Actor = await state.token_cache.actor(state.engine, _presented_token(request))
+    actor = await _looked_up(request)
     if not actor.role.allows(Role.hook):
         raise Unauthorized(f"token {actor.name!r} ({actor.role.value}) may not trigger runs: use a token of the "
                            "hook role (or operator, admin)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from datetime import timedelta
 from typing import Annotated, Any
@@ -10,6 +11,7 @@ from pydantic import BeforeValidator, PlainSerializer
 
 _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+MAX_SECONDS = 10 * 365 * 86400  # a timedelta (and a date + it) overflows not far beyond; nothing waits this long
 
 
 def parse_duration(text: str | int | float | timedelta) -> timedelta:
@@ -20,11 +22,15 @@ def parse_duration(text: str | int | float | timedelta) -> timedelta:
         raise ValueError("a duration is a number of seconds or text like 30s, 15m, 2h, 1d")
     if isinstance(text, int | float):
         seconds = float(text)
+    elif not isinstance(text, str):
+        raise ValueError(f"a duration is a number of seconds or text like 30s, 15m, 2h, 1d, not {type(text).__name__}")
     else:
         compact = text.strip().lower().replace(" ", "")
         if not compact or _PART.sub("", compact):
             raise ValueError(f"invalid duration {text!r}: write it like 30s, 15m, 2h, 1d or 1h30m")
         seconds = sum(float(n) * _UNITS[u] for n, u in _PART.findall(compact))
+    if not math.isfinite(seconds) or seconds > MAX_SECONDS:
+        raise ValueError(f"invalid duration {text!r}: at most {MAX_SECONDS // 86400 // 365} years")
     if seconds <= 0:
         raise ValueError(f"invalid duration {text!r}: it must be longer than zero")
     return timedelta(seconds=seconds)

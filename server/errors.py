@@ -11,6 +11,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from server.context import request_id_var
@@ -109,3 +110,104 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(DomainError, _domain_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+
+
+# -- the error shape in the OpenAPI document ---------------------------------------------------------
+class ErrorDetail(BaseModel):
+    code: str = Field(description="Machine-readable: validation_error, not_found, forbidden, ...")
+    message: str = Field(description="What went wrong and how to fix it, for a human.")
+    details: Any = Field(None, description="Per-field problems (validation), or other context.")
+    request_id: str | None = Field(None, description="Also in the X-Request-ID header and the server's logs.")
+
+
+class ErrorResponse(BaseModel):
+    """Every 4xx and 5xx answer of the API."""
+
+    error: ErrorDetail
+
+
+_DESCRIPTIONS = {400: "Bad request", 401: "Missing, unknown, expired or revoked token",
+                 403: "The token's role does not allow this", 404: "No such resource", 409: "Conflict with the "
+                 "current state", 412: "If-Match names a version that is no longer current",
+                 413: "Request body too large", 422: "Invalid input; details name each field",
+                 429: "Too many requests (repeated bad tokens, or too many event streams)",
+                 503: "A backing service (database, Redis) is unavailable"}
+
+
+OFREP_ERROR = {"type": "object", "title": "OfrepError", "required": ["errorCode"],
+               "description": "An OFREP evaluation error (OpenFeature Remote Evaluation Protocol).",
+               "properties": {"key": {"type": "string"}, "errorCode": {"type": "string"},
+                              "errorDetails": {"type": "string"}}}
+
+
+def _needs_token(dependant: Any) -> bool:
+    from server.deps import current_actor
+
+    return any(d.call is current_actor or _needs_token(d) for d in dependant.dependencies)
+
+
+def _api_routes(routes: Any) -> Any:
+    """Every APIRoute, those of included routers too (FastAPI wraps an included router in one route)."""
+    from fastapi.routing import APIRoute
+
+    for route in routes:
+        if isinstance(route, APIRoute):
+            yield route
+        elif hasattr(route, "original_router"):
+            yield from _api_routes(route.original_router.routes)
+
+
+def _error_codes(route: Any) -> set[int]:
+    codes = {400, 413, 422, 503}
+    if _needs_token(route.dependant):
+        codes |= {401, 403, 429}
+    if route.path_format.startswith("/chat/"):
+        codes |= {401, 403}  # signed (Slack) or token-carrying (Mattermost) requests, checked in the route
+    if route.dependant.path_params:
+        codes.add(404)
+    if route.methods & {"POST", "PUT", "PATCH", "DELETE"}:
+        codes |= {404, 409}
+    if any(p.alias.lower() == "if-match" for p in route.dependant.header_params):
+        codes.add(412)
+    return codes
+
+
+def document_errors(app: FastAPI) -> None:
+    """Add the error responses each route can give, in the one error shape, to the OpenAPI document.
+
+    422 replaces FastAPI's own HTTPValidationError schema, which is not what the API sends. Every route can
+    answer 400, 413 (the body limit), 422 and 503 (a backing service down); routes behind a token 401, 403 and
+    429; routes with path parameters, and writes, 404; writes 409; routes taking If-Match 412.
+    """
+    from fastapi.openapi.utils import get_openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        document = get_openapi(title=app.title, version=app.version, description=app.description,
+                               routes=app.routes)
+        schemas = document.setdefault("components", {}).setdefault("schemas", {})
+        shape = ErrorResponse.model_json_schema(ref_template="#/components/schemas/{model}")
+        schemas.update(shape.pop("$defs", {}))
+        schemas["ErrorResponse"] = shape
+        schemas.pop("HTTPValidationError", None)
+        schemas.pop("ValidationError", None)
+        schemas["OfrepError"] = OFREP_ERROR
+        content = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}
+        ofrep = {"application/json": {"schema": {"$ref": "#/components/schemas/OfrepError"}}}
+        for route in _api_routes(app.routes):
+            if not route.include_in_schema:
+                continue
+            for method in route.methods:
+                operation = document["paths"].get(route.path_format, {}).get(method.lower())
+                if operation is None:
+                    continue
+                responses = operation.setdefault("responses", {})
+                for code in sorted(_error_codes(route)):
+                    # OFREP's evaluation errors have the shape its providers read (the spec's, not ours).
+                    shape = ofrep if route.path_format.startswith("/ofrep/") and code in (400, 404) else content
+                    responses[str(code)] = {"description": _DESCRIPTIONS[code], "content": shape}
+        app.openapi_schema = document
+        return document
+
+    app.openapi = openapi  # type: ignore[method-assign]

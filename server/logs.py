@@ -9,7 +9,7 @@ from typing import Any
 
 from pythonjsonlogger.json import JsonFormatter
 
-from server import tracing
+from server import logmask, tracing
 from server.context import request_id_var
 from server.redaction import MASK, is_secret_key, redact
 
@@ -53,6 +53,7 @@ def configure_logging(level: str = "INFO", fmt: str = "json", stream: Any = None
     """Replace the root handlers with one that writes JSON lines (or plain text) to stderr."""
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.addFilter(ContextFilter())
+    handler.addFilter(logmask.SecretValueFilter())
     if fmt == "json":
         handler.setFormatter(_Formatter("%(message)s", json_ensure_ascii=False))
     else:
@@ -63,3 +64,4 @@ def configure_logging(level: str = "INFO", fmt: str = "json", stream: Any = None
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "celery"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
+    logmask.quiet_url_loggers()

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import ipaddress
 from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from server.auth.models import Role
@@ -103,6 +104,46 @@ class Settings(BaseSettings):
     artifact_link_secret: SecretStr | None = Field(
         None, description="Key that signs artifact links; unset: one random key shared through Redis."
     )
+
+    # Security (issue 15)
+    step_env_passthrough: list[str] = Field(
+        default_factory=lambda: ["PATH", "LANG", "HOME"],
+        description="Environment variables a step's process inherits from the worker, JSON list; the runbook's "
+        "env: adds more. RUNBOOKD_*, database, Redis and secret-looking names are never passed.",
+    )
+    approval_by_others: bool = Field(
+        False, description="Every approval-gated step needs a second person: the run's starter may not approve "
+        "it (a step may say approval: {required: true, by: others} without this).",
+    )
+    allowed_hosts: list[str] = Field(
+        default_factory=list, description='Host headers the api answers, JSON list ("rb.example.com", '
+        '"*.example.com"); others get 400. Empty answers any (set it in production).')
+    auth_fail_limit: int = Field(
+        30, ge=1, description="Bad tokens one client address may present per minute (per api process) "
+        "before every request from it gets 429 for the rest of the minute.")
+    max_streams_per_token: int = Field(
+        20, ge=1, description="Server-Sent Event streams one token may hold open at once (per api process).")
+    http_allow_cidrs: list[str] = Field(
+        default_factory=list, description="Networks http steps may reach, JSON list; empty: any not denied.")
+    http_deny_cidrs: list[str] = Field(
+        default_factory=lambda: ["169.254.0.0/16", "fe80::/10", "fd00:ec2::254/128"],
+        description="Networks http steps may never reach (checked after DNS and on each redirect): "
+        "link-local and cloud metadata by default.")
+    http_allow_hosts: list[str] = Field(
+        default_factory=list, description="Host names (or *.domain) http steps may reach besides allow_cidrs.")
+    http_deny_hosts: list[str] = Field(
+        default_factory=lambda: ["metadata.google.internal", "metadata"],
+        description="Host names (or *.domain) http steps may never reach.")
+
+    @field_validator("http_allow_cidrs", "http_deny_cidrs")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for cidr in value:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"{cidr!r} is not a network (CIDR like 10.0.0.0/8 or fd00::/8): {exc}") from None
+        return value
 
     @model_validator(mode="after")
     def _derive_paths(self) -> Settings:

@@ -6,7 +6,7 @@ from typing import Any
 
 from celery.signals import beat_init, setup_logging, task_postrun, task_prerun, worker_init
 
-from server import tracing
+from server import logmask, tracing
 from server.context import request_id_var
 from server.logs import configure_logging
 from server.queue import make_celery
@@ -19,6 +19,7 @@ app = make_celery(settings, include=["workers.tasks", "workers.control", "worker
 @setup_logging.connect
 def _logging(**_: Any) -> None:
     configure_logging(settings.log_level, settings.log_format)
+    logmask.watch_runs()
     from workers.quiet import install
 
     install()  # once-a-second sweeps log at DEBUG unless they did something

@@ -19,7 +19,7 @@ from typing import Any
 import redis
 from sqlalchemy import Connection, Engine
 
-from server import tracing
+from server import logmask, tracing
 from server.auth.models import Actor, Role, Source
 from server.db import session_scope
 from server.models_base import as_utc, utcnow
@@ -98,7 +98,7 @@ class Execution:
         if isinstance(value, str):
             for secret in self.secrets:
                 value = value.replace(secret, MASK)
-            return value
+            return logmask.mask(value)  # values rendered from a secret (`{{ params.pin|reverse }}`) too
         if isinstance(value, dict):
             return {k: self.scrub(v) for k, v in value.items()}
         if isinstance(value, list):

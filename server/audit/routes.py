@@ -9,7 +9,7 @@ from server.audit import service
 from server.audit.models import AuditEventPublic, AuditPage
 from server.db import SessionDep
 from server.deps import Viewer
-from server.errors import InvalidInput
+from server.ids import parse_id
 
 router = APIRouter(prefix="/api/v1/audit", tags=["audit"])
 
@@ -28,12 +28,10 @@ def list_audit_events(
     cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
 ) -> AuditPage:
-    if cursor is not None and not cursor.isdigit():
-        raise InvalidInput("cursor must be the next_cursor value of a previous page",
-                           details=[{"field": "cursor", "message": "not a cursor"}])
+    before_id = parse_id(cursor, "cursor", "the next_cursor value of a previous page") if cursor is not None else None
     filters = service.AuditFilter(actor=actor, action=action, target_type=target_type, target_id=target_id,
                                   incident_id=incident_id, since=since, until=until)
-    events = service.query(session, filters=filters, before_id=int(cursor) if cursor else None, limit=limit + 1)
+    events = service.query(session, filters=filters, before_id=before_id, limit=limit + 1)
     page = events[:limit]
     next_cursor = str(page[-1].id) if len(events) > limit else None
     return AuditPage(items=[AuditEventPublic.model_validate(e, from_attributes=True) for e in page],

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 from pydantic import Field as PydanticField
 from sqlmodel import Field, SQLModel
 
@@ -72,6 +72,7 @@ class ApiToken(SQLModel, table=True):
 
 
 class TokenCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # an unknown field is an error, never ignored
     name: str = PydanticField(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9._@:-]*$")
     role: Role
     expires_in_days: int | None = PydanticField(default=None, ge=1, le=3650)

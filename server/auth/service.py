@@ -11,6 +11,7 @@ from sqlmodel import Session, col, select
 from server.audit import service as audit
 from server.auth.models import Actor, ApiToken, Role, TokenPublic
 from server.errors import Conflict, NotFound, Unauthorized
+from server.ids import MAX_ID, is_id
 from server.models_base import as_utc, utcnow
 
 TOKEN_PREFIX = "rbd_"  # noqa: S105 (a marker that makes leaked tokens easy to grep for, not a secret)
@@ -58,7 +59,7 @@ def list_tokens(session: Session, *, include_revoked: bool = False) -> list[ApiT
 def find_token(session: Session, *, ref: str | int) -> ApiToken:
     """A token by id or by name."""
     token = None
-    if isinstance(ref, int) or str(ref).isdigit():
+    if (isinstance(ref, int) and 0 <= ref <= MAX_ID) or (isinstance(ref, str) and is_id(ref)):
         token = session.get(ApiToken, int(ref))
     if token is None:
         token = session.exec(select(ApiToken).where(ApiToken.name == str(ref))).first()

@@ -96,7 +96,7 @@ def _run_ref(cmd: g.RunRef, ctx: ChatContext) -> Reply:
 
 def _approval(cmd: g.ApprovalCommand, ctx: ChatContext) -> Reply:
     run = runs.decide(ctx.session, run_id=cmd.run_id, step_id=cmd.step_id, actor=ctx.actor, approve=cmd.approve,
-                      reason=cmd.reason)
+                      reason=cmd.reason, others_by_default=ctx.settings.approval_by_others)
     run_id, queue = cmd.run_id, run.queue
     ctx.after_commit.append(lambda: sweeps.dispatch(ctx.engine, ctx.settings, run_id, queue))
     verdict = "approved" if cmd.approve else f"rejected ({cmd.reason})"

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 from server.durations import parse_duration
+from server.ids import is_id
 
 USAGE = {
     "run": "run RUNBOOK [key=value ...] [incident=ID]",
@@ -29,7 +30,7 @@ USAGE = {
 }
 LEVELS = ("TRACE", "DEBUG", "INFO", "WARNING", "WARN", "ERROR", "CRITICAL", "OFF")
 _KEY_VALUE = re.compile(r"^([A-Za-z_][A-Za-z0-9_.-]*)=(.*)$", re.S)
-_RUN_ID = re.compile(r"^\d{1,18}$")
+_RUN_ID = re.compile(r"^[0-9]{1,18}$")  # ASCII only: \d matches other scripts' digits
 
 
 class UsageError(ValueError):
@@ -221,7 +222,7 @@ def _parse_rollback(args: list[str]) -> Command:
         raise UsageError("only flags can be rolled back from chat", "rollback")
     key, rest, to_version = args[1], args[2:], None
     if rest and rest[0].lower() == "to":
-        if len(rest) < 2 or not rest[1].isdigit():
+        if len(rest) < 2 or not is_id(rest[1]):
             raise UsageError("`to` needs a version number", "rollback")
         to_version, rest = int(rest[1]), rest[2:]
     return RollbackFlag(key=key, to_version=to_version, reason=" ".join(rest) or None)

@@ -13,6 +13,7 @@ from slack_sdk.signature import SignatureVerifier
 
 from server.auth.models import Actor, Role, Source
 from server.errors import DomainError, Forbidden, Unauthorized
+from server.ids import is_id
 from server.redis_client import key
 from server.settings import Settings
 
@@ -56,7 +57,7 @@ def verify_slack(settings: Settings, client: redis.Redis, *, body: bytes, timest
         raise _reject("slack", "missing X-Slack-Request-Timestamp or X-Slack-Signature", remote)
     verifier = SignatureVerifier(settings.slack_signing_secret.get_secret_value())
     current = now if now is not None else time.time()
-    if not timestamp.isdigit() or abs(current - int(timestamp)) > SLACK_MAX_AGE_S:
+    if not is_id(timestamp) or abs(current - int(timestamp)) > SLACK_MAX_AGE_S:
         raise _reject("slack", "timestamp is more than 5 minutes away (stale or replayed)", remote)
     if not verifier.is_valid(body=body, timestamp=timestamp, signature=signature):
         raise _reject("slack", "signature does not match", remote)

@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import time
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis
 from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
 
-from server.redaction import MASK, redact
+from server.redaction import MASK, is_secret_key, redact
 from server.redis_client import key
 from server.settings import Settings
 
@@ -79,9 +80,23 @@ def pool_status(engine: Engine) -> dict[str, Any]:
     return status
 
 
+def _hide_query_secrets(url: str) -> str:
+    """?password=...&sslkey=... : mask the values of secret-looking query parameters too."""
+    parts = urlsplit(url)
+    if not parts.query:
+        return url
+    pairs = [(k, MASK if is_secret_key(k) or k.lower() in ("pass", "pwd", "key", "sslpassword") else v)
+             for k, v in parse_qsl(parts.query, keep_blank_values=True)]
+    return urlunsplit(parts._replace(query=urlencode(pairs, safe="*")))
+
+
 def _hide_url_password(url: str | None) -> str | None:
     if not url:
         return url
+    return _hide_query_secrets(_hide_userinfo(url))
+
+
+def _hide_userinfo(url: str) -> str:
     try:
         return make_url(url).render_as_string(hide_password=True).replace("***", MASK)
     except Exception:  # not an SQLAlchemy-shaped URL (e.g. redis://): mask everything between :// and @

@@ -6,13 +6,13 @@ Everything here is pure and in memory: the OFREP hot path calls evaluate() and n
 from __future__ import annotations
 
 import hashlib
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import semver
 
+from server import saferegex
 from server.flags.models import FlagSpec, Operator
 
 # Reasons as OpenFeature names them; DEFAULT is a flag with rules of which none matched.
@@ -110,8 +110,8 @@ def compile_predicate(operator: Operator, expected: Any) -> Predicate:
     if operator == Operator.ends_with:
         return lambda v: isinstance(v, str) and v.endswith(str(expected))
     if operator == Operator.matches:
-        pattern = re.compile(str(expected))
-        return lambda v: isinstance(v, str) and pattern.search(v) is not None
+        found = saferegex.searcher(str(expected))
+        return lambda v: isinstance(v, str) and found(v)
     if operator.value.startswith("semver_"):
         wanted = semver.Version.parse(str(expected).removeprefix("v"))
         compare = _COMPARE[operator.value.removeprefix("semver_")]

@@ -17,6 +17,7 @@ from pydantic import Field as PydanticField
 from sqlalchemy import Index, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
+from server import saferegex
 from server.durations import Duration
 from server.models_base import UTCDateTime, json_field, ts_field
 
@@ -73,9 +74,9 @@ class Condition(BaseModel):
             raise ValueError(f"operator {self.operator.value!r} needs a list value")
         if self.operator == Operator.matches:
             try:
-                re.compile(str(self.value))
-            except re.error as exc:
-                raise ValueError(f"invalid regular expression {self.value!r}: {exc}") from None
+                saferegex.compile(str(self.value))
+            except saferegex.InvalidPattern as exc:
+                raise ValueError(str(exc)) from None
         if self.operator.value.startswith("semver_"):
             import semver
 
@@ -339,6 +340,7 @@ class FlagVersionPublic(BaseModel):
 
 
 class EnvironmentCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # an unknown field is an error, never ignored
     name: str = PydanticField(pattern=ENV_PATTERN)
     description: str = PydanticField(default="", max_length=500)
 

@@ -20,6 +20,7 @@ from server.deps import current_actor
 from server.errors import Forbidden
 from server.flags.cache import FlagCache
 from server.flags.evaluation import EvaluationError, check_context, resolution
+from server.throttle import stream_slots
 
 router = APIRouter(prefix="/ofrep/v1", tags=["ofrep"])
 JSON = "application/json"
@@ -126,7 +127,9 @@ async def evaluate_all(request: Request) -> Response:
 
 @router.get("/events", summary="SSE stream of flag change notices (OFREP refetchEvaluation events)")
 async def events(request: Request) -> EventSourceResponse:
-    await current_actor(request)
+    actor = await current_actor(request)
+    slots = stream_slots(request.app.state)
+    holder = slots.take(actor)
     cache: FlagCache = request.app.state.flag_cache
     listener = cache.subscribe()
 
@@ -143,7 +146,8 @@ async def events(request: Request) -> EventSourceResponse:
             cache.unsubscribe(listener)
 
     # sse-starlette ends the stream when the server shuts down, and sends keep-alive pings.
-    return EventSourceResponse(stream(), ping=KEEPALIVE_SECONDS, headers={"X-Accel-Buffering": "no"})
+    return EventSourceResponse(slots.hold(holder, stream()), ping=KEEPALIVE_SECONDS,
+                               headers={"X-Accel-Buffering": "no"})
 
 
 @router.get("/configuration", summary="OFREP provider configuration")

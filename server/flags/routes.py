@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request, Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from sqlmodel import Session
 
 from server.db import SessionDep
@@ -24,6 +24,7 @@ from server.flags.models import (
     FlagVersion,
     FlagVersionPublic,
 )
+from server.ids import PathId, is_id
 
 router = APIRouter(prefix="/api/v1/flags", tags=["flags"])
 environments_router = APIRouter(prefix="/api/v1/flag-environments", tags=["flags"])
@@ -32,6 +33,7 @@ IfMatch = Annotated[str | None, Header(description='"<version>" from a previous 
 
 
 class Reason(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # an unknown field is an error, never ignored
     reason: str | None = Field(default=None, max_length=2000)
     incident_id: str | None = Field(default=None, max_length=64)
 
@@ -41,7 +43,7 @@ def parse_if_match(value: str | None) -> int | None:
     if value is None or value.strip() == "*":
         return None
     text = value.strip().removeprefix("W/").strip('"')
-    if not text.isdigit():
+    if not is_id(text):
         raise InvalidInput(f'If-Match must be a flag ETag like "3", not {value!r}')
     return int(text)
 
@@ -130,7 +132,7 @@ def list_versions(key: str, session: SessionDep, _actor: Viewer) -> list[FlagVer
 
 
 @router.get("/{key}/versions/{version}", response_model=FlagVersionPublic)
-def get_version(key: str, version: int, session: SessionDep, _actor: Viewer) -> FlagVersionPublic:
+def get_version(key: str, version: PathId, session: SessionDep, _actor: Viewer) -> FlagVersionPublic:
     return FlagVersionPublic.model_validate(service.get_version(session, key=key, version=version),
                                             from_attributes=True)
 

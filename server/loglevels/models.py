@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from pydantic import BaseModel, field_validator
+from pydantic import BaseModel, ConfigDict, field_validator
 from pydantic import Field as PydanticField
 from sqlalchemy import Index
 from sqlmodel import Field, SQLModel
@@ -43,6 +43,7 @@ class LogLevelOverride(SQLModel, table=True):
 
 
 class OverrideCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # an unknown field is an error, never ignored
     service: str = PydanticField(pattern=SERVICE_PATTERN, description="The service whose agent applies it.")
     logger: str = PydanticField(pattern=LOGGER_PATTERN, description="Logger name; ROOT for the root logger.")
     level: str = PydanticField(description="OFF, FATAL, ERROR, WARN, INFO, DEBUG or TRACE.")
@@ -90,6 +91,7 @@ class ServiceLevels(BaseModel):
 
 class ActuatorLevel(BaseModel):
     """POST /debug/loggers/{name} as Spring Boot Actuator takes it, plus `for` and the audit fields."""
+    model_config = ConfigDict(extra="forbid")  # an unknown field is an error, never ignored
 
     configuredLevel: str | None = None  # Spring Boot's camelCase name
     for_: Duration | None = PydanticField(default=None, alias="for")

@@ -18,6 +18,7 @@ from server.auth.models import Actor, Role
 from server.db import SessionDep
 from server.deps import Admin, Operator, Viewer, require_role
 from server.errors import DomainError
+from server.ids import PathId
 from server.loglevels import service as svc
 from server.loglevels.levels import LEVELS, ROOT, get_logger, to_name
 from server.loglevels.models import (
@@ -30,6 +31,7 @@ from server.loglevels.models import (
     ServiceLevels,
 )
 from server.loglevels.sync import publish
+from server.throttle import stream_slots
 
 router = APIRouter(prefix="/api/v1/loglevels", tags=["loglevels"])
 debug_router = APIRouter(prefix="/debug/loggers", tags=["debug"])
@@ -99,7 +101,9 @@ async def service_level_events(service_name: Annotated[str, Path(pattern=SERVICE
                                 "GET /api/v1/loglevels/{service} instead")
     # sse-starlette sends the keepalive pings (so the agent tells a quiet server from a dead one) and ends
     # the stream when the server shuts down.
-    return EventSourceResponse(_level_events(request, service_name, keepalive), ping=keepalive,
+    slots = stream_slots(request.app.state)
+    holder = slots.take(_actor)
+    return EventSourceResponse(slots.hold(holder, _level_events(request, service_name, keepalive)), ping=keepalive,
                                headers={"X-Accel-Buffering": "no"})
 
 
@@ -112,14 +116,14 @@ def list_overrides(session: SessionDep, _actor: Viewer, service: str | None = No
 
 
 @router.get("/overrides/{override_id}", response_model=OverridePublic)
-def get_override(override_id: int, session: SessionDep, _actor: Viewer) -> OverridePublic:
+def get_override(override_id: PathId, session: SessionDep, _actor: Viewer) -> OverridePublic:
     row = svc.get_override(session, override_id=override_id)
     listed = svc.list_overrides(session, service=row.service, active=True)
     return svc.public(row, effective=any(o.id == row.id and o.effective for o in listed))
 
 
 @router.delete("/overrides/{override_id}", response_model=OverridePublic)
-def end_override(override_id: int, request: Request, session: SessionDep, actor: Operator,
+def end_override(override_id: PathId, request: Request, session: SessionDep, actor: Operator,
                  reason: Annotated[str | None, Query(max_length=2000)] = None) -> OverridePublic:
     """End an override early; the logger goes back to the next older live override, or its own level."""
     row = svc.end_override(session, override_id=override_id, actor=actor, reason=reason)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 from pydantic import Field as PydanticField
 from sqlalchemy import Column, Text
 from sqlmodel import Field, SQLModel
@@ -25,10 +25,12 @@ class UploadedRunbook(SQLModel, table=True):
 
 
 class RunbookUpload(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # an unknown field is an error, never ignored
     content: str = PydanticField(min_length=1, max_length=256 * 1024, description="The runbook's YAML text.")
 
 
 class ValidateRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # an unknown field is an error, never ignored
     content: str = PydanticField(min_length=1, max_length=256 * 1024)
     filename: str = PydanticField("runbook.yaml", max_length=200)
 

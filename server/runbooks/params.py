@@ -14,7 +14,16 @@ FALSE = {"false", "no", "off", "0"}
 
 
 def coerce_one(name: str, spec: ParamSpec, value: Any) -> tuple[Any, str | None]:
-    """(value in its declared type, None) or (None, what is wrong). Strings from the CLI are converted."""
+    """(value in its declared type, None) or (None, what is wrong). Strings from the CLI are converted.
+    What is wrong never repeats a secret param's value: a 422 would echo it back."""
+    coerced, problem = _coerce_one(name, spec, value)
+    if problem and spec.secret:
+        for shown in sorted({repr(value), str(value)} - {""}, key=len, reverse=True):
+            problem = problem.replace(shown, MASK)
+    return coerced, problem
+
+
+def _coerce_one(name: str, spec: ParamSpec, value: Any) -> tuple[Any, str | None]:
     kind = spec.type
     try:
         if kind == "string" and not isinstance(value, str):

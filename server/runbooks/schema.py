@@ -63,7 +63,36 @@ class StepSpec(_Strict):
     timeout: Duration | None = None
     continue_on_error: bool = False
     on: str | None = Field(None, pattern=r"^[A-Za-z0-9_.@-]+$", description="Celery queue of the host to run on.")
-    approval: Literal["required"] | None = None
+    approval: Literal["required"] | None = Field(
+        None, description='"required", or {required: true, by: anyone|others}; by: others is the four-eyes rule.')
+    approval_by: Literal["anyone", "others"] | None = Field(None, exclude=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _approval_mapping(cls, data: Any) -> Any:
+        """`approval: {required: true, by: others}` is read as approval: required plus who may give it."""
+        if isinstance(data, dict) and isinstance(data.get("approval"), dict):
+            data = dict(data)
+            spec = dict(data.pop("approval"))
+            unknown = sorted(set(map(str, spec)) - {"required", "by"})
+            if unknown:
+                raise ValueError(f"approval: unknown key {unknown[0]!r}; use required: and by:")
+            required, by = spec.get("required", True), spec.get("by")
+            if not isinstance(required, bool):
+                raise ValueError("approval.required must be true or false")
+            if by not in (None, "anyone", "others"):
+                raise ValueError("approval.by must be anyone or others (someone other than the run's starter)")
+            data["approval"] = "required" if required else None
+            data["approval_by"] = by if required else None
+        elif isinstance(data, dict) and "approval_by" in data:
+            raise ValueError("unknown key 'approval_by': write approval: {required: true, by: others}")
+        return data
+
+    def approvers(self, *, others_by_default: bool) -> str | None:
+        """None when no approval is needed; else who may give it: anyone (with the role) or others."""
+        if self.approval != "required":
+            return None
+        return self.approval_by or ("others" if others_by_default else "anyone")
 
 
 class Runbook(_Strict):

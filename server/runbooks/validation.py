@@ -12,6 +12,7 @@ import hashlib
 import os
 import re
 import shlex
+import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -26,6 +27,9 @@ from server.runbooks.yamlpos import Path
 
 SHELLS = {"sh", "bash", "zsh", "dash", "ksh", "ash"}
 RUN_FIELDS = {"id", "actor", "incident", "incident_id", "runbook"}
+# The most work one validation does (a viewer may ask for one): templates checked, and seconds spent on them.
+MAX_TEMPLATES = 2000
+MAX_VALIDATION_SECONDS = 2.0
 STEP_FIELDS = {"outputs", "status", "error", "attempts"}
 
 
@@ -69,6 +73,21 @@ class _Reporter:
     def __init__(self, source: str, positions: dict[Path, tuple[int, int]]) -> None:
         self.source, self.positions = source, positions
         self.problems: list[Problem] = []
+        self.templates_left = MAX_TEMPLATES
+        self.deadline = time.monotonic() + MAX_VALIDATION_SECONDS
+        self.exhausted = False
+
+    def spend(self, path: Path) -> bool:
+        """False (and one error) once this validation has checked as many templates as it may."""
+        if self.exhausted:
+            return False
+        self.templates_left -= 1
+        if self.templates_left < 0 or time.monotonic() > self.deadline:
+            self.exhausted = True
+            self.add(path, f"the runbook is too large to validate: over {MAX_TEMPLATES} templates or "
+                     f"{MAX_VALIDATION_SECONDS:g}s of checks; split it into smaller runbooks")
+            return False
+        return True
 
     def add(self, path: Path, message: str, *, severity: str = "error", key: bool = False) -> None:
         line, column = yamlpos.position(self.positions, path, key=key)
@@ -258,6 +277,7 @@ def _check_semantics(parts: _Parts, data: dict[str, Any], report: _Reporter) -> 
                 _check_template(report, sub, value, bare=False, declared=declared, order=order, limit=index)
         if step.uses == "shell":
             _warn_shell_interpolation(report, path, step.with_)
+            _check_program_param(report, path, step.with_, parts.params)
     for sub, value in _strings(parts.outputs, ("outputs",)):
         if expressions.has_template(value):
             _check_template(report, sub, value, bare=False, declared=declared, order=order, limit=parts.count)
@@ -276,10 +296,15 @@ def _strings(value: Any, path: Path) -> list[tuple[Path, str]]:
 def _check_template(report: _Reporter, path: Path, text: str, *, bare: bool, declared: set[str],
                     order: dict[str, int], limit: int, extra: set[str] | None = None) -> None:
     label = "expression" if bare else "template"
+    if not report.spend(path):
+        return
     try:
         tree = expressions.parse(text, bare=bare)
     except TemplateError as exc:
         report.add(path, f"{label} {text.strip()!r} does not parse: {exc.message or exc}")
+        return
+    except RecursionError:
+        report.add(path, f"{label} is nested too deeply to check; simplify it")
         return
     for attr in expressions.private_attributes(tree):
         report.add(path, f"{label} uses {attr!r}: attributes starting with _ are blocked by the sandbox; "
@@ -334,3 +359,25 @@ def _warn_shell_interpolation(report: _Reporter, path: Path, inputs: dict[str, A
                    "a param is interpolated into a shell script, where a value like '; rm -rf ~' runs as code: "
                    "pass it as an argument (argv: [sh, -c, 'echo \"$1\"', sh, '{{ params.x }}']) or in env "
                    "(env: {X: '{{ params.x }}'} and \"$X\" in the script)", severity="warning")
+
+
+def _check_program_param(report: _Reporter, path: Path, inputs: dict[str, Any], params: dict[str, ParamSpec]) -> None:
+    """A param in argv[0] picks the program to run: `printenv` reads the worker's secrets. Only an enum, whose
+    choices the runbook's author wrote, may do that."""
+    argv = inputs.get("argv")
+    if not isinstance(argv, list) or not argv or not isinstance(argv[0], str) or not expressions.has_template(argv[0]):
+        return
+    try:
+        tree = expressions.parse(argv[0], bare=False)
+    except (TemplateError, RecursionError):
+        return  # reported as a template that does not parse
+    for chain, _line in expressions.references(tree):
+        if chain[0] == "params" and len(chain) > 1:
+            spec = params.get(str(chain[1]))
+            if spec is None or spec.type != "enum":
+                report.add((*path, "with", "argv", 0),
+                           f"param {chain[1]!r} chooses the program to run (argv[0]): whoever starts the run could "
+                           "run any program; make it an enum (type: enum, choices: [...]) or name the program")
+        elif chain[0] == "steps":
+            report.add((*path, "with", "argv", 0),
+                       "a step's output chooses the program to run (argv[0]): name the program instead")

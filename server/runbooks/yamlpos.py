@@ -8,6 +8,7 @@ from typing import Any
 import yaml
 
 MAX_BYTES = 256 * 1024
+MAX_DEPTH = 50
 MAX_NODES = 20_000  # counted with aliases expanded: a "billion laughs" document stops here
 
 Path = tuple[str | int, ...]
@@ -27,8 +28,8 @@ def _walk(node: yaml.Node, path: Path, positions: dict[Path, tuple[int, int]], b
         raise YamlProblem(f"the document expands to more than {MAX_NODES} values: anchors and aliases (&x, *x) "
                           "nested like a 'billion laughs' bomb are refused; write the values out",
                           node.start_mark.line + 1, node.start_mark.column + 1)
-    if depth > 50:
-        raise YamlProblem("nested more than 50 levels deep (a recursive alias?)",
+    if depth > MAX_DEPTH:
+        raise YamlProblem(f"nested more than {MAX_DEPTH} levels deep (a recursive alias?)",
                           node.start_mark.line + 1, node.start_mark.column + 1)
     positions.setdefault(path, (node.start_mark.line + 1, node.start_mark.column + 1))
     if isinstance(node, yaml.MappingNode):
@@ -42,11 +43,26 @@ def _walk(node: yaml.Node, path: Path, positions: dict[Path, tuple[int, int]], b
             _walk(item, (*path, index), positions, budget, depth + 1)
 
 
+def _check_depth(text: str) -> None:
+    """Refuse deep nesting from the event stream, which PyYAML produces without recursing."""
+    depth = 0
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, yaml.CollectionStartEvent):
+            depth += 1
+            if depth > MAX_DEPTH:
+                mark = event.start_mark
+                line, column = (mark.line + 1, mark.column + 1) if mark is not None else (1, 1)
+                raise YamlProblem(f"nested more than {MAX_DEPTH} levels deep; a runbook needs far fewer", line, column)
+        elif isinstance(event, yaml.CollectionEndEvent):
+            depth -= 1
+
+
 def load(text: str) -> tuple[Any, dict[Path, tuple[int, int]]]:
     """Parse one YAML document with the safe loader; positions map value paths to (line, column), 1-based."""
     if len(text.encode()) > MAX_BYTES:
         raise YamlProblem(f"file is larger than {MAX_BYTES // 1024} KiB; a runbook should be much smaller")
     try:
+        _check_depth(text)  # before compose, which recurses once per level: 3,000 levels were a RecursionError
         node = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark

@@ -6,7 +6,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 from pydantic import Field as PydanticField
 from sqlalchemy import Column, Index, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
@@ -119,6 +119,7 @@ class RunEvent(SQLModel, table=True):
 
 # -- API schemas -----------------------------------------------------------------------------------
 class RunCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # an unknown field is an error, never ignored
     runbook: str = PydanticField(min_length=1, max_length=100)
     params: dict[str, Any] = PydanticField(default_factory=dict)
     incident_id: str | None = PydanticField(None, max_length=64)
@@ -126,14 +127,17 @@ class RunCreate(BaseModel):
 
 
 class RerunRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # an unknown field is an error, never ignored
     params: dict[str, Any] = PydanticField(default_factory=dict, description="Overrides; secrets must be resent.")
 
 
 class DecisionRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # an unknown field is an error, never ignored
     reason: str | None = PydanticField(None, max_length=2000)
 
 
 class CancelRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # an unknown field is an error, never ignored
     reason: str | None = PydanticField(None, max_length=2000)
 
 

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Annotated
+from typing import Annotated, Any
 
 import redis
 from fastapi import APIRouter, Header, Query, Request
@@ -15,7 +15,9 @@ from server.audit import service as audit
 from server.auth.models import Actor, Role, Source
 from server.db import SessionDep
 from server.deps import Operator, Viewer
-from server.errors import Forbidden, InvalidInput
+from server.errors import Forbidden, InvalidInput, NotFound
+from server.ids import MAX_ID, PathId, parse_id
+from server.redaction import MASK
 from server.runbooks import service as runbooks
 from server.runs import artifacts, events, service, stream, sweeps, views
 from server.runs.models import (
@@ -30,6 +32,7 @@ from server.runs.models import (
     StepRun,
 )
 from server.settings import Settings
+from server.throttle import stream_slots
 
 router = APIRouter(prefix="/api/v1/runs", tags=["runs"])
 links_router = APIRouter(tags=["runs"])
@@ -67,10 +70,24 @@ def _response(request: Request, session: SessionDep, run: Run, status_code: int,
     return Response(body.model_dump_json(), status_code=status_code, media_type="application/json")
 
 
+def _without_secrets(body: RunCreate, session: SessionDep, request: Request) -> dict[str, Any]:
+    """The body as its hash sees it: secret params masked, so runs.request_hash (an unsalted SHA-256) cannot
+    be used to guess a short secret (a 4-digit pin) offline. Params of an unknown runbook are all masked."""
+    dumped = body.model_dump(mode="json")
+    try:
+        entry = runbooks.get_runbook(session, store=runbooks.store_for(_settings(request).runbooks_dir),
+                                     runbook_id=body.runbook)
+        secret = entry.checked.runbook.secret_params() if entry.checked.runbook else set(dumped["params"])
+    except NotFound:
+        secret = set(dumped["params"])
+    dumped["params"] = {k: (MASK if k in secret else v) for k, v in dumped["params"].items()}
+    return dumped
+
+
 @router.post("", status_code=202, response_model=RunPublic)
 def create_run(body: RunCreate, request: Request, session: SessionDep, actor: Operator,
                idempotency_key: Annotated[str | None, Header(max_length=200)] = None) -> Response:
-    body_hash = service.request_hash(body.model_dump(mode="json"))
+    body_hash = service.request_hash(_without_secrets(body, session, request))
     if idempotency_key:
         existing = service.find_idempotent(session, key=idempotency_key, body_hash=body_hash)
         if existing is not None:
@@ -114,9 +131,7 @@ def list_runs(
         if bad:
             raise InvalidInput(f"unknown status {bad[0]!r}; use one of {', '.join(RunStatus)}",
                                details=[{"field": "status", "message": "unknown status"}])
-    if cursor is not None and not cursor.isdigit():
-        raise InvalidInput("cursor must be the next_cursor of a previous page",
-                           details=[{"field": "cursor", "message": "not a cursor"}])
+    before_id = parse_id(cursor, "cursor", "the next_cursor of a previous page") if cursor is not None else None
     try:
         window = [datetime.fromisoformat(v) if v else None for v in (since, until)]
     except ValueError as exc:
@@ -124,20 +139,20 @@ def list_runs(
                            details=[{"field": "since", "message": str(exc)}]) from None
     filters = service.RunFilter(runbook=runbook, status=status, actor=actor, incident_id=incident_id,
                                 since=window[0], until=window[1])
-    runs = service.list_runs(session, filters=filters, before_id=int(cursor) if cursor else None, limit=limit + 1)
+    runs = service.list_runs(session, filters=filters, before_id=before_id, limit=limit + 1)
     page = runs[:limit]
     return RunPage(items=[views.summary(r) for r in page],
                    next_cursor=str(page[-1].id) if len(runs) > limit else None)
 
 
 @router.get("/{run_id}", response_model=RunPublic)
-def get_run(run_id: int, request: Request, session: SessionDep, _actor: Viewer) -> RunPublic:
+def get_run(run_id: PathId, request: Request, session: SessionDep, _actor: Viewer) -> RunPublic:
     run = service.get_run(session, run_id=run_id)
     return views.public(run, service.steps_of(session, run_id=run_id), _settings(request))
 
 
 @router.post("/{run_id}/cancel", response_model=RunPublic)
-def cancel_run(run_id: int, request: Request, session: SessionDep, actor: Operator,
+def cancel_run(run_id: PathId, request: Request, session: SessionDep, actor: Operator,
                body: CancelRequest | None = None) -> Response:
     last = _last_event_id(session, run_id)
     run = service.cancel(session, run_id=run_id, actor=actor, reason=body.reason if body else None)
@@ -155,7 +170,8 @@ def _decide(run_id: int, step_id: str, request: Request, session: SessionDep, ac
             body: DecisionRequest | None, approve: bool) -> Response:
     last = _last_event_id(session, run_id)
     run = service.decide(session, run_id=run_id, step_id=step_id, actor=actor, approve=approve,
-                         reason=body.reason if body else None)
+                         reason=body.reason if body else None,
+                         others_by_default=_settings(request).approval_by_others)
     session.commit()
     _dispatch(request, session, run)
     _publish_history(request, session, run_id, last)
@@ -163,19 +179,19 @@ def _decide(run_id: int, step_id: str, request: Request, session: SessionDep, ac
 
 
 @router.post("/{run_id}/steps/{step_id}/approve", status_code=202, response_model=RunPublic)
-def approve_step(run_id: int, step_id: str, request: Request, session: SessionDep, actor: Operator,
+def approve_step(run_id: PathId, step_id: str, request: Request, session: SessionDep, actor: Operator,
                  body: DecisionRequest | None = None) -> Response:
     return _decide(run_id, step_id, request, session, actor, body, True)
 
 
 @router.post("/{run_id}/steps/{step_id}/reject", status_code=202, response_model=RunPublic)
-def reject_step(run_id: int, step_id: str, request: Request, session: SessionDep, actor: Operator,
+def reject_step(run_id: PathId, step_id: str, request: Request, session: SessionDep, actor: Operator,
                 body: DecisionRequest | None = None) -> Response:
     return _decide(run_id, step_id, request, session, actor, body, False)
 
 
 @router.post("/{run_id}/rerun", status_code=202, response_model=RunPublic)
-def rerun(run_id: int, request: Request, session: SessionDep, actor: Operator,
+def rerun(run_id: PathId, request: Request, session: SessionDep, actor: Operator,
           body: RerunRequest | None = None) -> Response:
     run = service.rerun(session, run_id=run_id, actor=actor, overrides=body.params if body else {},
                         settings=_settings(request))
@@ -194,12 +210,16 @@ def _check_exists(session: Session, run_id: int) -> None:
 
 
 @router.get("/{run_id}/events")
-def run_events(run_id: int, request: Request, session: SessionDep, _actor: Viewer,
+def run_events(run_id: PathId, request: Request, session: SessionDep, _actor: Viewer,
                last_event_id: Annotated[str | None, Header()] = None,
-               after: Annotated[int, Query(ge=0, description="only events after this id")] = 0) -> EventSourceResponse:
+               after: Annotated[int, Query(ge=0, le=MAX_ID, description="only events after this id")] = 0
+               ) -> EventSourceResponse:
+    after_id = parse_id(last_event_id, "Last-Event-ID", "an event id of this stream") if last_event_id else after
     _check_exists(session, run_id)  # 404 before the stream starts
-    after_id = int(last_event_id) if last_event_id and last_event_id.isdigit() else after
-    return EventSourceResponse(stream.follow(request, _settings(request), run_id, after_id), ping=15)
+    slots = stream_slots(request.app.state)
+    holder = slots.take(_actor)
+    return EventSourceResponse(slots.hold(holder, stream.follow(request, _settings(request), run_id, after_id)),
+                               ping=15)
 
 
 @router.get("/{run_id}/artifacts", response_model=list[artifacts.ArtifactInfo])
@@ -211,7 +231,7 @@ def list_artifacts(run_id: int, request: Request, session: SessionDep, _actor: V
 
 
 @router.get("/{run_id}/artifacts/{name}")
-def download_artifact(run_id: int, name: str, request: Request, session: SessionDep, _actor: Viewer
+def download_artifact(run_id: PathId, name: str, request: Request, session: SessionDep, _actor: Viewer
                       ) -> FileResponse:
     _check_exists(session, run_id)
     path = artifacts.path_of(_settings(request), run_id, name)

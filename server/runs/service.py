@@ -14,8 +14,8 @@ from sqlmodel import Session, col, select
 
 from server import tracing
 from server.audit import service as audit
-from server.auth.models import Actor
-from server.errors import Conflict, InvalidInput, NotFound
+from server.auth.models import Actor, Role
+from server.errors import Conflict, Forbidden, InvalidInput, NotFound
 from server.incidents import service as incidents
 from server.models_base import as_utc, utcnow
 from server.runbooks import params as param_rules
@@ -173,8 +173,14 @@ def cancel(session: Session, *, run_id: int, actor: Actor, reason: str | None) -
     return run
 
 
-def decide(session: Session, *, run_id: int, step_id: str, actor: Actor, approve: bool, reason: str | None) -> Run:
-    """Approve or reject the step a run waits on; the run is queued again and the worker takes it from there."""
+def decide(session: Session, *, run_id: int, step_id: str, actor: Actor, approve: bool, reason: str | None,
+           others_by_default: bool = False) -> Run:
+    """Approve or reject the step a run waits on; the run is queued again and the worker takes it from there.
+
+    The decider needs the operator role; where the step says `by: others` (or the approval_by_others setting
+    makes that the default), the run's starter may not approve it: the four-eyes rule."""
+    if not actor.role.allows(Role.operator):
+        raise Forbidden(f"deciding on an approval needs the operator role; {actor.name} is {actor.role.value}")
     run = _lock(session, run_id)
     step = session.exec(select(StepRun).where(StepRun.run_id == run_id, StepRun.step_id == step_id)).one_or_none()
     if step is None:
@@ -186,6 +192,9 @@ def decide(session: Session, *, run_id: int, step_id: str, actor: Actor, approve
         raise Conflict(f"step {step_id!r} of run {run_id} is not waiting for approval (run is {run.status}){hint}")
     if not approve and not reason:
         raise InvalidInput("a rejection needs a reason", details=[{"field": "reason", "message": "required"}])
+    if approve and actor.name == run.actor and _approvers(run, step_id, others_by_default) == "others":
+        raise Forbidden(f"step {step_id!r} needs a second person's approval: {actor.name} started run {run_id} "
+                        "and may reject it but not approve it")
     verdict = "approved" if approve else "rejected"
     step.approval, step.approval_by, step.approval_reason = verdict, actor.name, reason
     run.status = RunStatus.queued.value
@@ -197,6 +206,15 @@ def decide(session: Session, *, run_id: int, step_id: str, actor: Actor, approve
                  target_id=run_id, before={"step": step_id, "approval": "waiting"},
                  after={"step": step_id, "approval": verdict}, reason=reason, incident_id=run.incident_id)
     return run
+
+
+def _approvers(run: Run, step_id: str, others_by_default: bool) -> str | None:
+    """Who may approve the step, read from the definition the run is executing."""
+    checked = check_text(run.definition, f"{run.runbook_id}.yaml")
+    if checked.runbook is None:
+        return "others"  # cannot tell: the stricter rule
+    spec = next((s for s in checked.runbook.steps if s.id == step_id), None)
+    return spec.approvers(others_by_default=others_by_default) if spec else "others"
 
 
 def rerun(session: Session, *, run_id: int, actor: Actor, overrides: dict[str, Any], settings: Settings) -> Run:

@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import base64
 import difflib
-import re
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -10,9 +9,11 @@ from urllib.parse import urlsplit
 import httpx
 import orjson
 
+from server import saferegex
 from server.redaction import is_secret_key
 from server.runbooks.toolkit_kinds import HttpReplayInputs
 from workers.steps.base import Step, StepContext, StepFailed, register
+from workers.toolkit import netguard
 from workers.toolkit.artifacts import artifact, ref, within
 from workers.toolkit.findings import finding
 
@@ -137,7 +138,10 @@ class HttpReplay(Step[HttpReplayInputs]):
         except (OSError, KeyError, TypeError, orjson.JSONDecodeError) as exc:
             raise StepFailed(f"cannot read the capture {inputs.capture}: {type(exc).__name__}: {exc}") from None
         if inputs.match:
-            wanted = re.compile(inputs.match)
+            try:
+                wanted = saferegex.compile(inputs.match)
+            except saferegex.InvalidPattern as exc:
+                raise StepFailed(str(exc)) from None
             requests = [r for r in requests if wanted.search(f"{r['method']} {r['path']}")]
         requests = requests[:inputs.max_requests]
         allow = {h.lower() for h in inputs.allow_headers}
@@ -147,7 +151,8 @@ class HttpReplay(Step[HttpReplayInputs]):
         diffs: list[dict[str, Any]] = []
         matched = errors = 0
         report = []
-        with httpx.Client(timeout=inputs.timeout.total_seconds(), follow_redirects=False) as client:
+        with httpx.Client(timeout=inputs.timeout.total_seconds(), follow_redirects=False,
+                          transport=netguard.transport()) as client:
             for index, request in enumerate(requests):
                 ctx.check()
                 headers, stripped = clean_headers(request["headers"], allow)

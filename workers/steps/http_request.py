@@ -9,6 +9,7 @@ import httpx
 from server import tracing
 from server.runbooks.kinds import HttpExpect, HttpRequestInputs
 from workers.steps.base import Step, StepContext, StepFailed, register
+from workers.toolkit import netguard
 
 BODY_LIMIT = 1024 * 1024  # read at most this much of a response; outputs over the cap become an artifact anyway
 _MISSING = object()
@@ -50,7 +51,8 @@ def send(method: str, url: str, *, timeout: float, headers: dict[str, str] | Non
          body: str | None = None, follow_redirects: bool = False, verify: bool = True) -> dict[str, Any]:
     """One request; outputs status, latency_ms, headers, body (capped) and json (when the body parses)."""
     started = time.perf_counter()
-    with httpx.Client(timeout=timeout, follow_redirects=follow_redirects, verify=verify) as client, \
+    with httpx.Client(timeout=timeout, follow_redirects=follow_redirects, verify=verify,
+                      transport=netguard.transport(verify=verify)) as client, \
             client.stream(method, url, headers=headers, json=json_body, content=body) as response:
         chunks, size = [], 0
         for chunk in response.iter_bytes():

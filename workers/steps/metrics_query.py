@@ -10,6 +10,7 @@ import httpx
 
 from server.runbooks.toolkit_kinds import MetricsQueryInputs
 from workers.steps.base import Step, StepContext, StepFailed, register
+from workers.toolkit import netguard
 
 OPS: dict[str, Callable[[float, float], bool]] = {">": operator.gt, ">=": operator.ge, "<": operator.lt,
                                                    "<=": operator.le, "==": operator.eq, "!=": operator.ne}
@@ -52,7 +53,8 @@ class MetricsQuery(Step[MetricsQueryInputs]):
                       "end": f"{now:.3f}", "step": f"{inputs.step.total_seconds():g}"}
         timeout = ctx.remaining(inputs.timeout.total_seconds()) or inputs.timeout.total_seconds()
         try:
-            response = httpx.post(base + endpoint, data=params, headers=inputs.headers, timeout=timeout)
+            with httpx.Client(transport=netguard.transport()) as client:
+                response = client.post(base + endpoint, data=params, headers=inputs.headers, timeout=timeout)
         except httpx.HTTPError as exc:
             raise StepFailed(f"Prometheus at {base} did not answer: {type(exc).__name__}: {exc}") from None
         try:

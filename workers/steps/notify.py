@@ -6,6 +6,7 @@ import httpx
 
 from server.runbooks.kinds import NotifyInputs
 from workers.steps.base import Step, StepContext, StepFailed, register
+from workers.toolkit import netguard
 
 
 @register("notify")
@@ -19,7 +20,8 @@ class Notify(Step[NotifyInputs]):
             payload["username"] = inputs.username
         timeout = ctx.remaining(inputs.timeout.total_seconds()) or inputs.timeout.total_seconds()
         try:
-            response = httpx.post(inputs.url, json=payload, timeout=timeout)
+            with httpx.Client(transport=netguard.transport()) as client:
+                response = client.post(inputs.url, json=payload, timeout=timeout)
         except httpx.HTTPError as exc:
             raise StepFailed(f"webhook unreachable: {type(exc).__name__}: {exc}") from None
         if response.status_code >= 300:

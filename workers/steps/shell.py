@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import os
 import shlex
 import subprocess
 import threading
@@ -9,6 +8,7 @@ from typing import IO, Any
 
 from server.runbooks.kinds import ShellInputs
 from workers.steps.base import Step, StepContext, StepFailed, StepInterrupted, register
+from workers.toolkit.env import step_environment
 from workers.toolkit.proc import kill_group
 
 # What one stream may hold in memory; the engine moves anything over the per-step cap to an artifact.
@@ -29,7 +29,7 @@ def _pump(stream: IO[bytes], sink: list[bytes], ctx: StepContext, prefix: str) -
 class Shell(Step[ShellInputs]):
     def run(self, inputs: ShellInputs, ctx: StepContext) -> dict[str, Any]:
         argv = inputs.argv if inputs.argv is not None else shlex.split(inputs.command or "")
-        env = {**os.environ, **inputs.env}
+        env = step_environment(ctx.settings, inputs.env)
         deadline = ctx.deadline
         if inputs.timeout is not None:
             own = time.monotonic() + inputs.timeout.total_seconds()

@@ -21,6 +21,7 @@ from typing import IO, Any, cast
 
 import orjson
 
+from server import saferegex
 from server.durations import parse_duration
 
 BLOCK = 4 * 1024 * 1024
@@ -98,7 +99,7 @@ class Query:
     time_field: str | None = None
     level_field: str | None = None
     min_level: int | None = field(init=False, default=None)
-    patterns: dict[str, re.Pattern[str]] = field(init=False, default_factory=dict)
+    patterns: dict[str, Any] = field(init=False, default_factory=dict)
     text_lower: bytes | None = field(init=False, default=None)
     since_key: bytes | None = field(init=False, default=None)
     until_key: bytes | None = field(init=False, default=None)
@@ -108,7 +109,7 @@ class Query:
             self.min_level = level_number(self.level)
             if self.min_level is None:
                 raise ValueError(f"unknown level {self.level!r}: use one of {', '.join(LEVELS)}")
-        self.patterns = {name: re.compile(expr) for name, expr in self.regex.items()}
+        self.patterns = {name: saferegex.compile(expr) for name, expr in self.regex.items()}
         self.text_lower = self.text.lower().encode() if self.text else None
         # ISO timestamps of one fixed width compare as text; only UTC ones, and only to the second.
         self.since_key = self.since.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S").encode() if self.since else None

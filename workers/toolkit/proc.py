@@ -19,6 +19,7 @@ from typing import IO
 import psutil
 
 from workers.steps.base import StepContext, StepFailed, StepInterrupted
+from workers.toolkit.env import step_environment
 
 STREAM_LIMIT = 4 * 1024 * 1024  # kept in memory per stream; tools that write more write to files instead
 TERM_GRACE_S = 1.0
@@ -100,7 +101,7 @@ def run(command: Sequence[str | os.PathLike[str]], ctx: StepContext, *, timeout:
     started = time.monotonic()
     own_deadline = None if timeout is None else started + timeout
     try:
-        proc = subprocess.Popen(argv, cwd=cwd, env={**os.environ, **(env or {})}, stdin=subprocess.DEVNULL,
+        proc = subprocess.Popen(argv, cwd=cwd, env=step_environment(ctx.settings, env), stdin=subprocess.DEVNULL,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     except OSError as exc:
         raise StepFailed(f"cannot start {argv[0]!r}: {exc.strerror or exc}") from None

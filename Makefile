@@ -4,7 +4,10 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: up demo test lint bench install clean
+.PHONY: up demo test test-fast debian-packages lint bench install clean
+
+# pytest-xdist processes for the suite: each has its own session (databases, Redis prefix, api, workers).
+TEST_WORKERS ?= auto
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -24,8 +27,16 @@ up: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/runbookd demo
 
-test: $(STAMP)
-	$(PY) -m pytest $(PYTEST_ARGS)
+# The whole suite, real services on both databases; installs tests/debian-packages.txt first (root on Debian).
+test: $(STAMP) debian-packages
+	$(PY) -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
+
+# The inner loop: no processes, no PostgreSQL, no browser (marks set by tests/conftest.py from the fixtures used).
+test-fast: $(STAMP)
+	$(PY) -m pytest -n $(TEST_WORKERS) -m "not processes and not postgres and not browser" $(PYTEST_ARGS)
+
+debian-packages:
+	@bash tests/debian-packages.sh
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check server workers tests bench

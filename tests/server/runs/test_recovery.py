@@ -26,7 +26,7 @@ from server.runs import sweeps
 from server.runs.models import Run, RunEvent, StepRun
 from tests.conftest import subprocess_env
 from tests.server.runs.conftest import RUNBOOKS
-from tests.support import free_port_url, http, serve, start, steps, stop_process, wait_for, wait_run
+from tests.support import allowed_skip, free_port_url, http, serve, start, steps, stop_process, wait_for, wait_run
 
 
 def _lines(path) -> list[str]:
@@ -188,7 +188,7 @@ def test_cancel_of_a_queued_run_is_immediate_and_audited(runs_settings, make_tok
 
 def test_a_held_first_claim_writes_nothing_when_a_cancel_got_there_first(runs_settings, make_token, engine):
     if engine.dialect.name != "postgresql":
-        pytest.skip("first claims are held on PostgreSQL only; on SQLite the claim is written at once")
+        allowed_skip("first claims are held on PostgreSQL only; on SQLite the claim is written at once")
     from server.runbooks.validation import check_text
     from workers import claims
     from workers.engine import TAKEN_OVER, Execution, RunAborted

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+import psutil
 from sqlmodel import select
 
 from server.audit.models import AuditEvent
@@ -55,10 +56,20 @@ def test_secret_params_are_masked_in_outputs_api_and_audit(operator, run_worker,
         assert events and password not in str([e.model_dump() for e in events])
 
 
-def test_step_timeout_kills_the_process_and_marks_timed_out(operator, run_worker):
+def _gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def test_step_timeout_kills_the_process_and_marks_timed_out(operator, run_worker, tmp_path):
+    pid_file = tmp_path / "sleeper.pid"
     started = time.monotonic()
-    done = wait_run(operator, start(operator, "timeouts")["id"], timeout=20)
+    done = wait_run(operator, start(operator, "timeouts", {"pid_file": str(pid_file)})["id"], timeout=20)
     assert time.monotonic() - started < 10
+    sleeper = int(pid_file.read_text())
+    wait_for(lambda: _gone(sleeper), 5, f"the timed-out step's process {sleeper} to be gone")
     by_id = steps(done)
     assert by_id["overrun"]["status"] == "timed_out"
     assert done["status"] == "failed"

@@ -33,6 +33,17 @@ def _lines(path) -> list[str]:
     return path.read_text().splitlines() if path.exists() else []
 
 
+def _outcomes(worker_log, run_id: int) -> list[str]:
+    """What the worker said of each run.execute message for this run ("run task done" log lines)."""
+    found = []
+    for line in worker_log.read_text().splitlines():
+        if '"run task done"' in line:
+            record = json.loads(line[line.index("{"):])
+            if record.get("run_id") == run_id:
+                found.append(record["outcome"])
+    return found
+
+
 def test_sigkilled_worker_run_resumes_at_its_first_unfinished_step(operator, run_worker, tmp_path):
     marker = tmp_path / "side-effect"
     run = start(operator, "crash", {"marker": str(marker)})
@@ -66,7 +77,17 @@ def test_a_duplicate_message_never_runs_a_run_twice(operator, run_worker, runs_s
          queue=runs_settings.default_queue)
     done = wait_run(operator, run["id"], timeout=30)
     assert done["status"] == "succeeded"
-    time.sleep(1)  # let the duplicates be consumed and dropped
+    # Counted, not slept on: all three messages are consumed (the worker logs each task's outcome), and only one ran.
+    wait_for(lambda: len(_outcomes(run_worker, run["id"])) >= 3, 20, "the worker to take all three messages")
+    outcomes = _outcomes(run_worker, run["id"])
+    refused = [o for o in outcomes if o.startswith("run is ")]
+    assert len(refused) == len(outcomes) - 1 >= 2, outcomes
+    # A late duplicate, after the run finished: dropped as such, and the finished run stays as it was.
+    send(RUN_EXECUTE_TASK, run["id"], runs_settings.default_queue, settings=runs_settings,
+         queue=runs_settings.default_queue)
+    wait_for(lambda: len(_outcomes(run_worker, run["id"])) > len(outcomes), 20, "the worker to take the late one")
+    assert _outcomes(run_worker, run["id"])[len(outcomes):] == ["run is succeeded"]
+    assert operator.get(f"/api/v1/runs/{run['id']}").json() == done
     assert _lines(marker) == ["ran"]
     assert _lines(tmp_path / "once.slow") == ["slow"]
 
@@ -221,3 +242,35 @@ def test_beat_runs_the_relay_and_the_reaper(runs_settings):
     tasks = {entry["task"]: entry["schedule"].total_seconds()
              for entry in make_celery(runs_settings).conf.beat_schedule.values()}
     assert tasks[RUN_RELAY_TASK] <= 10 and tasks[RUN_REAP_TASK] <= runs_settings.run_reap_grace / 2
+
+
+def test_a_running_beat_has_the_worker_reap_a_lost_run(runs_settings, engine, run_worker, tmp_path):
+    """Not the schedule's config: a real `runbookd beat` sends the sweep, the real worker runs it, the run fails."""
+    now = utcnow()
+    with session_scope(engine) as session:
+        lost = Run(runbook_id="trio", runbook_hash="0" * 64, definition="title: x", params={}, actor="pytest",
+                   status="running", queue="runbookd", worker="vanished-host:4343", started_at=now,
+                   heartbeat_at=now - timedelta(seconds=runs_settings.run_reap_grace + 5))
+        session.add(lost)
+        session.flush()
+        session.add(StepRun(run_id=lost.id, step_id="hello", position=0, uses="log", status="running", attempts=1))
+        lost_id = lost.id
+
+    def status() -> str:
+        with session_scope(engine) as session:
+            return session.get(Run, lost_id).status
+
+    log_path = tmp_path / "beat.log"
+    with log_path.open("wb") as log:
+        beat = subprocess.Popen([sys.executable, "-m", "server.cli", "beat"], env=subprocess_env(runs_settings),
+                                stdout=log, stderr=subprocess.STDOUT)
+        try:
+            wait_for(lambda: status() == "failed" or beat.poll() is not None, 40, "beat's reaper to fail the run")
+            assert beat.poll() is None, log_path.read_text()
+        finally:
+            stop_process(beat)
+    with session_scope(engine) as session:
+        assert "vanished-host:4343 lost" in session.get(Run, lost_id).error
+        audit = session.exec(select(AuditEvent).where(AuditEvent.action == "run.reap",
+                                                      AuditEvent.target_id == str(lost_id))).all()
+        assert len(audit) == 1 and audit[0].actor == "system"

@@ -9,9 +9,10 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psycopg
@@ -20,7 +21,7 @@ import redis
 import uvicorn
 from fastapi import FastAPI
 
-from server.stack import free_port, redis_server_binary
+from server.stack import _die_with_parent, free_port, redis_server_binary
 
 PG_ADMIN_URL = os.environ.get("RUNBOOKD_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("RUNBOOKD_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -197,6 +198,29 @@ def stop_process(proc: subprocess.Popen[bytes], grace: float = 20) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait(10)
+
+
+@contextmanager
+def processes(grace: float = 20) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
+    """Start processes with the yielded function; every one is stopped on the way out, however the block is left
+    (a start-up timeout, a failed assertion, the test's end). Each also dies with the test process if that is
+    killed outright (PR_SET_PDEATHSIG), so no worker, beat or api outlives the run."""
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start(argv: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
+        kwargs.setdefault("preexec_fn", _die_with_parent)
+        proc: subprocess.Popen[bytes] = subprocess.Popen(argv, **kwargs)
+        started.append(proc)
+        return proc
+
+    try:
+        yield start
+    finally:
+        for proc in started:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in started:
+            stop_process(proc, grace)
 
 
 # -- runs over the API ----------------------------------------------------------------------------

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import threading
 import time
+import traceback
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -221,6 +222,28 @@ def processes(grace: float = 20) -> Iterator[Callable[..., subprocess.Popen[byte
                 proc.terminate()
         for proc in started:
             stop_process(proc, grace)
+
+
+def cli(args: list[str], env: dict[str, str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    """`runbookd ARGS` run in this process with Typer's CliRunner: the same commands, output and exit status as
+    the subprocess, without a second of interpreter start-up. For tests about the commands; a test about the
+    process itself (signals, a terminal, the entry point) keeps subprocess. env holds the RUNBOOKD_* variables
+    the command sees; every other RUNBOOKD_* variable is unset for the call."""
+    from typer.testing import CliRunner
+
+    from server.cli import app
+    from server.settings import get_settings
+
+    unset: dict[str, str | None] = {name: None for name in os.environ if name.startswith("RUNBOOKD_")}
+    get_settings.cache_clear()
+    try:
+        result = CliRunner().invoke(app, args, env={**unset, "COLUMNS": "200", **env}, input=stdin)
+    finally:
+        get_settings.cache_clear()
+    stderr = result.stderr
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        stderr += "".join(traceback.format_exception(result.exception))
+    return subprocess.CompletedProcess(["runbookd", *args], result.exit_code, result.stdout, stderr)
 
 
 # -- runs over the API ----------------------------------------------------------------------------

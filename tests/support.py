@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -264,6 +265,18 @@ def wait_run(client, run_id: int, statuses=FINISHED, timeout: float = 30) -> dic
             return run
         time.sleep(0.1)
     raise TimeoutError(f"run {run_id} still {run['status']} after {timeout}s: {run}")
+
+
+def worker_outcomes(worker_log: Path, run_id: int) -> list[str]:
+    """What a worker (log_format json) said of each run.execute message for this run, in order: its
+    "run task done" log lines. Counted events, for tests that would otherwise sleep and hope."""
+    found = []
+    for line in worker_log.read_text().splitlines():
+        if '"run task done"' in line:
+            record = json.loads(line[line.index("{"):])
+            if record.get("run_id") == run_id:
+                found.append(record["outcome"])
+    return found
 
 
 def steps(run: dict) -> dict[str, dict]:

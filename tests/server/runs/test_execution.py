@@ -9,7 +9,7 @@ from sqlmodel import select
 
 from server.audit.models import AuditEvent
 from server.db import session_scope
-from tests.support import start, steps, wait_for, wait_run
+from tests.support import start, steps, wait_for, wait_run, worker_outcomes
 
 
 def test_trivial_run_succeeds_with_native_outputs(operator, run_worker):
@@ -168,7 +168,9 @@ def test_concurrency_limit_holds_the_second_run_until_the_first_ends(operator, r
     first = start(operator, "one-at-a-time")
     wait_run(operator, first["id"], statuses={"running"})
     second = start(operator, "one-at-a-time")
-    time.sleep(0.8)
+    # Not a fixed sleep: the worker says it held the second run back (and will try it again), then it is queued.
+    wait_for(lambda: any("already running" in o for o in worker_outcomes(run_worker, second["id"])), 10,
+             "the worker to hold the second run back")
     assert operator.get(f"/api/v1/runs/{second['id']}").json()["status"] == "queued"
     done_first = wait_run(operator, first["id"])
     done_second = wait_run(operator, second["id"])

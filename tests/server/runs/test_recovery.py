@@ -26,22 +26,22 @@ from server.runs import sweeps
 from server.runs.models import Run, RunEvent, StepRun
 from tests.conftest import subprocess_env
 from tests.server.runs.conftest import RUNBOOKS
-from tests.support import allowed_skip, free_port_url, http, serve, start, steps, stop_process, wait_for, wait_run
+from tests.support import (
+    allowed_skip,
+    free_port_url,
+    http,
+    serve,
+    start,
+    steps,
+    stop_process,
+    wait_for,
+    wait_run,
+    worker_outcomes,
+)
 
 
 def _lines(path) -> list[str]:
     return path.read_text().splitlines() if path.exists() else []
-
-
-def _outcomes(worker_log, run_id: int) -> list[str]:
-    """What the worker said of each run.execute message for this run ("run task done" log lines)."""
-    found = []
-    for line in worker_log.read_text().splitlines():
-        if '"run task done"' in line:
-            record = json.loads(line[line.index("{"):])
-            if record.get("run_id") == run_id:
-                found.append(record["outcome"])
-    return found
 
 
 def test_sigkilled_worker_run_resumes_at_its_first_unfinished_step(operator, run_worker, tmp_path):
@@ -78,15 +78,15 @@ def test_a_duplicate_message_never_runs_a_run_twice(operator, run_worker, runs_s
     done = wait_run(operator, run["id"], timeout=30)
     assert done["status"] == "succeeded"
     # Counted, not slept on: all three messages are consumed (the worker logs each task's outcome), and only one ran.
-    wait_for(lambda: len(_outcomes(run_worker, run["id"])) >= 3, 20, "the worker to take all three messages")
-    outcomes = _outcomes(run_worker, run["id"])
+    wait_for(lambda: len(worker_outcomes(run_worker, run["id"])) >= 3, 20, "the worker to take all three messages")
+    outcomes = worker_outcomes(run_worker, run["id"])
     refused = [o for o in outcomes if o.startswith("run is ")]
     assert len(refused) == len(outcomes) - 1 >= 2, outcomes
     # A late duplicate, after the run finished: dropped as such, and the finished run stays as it was.
     send(RUN_EXECUTE_TASK, run["id"], runs_settings.default_queue, settings=runs_settings,
          queue=runs_settings.default_queue)
-    wait_for(lambda: len(_outcomes(run_worker, run["id"])) > len(outcomes), 20, "the worker to take the late one")
-    assert _outcomes(run_worker, run["id"])[len(outcomes):] == ["run is succeeded"]
+    wait_for(lambda: len(worker_outcomes(run_worker, run["id"])) > len(outcomes), 20, "the worker to take the late one")
+    assert worker_outcomes(run_worker, run["id"])[len(outcomes):] == ["run is succeeded"]
     assert operator.get(f"/api/v1/runs/{run['id']}").json() == done
     assert _lines(marker) == ["ran"]
     assert _lines(tmp_path / "once.slow") == ["slow"]

@@ -7,7 +7,9 @@ STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 .PHONY: up demo test test-fast debian-packages lint bench install clean
 
 # pytest-xdist processes for the suite: each has its own session (databases, Redis prefix, api, workers).
+# loadscope keeps a module's tests on one process, so its module- and package-scoped workers start once.
 TEST_WORKERS ?= auto
+XDIST := -n $(TEST_WORKERS) --dist loadscope
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -29,11 +31,11 @@ demo: $(STAMP)
 
 # The whole suite, real services on both databases; installs tests/debian-packages.txt first (root on Debian).
 test: $(STAMP) debian-packages
-	$(PY) -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
+	$(PY) -m pytest $(XDIST) $(PYTEST_ARGS)
 
 # The inner loop: no processes, no PostgreSQL, no browser (marks set by tests/conftest.py from the fixtures used).
 test-fast: $(STAMP)
-	$(PY) -m pytest -n $(TEST_WORKERS) -m "not processes and not postgres and not browser" $(PYTEST_ARGS)
+	$(PY) -m pytest $(XDIST) -m "not processes and not postgres and not browser" $(PYTEST_ARGS)
 
 debian-packages:
 	@bash tests/debian-packages.sh

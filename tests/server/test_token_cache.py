@@ -6,12 +6,15 @@ the same test stands for a second api process: its own cache, its own revocation
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 
-from sqlalchemy import update
+from sqlalchemy import Engine, event, update
 
 from server.app import create_app
 from server.auth.models import ApiToken, Role
@@ -33,6 +36,44 @@ def _revoke_in_database(engine, name: str) -> None:
     with session_scope(engine) as session:
         session.exec(update(ApiToken).where(ApiToken.name == name)  # type: ignore[call-overload]
                      .values(revoked_at=utcnow()))
+
+
+@contextmanager
+def lookups_of(token: str) -> Iterator[list[str]]:
+    """The SELECTs on api_tokens for this token's hash, as this process's engines send them to the database."""
+    digest = hashlib.sha256(token.encode()).hexdigest()
+    seen: list[str] = []
+
+    def count(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
+        if statement.lstrip().upper().startswith("SELECT") and "api_tokens" in statement and digest in str(parameters):
+            seen.append(statement)
+
+    event.listen(Engine, "before_cursor_execute", count)
+    try:
+        yield seen
+    finally:
+        event.remove(Engine, "before_cursor_execute", count)
+
+
+def test_a_cached_token_is_looked_up_once_per_ttl(settings, make_token):
+    _name, token = _token(make_token)
+    with serve(create_app(settings.model_copy(update={"auth_cache_seconds": LONG_TTL}))) as url, \
+            http(url, token) as client, lookups_of(token) as lookups:
+        for _ in range(20):
+            assert client.get("/api/v1/flags").status_code == 200
+            assert client.post("/ofrep/v1/evaluate/flags", json={}).status_code == 200
+    assert len(lookups) == 1, lookups
+
+
+def test_an_expired_entry_is_looked_up_again(settings, make_token):
+    _name, token = _token(make_token)
+    with serve(create_app(settings.model_copy(update={"auth_cache_seconds": 0.3}))) as url, \
+            http(url, token) as client, lookups_of(token) as lookups:
+        assert client.get("/api/v1/flags").status_code == 200
+        assert client.get("/api/v1/flags").status_code == 200
+        assert len(lookups) == 1
+        wait_for(lambda: client.get("/api/v1/flags").status_code == 200 and len(lookups) == 2, 5,
+                 "the entry to expire and the token to be looked up again")
 
 
 def test_revocation_through_the_api_refuses_the_token_at_once_everywhere_in_that_process(
@@ -82,7 +123,10 @@ def test_a_ttl_of_zero_checks_the_database_on_every_request(settings, make_token
     name, token = _token(make_token)
     with serve(create_app(settings.model_copy(update={"auth_cache_seconds": 0}))) as url, \
             http(url, token) as client:
-        assert client.get("/api/v1/flags").status_code == 200
+        with lookups_of(token) as lookups:
+            for _ in range(5):
+                assert client.get("/api/v1/flags").status_code == 200
+        assert len(lookups) == 5, lookups
         _revoke_in_database(engine, name)
         assert client.get("/api/v1/flags").status_code == 401
 

@@ -16,7 +16,7 @@ from server.flags.models import FlagExpiry
 from server.models_base import as_utc
 from tests.conftest import subprocess_env
 from tests.server.flags.conftest import flag_body, new_key
-from tests.support import http, wait_for
+from tests.support import http, processes, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -35,22 +35,14 @@ def beat_and_worker(settings, tmp_path_factory):
     # Beat and worker on a queue of their own: a busy worker other tests left running must not hold the
     # revert task while this test measures how late it runs.
     env = subprocess_env(settings, RUNBOOKD_DEFAULT_QUEUE=f"flags-{uuid.uuid4().hex[:8]}")
-    procs = []
-    with log_path.open("wb") as log:
-        try:
-            for argv in (["worker", "--concurrency", "1", "--hostname", f"flags-{uuid.uuid4().hex[:6]}@test"],
-                         ["beat"]):
-                procs.append(subprocess.Popen([sys.executable, "-m", "server.cli", *argv],
-                                              env=env, stdout=log, stderr=subprocess.STDOUT))
-            wait_for(lambda: b" ready." in log_path.read_bytes() or any(p.poll() is not None for p in procs), 60,
-                     "the worker to start")
-            assert all(p.poll() is None for p in procs), log_path.read_text()
-            yield log_path
-        finally:
-            for proc in procs:
-                proc.terminate()
-            for proc in procs:
-                proc.wait(30)
+    with log_path.open("wb") as log, processes(grace=30) as spawn:
+        procs = [spawn([sys.executable, "-m", "server.cli", *argv], env=env, stdout=log, stderr=subprocess.STDOUT)
+                 for argv in (["worker", "--concurrency", "1", "--hostname", f"flags-{uuid.uuid4().hex[:6]}@test"],
+                              ["beat"])]
+        wait_for(lambda: b" ready." in log_path.read_bytes() or any(p.poll() is not None for p in procs), 60,
+                 "the worker to start")
+        assert all(p.poll() is None for p in procs), log_path.read_text()
+        yield log_path
 
 
 def _evaluate(base_url, token, key):

@@ -18,7 +18,7 @@ from server.app import create_app
 from server.auth.models import Role
 from tests.conftest import subprocess_env
 from tests.server.chat.conftest import TEAM, Slack, mattermost
-from tests.support import http, serve, wait_for
+from tests.support import http, processes, serve, wait_for
 
 pytestmark = pytest.mark.slow
 RUNBOOKS = Path(__file__).parent / "runbooks"
@@ -55,25 +55,20 @@ def e2e(chat_settings, tmp_path_factory):
     settings = chat_settings.model_copy(update={"runbooks_dir": RUNBOOKS,
                                                 "default_queue": f"chat-e2e-{uuid.uuid4().hex[:8]}"})
     logs = tmp_path_factory.mktemp("e2e-procs")
-    procs = []
     env = subprocess_env(settings)
-    for name, args in (("worker", ["worker", "--concurrency", "2", "--hostname", f"chat-{uuid.uuid4().hex[:6]}@%h"]),
-                       ("beat", ["beat"])):
-        with (logs / f"{name}.log").open("wb") as log:
-            procs.append(subprocess.Popen([sys.executable, "-m", "server.cli", *args], env=env, stdout=log,
-                                          stderr=subprocess.STDOUT))
-    wait_for(lambda: b" ready." in (logs / "worker.log").read_bytes(), 60, "the worker to start")
     receiver = ResponseUrl()
     try:
-        with serve(create_app(settings)) as url:
-            yield url, receiver
+        with processes(grace=30) as spawn:  # stopped however this is left, a start-up timeout included
+            for name, args in (("worker", ["worker", "--concurrency", "2",
+                                           "--hostname", f"chat-{uuid.uuid4().hex[:6]}@%h"]), ("beat", ["beat"])):
+                with (logs / f"{name}.log").open("wb") as log:
+                    spawn([sys.executable, "-m", "server.cli", *args], env=env, stdout=log, stderr=subprocess.STDOUT)
+            wait_for(lambda: b" ready." in (logs / "worker.log").read_bytes(), 60, "the worker to start")
+            with serve(create_app(settings)) as url:
+                yield url, receiver
     finally:
         receiver.server.shutdown()
         receiver.server.server_close()
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            proc.wait(30)
 
 
 def test_an_incident_from_chat_end_to_end(e2e, make_token):

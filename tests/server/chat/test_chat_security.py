@@ -33,6 +33,14 @@ def test_forged_unsigned_stale_and_replayed_requests_get_401(slack):
     assert again.status_code == 401 and "replay" in again.json()["error"]["message"]
 
 
+def test_a_timestamp_from_the_future_is_refused_as_such(slack):
+    # A clock six minutes ahead (or a request signed for later replay) is as far away as a stale one.
+    ahead = slack.command("help", timestamp=int(time.time()) + 6 * 60)
+    assert ahead.status_code == 401 and "5 minutes" in ahead.json()["error"]["message"], ahead.text
+    within = slack.command("help", timestamp=int(time.time()) + 4 * 60)
+    assert within.status_code == 200, within.text
+
+
 def test_tampered_body_with_a_valid_old_signature_is_refused(slack):
     ts = int(time.time())
     signature = slack.signer.generate_signature(timestamp=str(ts), body=b"text=flags")

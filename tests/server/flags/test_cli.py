@@ -3,19 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 
 from tests.server.flags.conftest import new_key
-from tests.support import http
+from tests.support import cli, http
 
 
 def runbookd(base_url: str, token: str, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RUNBOOKD_")}
-    env.update(RUNBOOKD_URL=base_url, RUNBOOKD_TOKEN=token, RUNBOOKD_CONFIG="/nonexistent", COLUMNS="200")
-    return subprocess.run([sys.executable, "-m", "server.cli", *args], env=env, input=stdin, capture_output=True,
-                          text=True, timeout=60)
+    return cli(list(args), {"RUNBOOKD_URL": base_url, "RUNBOOKD_TOKEN": token, "RUNBOOKD_CONFIG": "/nonexistent"},
+               stdin=stdin)
 
 
 def test_set_on_kill_history_rollback(base_url, operator_token, client_token, tmp_path, make_incident):

@@ -82,6 +82,40 @@ def test_split_is_sticky_and_follows_the_weights():
     assert same < len(users) * 0.01
 
 
+# Known buckets, as the README promises: SHA-256 of "<flag key>/<targeting key>", its first 8 bytes big-endian, modulo
+# 1000. Written out, not computed: another hash (or another layout) moves users between variants on upgrade.
+PINNED_BUCKETS = [
+    ("checkout.new-pricing", "user-1", 957), ("checkout.new-pricing", "user-2", 995),
+    ("checkout.new-pricing", "alice", 464), ("checkout.new-pricing", "bob", 833),
+    ("checkout.new-pricing", "user-946", 0), ("checkout.new-pricing", "user-1128", 999),
+    ("checkout.new-pricing", "user-431", 249), ("checkout.new-pricing", "user-31", 250),
+    ("a", "user-1", 474), ("b", "user-1", 302),
+]
+
+
+@pytest.mark.parametrize(("flag_key", "targeting_key", "expected"), PINNED_BUCKETS)
+def test_bucket_values_are_pinned(flag_key, targeting_key, expected):
+    assert bucket(flag_key, targeting_key) == expected
+
+
+@pytest.mark.parametrize(("user", "position", "variant"), [
+    ("user-946", 0, "on"), ("user-431", 249, "on"),      # the last bucket of the 25 %
+    ("user-31", 250, "off"), ("user-1128", 999, "off"),  # the first bucket past it, and the very last
+])
+def test_split_boundaries_are_exact(user, position, variant):
+    split = {"conditions": [], "split": [{"variant": "on", "weight": 25}, {"variant": "off", "weight": 75}]}
+    flag = compile_flag(spec([split]), 1)
+    assert bucket(flag.key, user) == position
+    assert evaluate(flag, "production", {"targetingKey": user}) == (variant, "SPLIT")
+
+
+def test_a_tenth_of_a_percent_is_exactly_one_bucket():
+    tiny = {"conditions": [], "split": [{"variant": "on", "weight": 0.1}, {"variant": "off", "weight": 99.9}]}
+    flag = compile_flag(spec([tiny]), 1)
+    assert evaluate(flag, "production", {"targetingKey": "user-946"}) == ("on", "SPLIT")   # bucket 0
+    assert evaluate(flag, "production", {"targetingKey": "user-1200"}) == ("off", "SPLIT")  # bucket 1
+
+
 def test_split_has_a_resolution_of_a_tenth_of_a_percent():
     tiny = {"conditions": [], "split": [{"variant": "on", "weight": 0.1}, {"variant": "off", "weight": 99.9}]}
     flag = compile_flag(spec([tiny]), 1)

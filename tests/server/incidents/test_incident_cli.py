@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 
 from server.auth.models import Role
+from tests.support import cli
 
 
 def _cli(base_url: str, token: str, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RUNBOOKD_")}
-    env.update(RUNBOOKD_URL=base_url, RUNBOOKD_TOKEN=token, RUNBOOKD_CONFIG="/nonexistent")
-    return subprocess.run([sys.executable, "-m", "server.cli", "incident", *args], env=env, capture_output=True,
-                          text=True, timeout=60)
+    return cli(["incident", *args],
+               {"RUNBOOKD_URL": base_url, "RUNBOOKD_TOKEN": token, "RUNBOOKD_CONFIG": "/nonexistent"})
 
 
 def test_open_show_export_rollback_resolve(base_url, make_token, tmp_path):

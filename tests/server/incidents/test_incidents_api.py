@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 from server.auth.models import Role
 from tests.support import http
 
@@ -51,3 +53,31 @@ def test_runs_flags_and_overrides_may_only_name_a_real_incident(base_url, make_t
     assert typo.status_code == 422
     assert typo.json()["error"]["details"] == [{"field": "incident_id", "message": "unknown incident"}]
     assert short.status_code == 201 and short.json()["incident_id"] == real  # "7" is INC-7
+
+
+def test_each_kind_of_change_refuses_an_unknown_incident_and_writes_nothing(base_url, make_token, make_incident):
+    """Runs, flag changes and log-level overrides each resolve their incident: a typo is a 422 naming the field,
+    nothing is written, and the short form (7 for INC-7) is stored as the incident's id."""
+    real = make_incident()
+    unknown = {"field": "incident_id", "message": "unknown incident"}
+    key = f"inc-link-{uuid.uuid4().hex[:8]}"
+    flag = {"key": key, "type": "boolean", "variants": {"on": True, "off": False}, "default_variant": "off"}
+    run = {"runbook": "http-health-triage", "params": {"base_url": "http://127.0.0.1:9"}, "dry_run": True}
+    with http(base_url, make_token(Role.operator)) as client:
+        runs_before = len(client.get("/api/v1/runs", params={"limit": 200}).json()["items"])
+        typo_run = client.post("/api/v1/runs", json={**run, "incident_id": "INC-999999"})
+        typo_flag = client.post("/api/v1/flags", json={**flag, "incident_id": "INC-999999"})
+        assert typo_run.status_code == 422 and typo_run.json()["error"]["details"] == [unknown], typo_run.text
+        assert typo_flag.status_code == 422 and typo_flag.json()["error"]["details"] == [unknown], typo_flag.text
+        assert client.get(f"/api/v1/flags/{key}").status_code == 404
+        assert len(client.get("/api/v1/runs", params={"limit": 200}).json()["items"]) == runs_before
+
+        created = client.post("/api/v1/flags", json={**flag, "incident_id": real.removeprefix("INC-")})
+        assert created.status_code == 201, created.text
+        typo_change = client.patch(f"/api/v1/flags/{key}", json={"description": "x", "incident_id": "INC-999999"})
+        assert typo_change.status_code == 422 and typo_change.json()["error"]["details"] == [unknown]
+        assert client.get(f"/api/v1/flags/{key}").json()["version"] == 1
+        started = client.post("/api/v1/runs", json={**run, "incident_id": real.removeprefix("INC-")})
+        assert started.status_code == 202 and started.json()["incident_id"] == real, started.text
+        versions = client.get(f"/api/v1/flags/{key}/versions").json()
+        assert [v["incident_id"] for v in versions] == [real], versions

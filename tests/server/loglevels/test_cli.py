@@ -3,20 +3,16 @@
 from __future__ import annotations
 
 import logging
-import os
 import subprocess
-import sys
 import uuid
 
 from server.auth.models import Role
-from tests.support import http
+from tests.support import cli, http
 
 
 def runbookd(base_url: str, token: str, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RUNBOOKD_")}
-    env.update(RUNBOOKD_URL=base_url, RUNBOOKD_TOKEN=token, RUNBOOKD_CONFIG="/nonexistent", COLUMNS="200")
-    return subprocess.run([sys.executable, "-m", "server.cli", "loglevel", *args], env=env, capture_output=True,
-                          text=True, timeout=60)
+    return cli(["loglevel", *args],
+               {"RUNBOOKD_URL": base_url, "RUNBOOKD_TOKEN": token, "RUNBOOKD_CONFIG": "/nonexistent"})
 
 
 def test_set_list_end(base_url, make_token, make_incident):

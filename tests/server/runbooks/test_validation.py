@@ -130,6 +130,34 @@ def test_expressions_keep_native_types_and_refuse_undefined_and_unsafe():
             expressions.evaluate(bad, context)
 
 
+def test_a_power_bomb_validates_and_is_stopped_by_the_power_guard():
+    """`9 ** 9 ** 9` is a valid expression, so validation passes it (quickly: the sandbox never folds a power at
+    compile time); evaluating it reaches the guard, which names the limit it hit."""
+    text = """
+title: Power bomb
+params:
+  n: {type: integer, default: 9}
+steps:
+  - id: a
+    uses: assert
+    with: {that: "params.n ** 9 ** 9 > 1"}
+  - id: b
+    uses: assert
+    with: {that: "9 ** 9 ** 9 > 1"}
+"""
+    checked = check_text(text, "power-bomb.yaml")
+    assert checked.runbook is not None and not checked.problems, [str(p) for p in checked.problems]
+    context = {"params": {"n": 9}, "steps": {}, "run": {"id": 1}}
+    assert expressions.evaluate("params.n ** 2", context) == 81  # ordinary powers still work
+    with pytest.raises(expressions.ExpressionError, match=r"exponent too large \(over 64\)"):
+        expressions.evaluate("params.n ** 65", context)
+    with pytest.raises(expressions.ExpressionError, match="power result too large"):
+        expressions.evaluate("params.n ** 13", context)  # 9**13 is over 10**12
+    for step in checked.runbook.steps:  # the bombs themselves (Jinja's ** binds left: (9**9)**9), last
+        with pytest.raises(expressions.ExpressionError, match="power result too large"):
+            expressions.evaluate(step.with_["that"], context)
+
+
 def test_params_are_coerced_and_each_bad_one_is_named():
     runbook = check_text("""
 title: p

@@ -11,6 +11,7 @@ import pytest
 
 from server.app import create_app
 from server.auth.models import Role
+from server.stack import _die_with_parent
 from tests.conftest import subprocess_env
 from tests.support import http, serve, stop_process, wait_for
 
@@ -50,7 +51,7 @@ def run_worker(runs_settings, tmp_path_factory):
         proc = subprocess.Popen(
             [sys.executable, "-m", "server.cli", "worker", "--concurrency", "2",
              "--queues", f"{runs_settings.default_queue},{OTHER_QUEUE}", "--hostname", f"rb-{uuid.uuid4().hex[:6]}@%h"],
-            env=env, stdout=log, stderr=subprocess.STDOUT)
+            env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)  # a killed pytest leaks none
         try:
             wait_for(lambda: b" ready." in log_path.read_bytes() or proc.poll() is not None, 60, "worker to start")
             assert proc.poll() is None, log_path.read_text()

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import time
 
+import psutil
 from sqlmodel import select
 
 from server.audit.models import AuditEvent
 from server.db import session_scope
-from tests.support import start, steps, wait_for, wait_run
+from tests.support import start, steps, wait_for, wait_run, worker_outcomes
 
 
 def test_trivial_run_succeeds_with_native_outputs(operator, run_worker):
@@ -55,10 +56,20 @@ def test_secret_params_are_masked_in_outputs_api_and_audit(operator, run_worker,
         assert events and password not in str([e.model_dump() for e in events])
 
 
-def test_step_timeout_kills_the_process_and_marks_timed_out(operator, run_worker):
+def _gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def test_step_timeout_kills_the_process_and_marks_timed_out(operator, run_worker, tmp_path):
+    pid_file = tmp_path / "sleeper.pid"
     started = time.monotonic()
-    done = wait_run(operator, start(operator, "timeouts")["id"], timeout=20)
+    done = wait_run(operator, start(operator, "timeouts", {"pid_file": str(pid_file)})["id"], timeout=20)
     assert time.monotonic() - started < 10
+    sleeper = int(pid_file.read_text())
+    wait_for(lambda: _gone(sleeper), 5, f"the timed-out step's process {sleeper} to be gone")
     by_id = steps(done)
     assert by_id["overrun"]["status"] == "timed_out"
     assert done["status"] == "failed"
@@ -157,7 +168,9 @@ def test_concurrency_limit_holds_the_second_run_until_the_first_ends(operator, r
     first = start(operator, "one-at-a-time")
     wait_run(operator, first["id"], statuses={"running"})
     second = start(operator, "one-at-a-time")
-    time.sleep(0.8)
+    # Not a fixed sleep: the worker says it held the second run back (and will try it again), then it is queued.
+    wait_for(lambda: any("already running" in o for o in worker_outcomes(run_worker, second["id"])), 10,
+             "the worker to hold the second run back")
     assert operator.get(f"/api/v1/runs/{second['id']}").json()["status"] == "queued"
     done_first = wait_run(operator, first["id"])
     done_second = wait_run(operator, second["id"])

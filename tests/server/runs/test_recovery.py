@@ -26,7 +26,18 @@ from server.runs import sweeps
 from server.runs.models import Run, RunEvent, StepRun
 from tests.conftest import subprocess_env
 from tests.server.runs.conftest import RUNBOOKS
-from tests.support import free_port_url, http, serve, start, steps, stop_process, wait_for, wait_run
+from tests.support import (
+    allowed_skip,
+    free_port_url,
+    http,
+    serve,
+    start,
+    steps,
+    stop_process,
+    wait_for,
+    wait_run,
+    worker_outcomes,
+)
 
 
 def _lines(path) -> list[str]:
@@ -66,7 +77,17 @@ def test_a_duplicate_message_never_runs_a_run_twice(operator, run_worker, runs_s
          queue=runs_settings.default_queue)
     done = wait_run(operator, run["id"], timeout=30)
     assert done["status"] == "succeeded"
-    time.sleep(1)  # let the duplicates be consumed and dropped
+    # Counted, not slept on: all three messages are consumed (the worker logs each task's outcome), and only one ran.
+    wait_for(lambda: len(worker_outcomes(run_worker, run["id"])) >= 3, 20, "the worker to take all three messages")
+    outcomes = worker_outcomes(run_worker, run["id"])
+    refused = [o for o in outcomes if o.startswith("run is ")]
+    assert len(refused) == len(outcomes) - 1 >= 2, outcomes
+    # A late duplicate, after the run finished: dropped as such, and the finished run stays as it was.
+    send(RUN_EXECUTE_TASK, run["id"], runs_settings.default_queue, settings=runs_settings,
+         queue=runs_settings.default_queue)
+    wait_for(lambda: len(worker_outcomes(run_worker, run["id"])) > len(outcomes), 20, "the worker to take the late one")
+    assert worker_outcomes(run_worker, run["id"])[len(outcomes):] == ["run is succeeded"]
+    assert operator.get(f"/api/v1/runs/{run['id']}").json() == done
     assert _lines(marker) == ["ran"]
     assert _lines(tmp_path / "once.slow") == ["slow"]
 
@@ -188,7 +209,7 @@ def test_cancel_of_a_queued_run_is_immediate_and_audited(runs_settings, make_tok
 
 def test_a_held_first_claim_writes_nothing_when_a_cancel_got_there_first(runs_settings, make_token, engine):
     if engine.dialect.name != "postgresql":
-        pytest.skip("first claims are held on PostgreSQL only; on SQLite the claim is written at once")
+        allowed_skip("first claims are held on PostgreSQL only; on SQLite the claim is written at once")
     from server.runbooks.validation import check_text
     from workers import claims
     from workers.engine import TAKEN_OVER, Execution, RunAborted
@@ -221,3 +242,35 @@ def test_beat_runs_the_relay_and_the_reaper(runs_settings):
     tasks = {entry["task"]: entry["schedule"].total_seconds()
              for entry in make_celery(runs_settings).conf.beat_schedule.values()}
     assert tasks[RUN_RELAY_TASK] <= 10 and tasks[RUN_REAP_TASK] <= runs_settings.run_reap_grace / 2
+
+
+def test_a_running_beat_has_the_worker_reap_a_lost_run(runs_settings, engine, run_worker, tmp_path):
+    """Not the schedule's config: a real `runbookd beat` sends the sweep, the real worker runs it, the run fails."""
+    now = utcnow()
+    with session_scope(engine) as session:
+        lost = Run(runbook_id="trio", runbook_hash="0" * 64, definition="title: x", params={}, actor="pytest",
+                   status="running", queue="runbookd", worker="vanished-host:4343", started_at=now,
+                   heartbeat_at=now - timedelta(seconds=runs_settings.run_reap_grace + 5))
+        session.add(lost)
+        session.flush()
+        session.add(StepRun(run_id=lost.id, step_id="hello", position=0, uses="log", status="running", attempts=1))
+        lost_id = lost.id
+
+    def status() -> str:
+        with session_scope(engine) as session:
+            return session.get(Run, lost_id).status
+
+    log_path = tmp_path / "beat.log"
+    with log_path.open("wb") as log:
+        beat = subprocess.Popen([sys.executable, "-m", "server.cli", "beat"], env=subprocess_env(runs_settings),
+                                stdout=log, stderr=subprocess.STDOUT)
+        try:
+            wait_for(lambda: status() == "failed" or beat.poll() is not None, 40, "beat's reaper to fail the run")
+            assert beat.poll() is None, log_path.read_text()
+        finally:
+            stop_process(beat)
+    with session_scope(engine) as session:
+        assert "vanished-host:4343 lost" in session.get(Run, lost_id).error
+        audit = session.exec(select(AuditEvent).where(AuditEvent.action == "run.reap",
+                                                      AuditEvent.target_id == str(lost_id))).all()
+        assert len(audit) == 1 and audit[0].actor == "system"

@@ -40,12 +40,16 @@ int main(int argc, char **argv) {
 """
 CRASH_LINE = 9  # `return record[0] + 1;`
 
-pytestmark = pytest.mark.skipif(not (shutil.which("gdb") and shutil.which("gcore") and shutil.which("gcc")),
-                                reason="gdb, gcore and gcc are needed: apt-get install gdb gcc")
+def need(*tools: str) -> None:
+    """Skip (a failure under CI=true) the test that needs a missing tool; the others in this file still run."""
+    missing = [tool for tool in tools if shutil.which(tool) is None]
+    if missing:
+        pytest.skip(f"{', '.join(missing)} needed: apt-get install -y gdb gcc (tests/debian-packages.txt)")
 
 
 @pytest.fixture(scope="module")
 def program(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    need("gcc", "gdb", "gcore")
     where = tmp_path_factory.mktemp("cprog")
     (where / "crashy.c").write_text(SOURCE)
     subprocess.run(["gcc", "-g", "-O0", "-pthread", "-o", "crashy", "crashy.c"], cwd=where, check=True)
@@ -117,6 +121,7 @@ def test_snapshot_of_a_hung_process_then_analysis(program, tmp_path):
 
 
 def test_bad_inputs_fail_clearly(tmp_path):
+    need("gdb", "gcore")  # the steps check their tool before their inputs
     with pytest.raises(StepFailed, match="no core file"):
         CoredumpAnalyze().run(CoredumpAnalyzeInputs(core=str(tmp_path / "nothing")), make_ctx(tmp_path))
     with pytest.raises(StepFailed, match="no process with pid"):
@@ -124,6 +129,7 @@ def test_bad_inputs_fail_clearly(tmp_path):
 
 
 def test_analysis_of_a_non_core_fails(tmp_path):
+    need("gdb")
     fake = tmp_path / "core"
     fake.write_bytes(b"not an ELF core" * 10)
     started = time.monotonic()

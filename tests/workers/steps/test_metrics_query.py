@@ -1,55 +1,24 @@
-"""metrics.query against a real Prometheus server (Debian's `prometheus` package) on loopback."""
+"""metrics.query against a real Prometheus server (Debian's `prometheus` package) on loopback; the failure cases
+that need no Prometheus run without it."""
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-from pathlib import Path
-
-import httpx
 import pytest
+from fastapi import FastAPI
+from fastapi.responses import PlainTextResponse
 
 from server.runbooks.toolkit_kinds import MetricsQueryInputs
 from server.stack import free_port
-from tests.support import wait_for
+from tests.support import prometheus_server, serve
 from tests.workers.steps.toolkit_support import make_ctx
 from workers.steps.base import StepFailed
 from workers.steps.metrics_query import MetricsQuery
 
-CONFIG = """
-global: {scrape_interval: 1s, evaluation_interval: 1s}
-scrape_configs:
-  - job_name: prometheus
-    static_configs: [{targets: ["127.0.0.1:%d"]}]
-"""
-
-
-def _up(url: str) -> bool:
-    try:
-        query = httpx.get(f"{url}/api/v1/query", params={"query": 'up{job="prometheus"}'}, timeout=1).json()
-        return bool(query["data"]["result"])
-    except (httpx.HTTPError, ValueError, KeyError):
-        return False
-
 
 @pytest.fixture(scope="module")
 def prometheus(tmp_path_factory: pytest.TempPathFactory):
-    binary = shutil.which("prometheus")
-    if binary is None:
-        pytest.skip("no prometheus binary: `apt-get install -y prometheus` (Debian) to run these tests")
-    where: Path = tmp_path_factory.mktemp("prometheus")
-    port = free_port()
-    (where / "prometheus.yml").write_text(CONFIG % port)
-    proc = subprocess.Popen([binary, f"--config.file={where / 'prometheus.yml'}",
-                             f"--storage.tsdb.path={where / 'data'}", f"--web.listen-address=127.0.0.1:{port}"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for(lambda: _up(url), 30, "Prometheus to scrape itself once")
+    with prometheus_server(tmp_path_factory.mktemp("prometheus")) as url:
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(15)
 
 
 def test_instant_query_of_a_scraped_series_with_threshold(prometheus, tmp_path):
@@ -84,9 +53,23 @@ def test_scalar_and_empty_results(prometheus, tmp_path):
     assert outputs["series"] == [] and outputs["verdict"] == "no data"
 
 
-def test_bad_query_and_unreachable_server_fail_clearly(prometheus, tmp_path):
-    with pytest.raises(StepFailed, match="bad_data"):
+def test_bad_query_fails_with_prometheus_own_error(prometheus, tmp_path):
+    with pytest.raises(StepFailed, match=r"query failed \(400\): bad_data"):
         MetricsQuery().run(MetricsQueryInputs(url=prometheus, query="rate(up["), make_ctx(tmp_path))
+
+
+def test_unreachable_server_fails_clearly(tmp_path):
     with pytest.raises(StepFailed, match="did not answer"):
         MetricsQuery().run(MetricsQueryInputs(url=f"http://127.0.0.1:{free_port()}", query="up", timeout="2s"),
                            make_ctx(tmp_path))
+
+
+def test_a_server_that_is_not_prometheus_fails_clearly(tmp_path):
+    app = FastAPI()
+
+    @app.post("/api/v1/query")
+    def not_prometheus() -> PlainTextResponse:
+        return PlainTextResponse("<html>a login page</html>", status_code=200)
+
+    with serve(app) as url, pytest.raises(StepFailed, match="answered 200 without JSON: <html>a login page"):
+        MetricsQuery().run(MetricsQueryInputs(url=url, query="up"), make_ctx(tmp_path))

@@ -19,12 +19,11 @@ from typing import Any
 import redis
 from sqlalchemy import Connection, Engine
 
-from server.auth.models import Actor, Role, Source
 from server.db import session_scope
 from server.models_base import as_utc, utcnow
 from server.redaction import MASK
 from server.runbooks import expressions
-from server.runbooks.kinds import CATALOG
+from server.runbooks.catalog import CATALOG
 from server.runbooks.schema import Runbook, StepSpec
 from server.runbooks.validation import Checked, check_text
 from server.runs import events
@@ -34,10 +33,10 @@ from server.runs.sweeps import send_run
 from server.settings import Settings
 from workers import claims
 from workers.artifacts import to_json
-from workers.steps.base import StepContext, StepFailed, StepInterrupted, load_step_kinds
+from workers.stepexec import roll_back, run_step
+from workers.steps.base import StepFailed, StepInterrupted, load_step_kinds
 
 log = logging.getLogger("runbookd.engine")
-MAX_LIVE_LINES = 2000  # output lines one step may publish live; all of it is still in its outputs
 CANCEL_POLL_S = 0.2
 TAKEN_OVER = "the run was taken over or ended by another worker, the reaper or a cancel"
 DEFER_WINDOW_S = 0.1  # the longest a finished step's result waits in memory for the next commit (Execution.save)
@@ -332,8 +331,6 @@ def _hand_over(ex: Execution, queue: str) -> str:
 
 def _step(ex: Execution, spec: StepSpec, row: StepRun) -> str:
     """Run one step to its end; returns 'next', 'stop' (failed, the run must stop) or 'parked'."""
-    from workers.stepexec import run_step
-
     context = ex.context()
     if spec.if_ is not None:
         try:
@@ -400,8 +397,6 @@ def _fail(ex: Execution, spec: StepSpec, row: StepRun, status: StepStatus, error
 
 def _after_failure(ex: Execution) -> None:
     if ex.runbook.on_failure == "rollback":
-        from workers.stepexec import roll_back
-
         roll_back(ex)
     _finish(ex, RunStatus.failed, f"step {ex.failed[-1]!r} failed: {ex.rows[ex.failed[-1]].error}")
 
@@ -440,24 +435,4 @@ def _finish(ex: Execution, status: RunStatus, error: str | None) -> None:
             ex.redis.delete(events.cancel_key(ex.settings, ex.run_id))
 
 
-def step_context(ex: Execution, spec: StepSpec, row: StepRun, deadline: float | None) -> StepContext:
-    live = {"lines": 0}
-
-    def emit(line: str) -> None:
-        live["lines"] += 1
-        if live["lines"] <= MAX_LIVE_LINES:
-            ex.line({"id": None, "run_id": ex.run_id, "ts": utcnow().isoformat(), "type": "step.output",
-                     "step_id": spec.id, "data": {"line": ex.scrub(line)}})
-
-    def evaluate(expression: str, extra: dict[str, Any] | None = None) -> Any:
-        return expressions.evaluate(expressions.whole_expression(expression) or expression,
-                                    {**ex.context(), **(extra or {})})
-
-    actor = Actor(name=ex.run.actor, role=Role.operator, source=Source.system)
-    return StepContext(run_id=ex.run_id, step_id=spec.id, attempt=row.attempts, actor=actor,
-                       incident_id=ex.run.incident_id, settings=ex.settings, engine=ex.engine, deadline=deadline,
-                       cancelled=threading.Event(), emit=emit, evaluate=evaluate, redact=ex.scrub)
-
-
-__all__ = ["CATALOG", "Execution", "RunAborted", "StepFailed", "StepInterrupted", "execute", "load_step_kinds",
-           "step_context"]
+__all__ = ["CATALOG", "Execution", "RunAborted", "StepFailed", "StepInterrupted", "execute", "load_step_kinds"]

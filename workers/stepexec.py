@@ -10,18 +10,20 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
+from server.auth.models import Actor, Role, Source
 from server.models_base import as_utc, utcnow
 from server.runbooks import expressions
-from server.runbooks.kinds import CATALOG
+from server.runbooks.catalog import CATALOG
 from server.runbooks.schema import StepSpec
 from server.runs.models import StepRun, StepStatus
 from workers.artifacts import cap_outputs
-from workers.steps.base import REGISTRY, StepFailed, StepInterrupted, load_step_kinds
+from workers.steps.base import REGISTRY, StepContext, StepFailed, StepInterrupted, load_step_kinds
 
 if TYPE_CHECKING:
     from workers.engine import Execution
 
 log = logging.getLogger("runbookd.engine")
+MAX_LIVE_LINES = 2000  # output lines one step may publish live; all of it is still in its outputs
 STOP_GRACE_S = 2.0  # how long a cancelled step gets to clean up (kill its process group) before we move on
 
 Outcome = tuple[StepStatus, dict[str, Any] | None, str | None]
@@ -47,8 +49,6 @@ def _finish_outputs(ex: Execution, spec: StepSpec, row: StepRun, outputs: Any) -
 
 
 def _attempt(ex: Execution, spec: StepSpec, row: StepRun) -> Outcome:
-    from workers.engine import step_context
-
     try:
         inputs = _render_inputs(ex, spec)
     except expressions.ExpressionError as exc:
@@ -113,6 +113,25 @@ def _attempt(ex: Execution, spec: StepSpec, row: StepRun) -> Outcome:
     return StepStatus.succeeded, _finish_outputs(ex, spec, row, result.get("outputs") or {}), None
 
 
+def step_context(ex: Execution, spec: StepSpec, row: StepRun, deadline: float | None) -> StepContext:
+    live = {"lines": 0}
+
+    def emit(line: str) -> None:
+        live["lines"] += 1
+        if live["lines"] <= MAX_LIVE_LINES:
+            ex.line({"id": None, "run_id": ex.run_id, "ts": utcnow().isoformat(), "type": "step.output",
+                     "step_id": spec.id, "data": {"line": ex.scrub(line)}})
+
+    def evaluate(expression: str, extra: dict[str, Any] | None = None) -> Any:
+        return expressions.evaluate(expressions.whole_expression(expression) or expression,
+                                    {**ex.context(), **(extra or {})})
+
+    actor = Actor(name=ex.run.actor, role=Role.operator, source=Source.system)
+    return StepContext(run_id=ex.run_id, step_id=spec.id, attempt=row.attempts, actor=actor,
+                       incident_id=ex.run.incident_id, settings=ex.settings, engine=ex.engine, deadline=deadline,
+                       cancelled=threading.Event(), emit=emit, evaluate=evaluate, redact=ex.scrub)
+
+
 def _pause(ex: Execution, seconds: float) -> None:
     """Back off between attempts, still heartbeating and still cancellable."""
     until = time.monotonic() + seconds
@@ -141,8 +160,6 @@ def run_step(ex: Execution, spec: StepSpec, row: StepRun) -> Outcome:
 
 def roll_back(ex: Execution) -> None:
     """on_failure: rollback: undo finished steps, newest first, for kinds that know how."""
-    from workers.engine import step_context
-
     for spec in reversed(ex.runbook.steps):
         row = ex.rows[spec.id]
         if row.status != StepStatus.succeeded or not CATALOG[spec.uses].compensates:

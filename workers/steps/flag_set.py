@@ -12,8 +12,8 @@ from server.db import session_scope
 from server.errors import DomainError, PreconditionFailed
 from server.flags import service
 from server.flags.cache import publish_with_new_client
+from server.flags.steps import FlagSetInputs
 from server.models_base import as_utc
-from server.runbooks.kinds import FlagSetInputs
 from workers.steps.base import Step, StepContext, StepFailed, register
 
 

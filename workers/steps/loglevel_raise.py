@@ -7,9 +7,9 @@ from typing import Any
 from server.db import session_scope
 from server.errors import DomainError
 from server.loglevels import service
+from server.loglevels.steps import LogLevelRaiseInputs
 from server.loglevels.sync import publish
 from server.redis_client import make_redis
-from server.runbooks.kinds import LogLevelRaiseInputs
 from server.settings import Settings
 from workers.steps.base import Step, StepContext, StepFailed, register
 

@@ -11,7 +11,7 @@ from fastapi import FastAPI, Request
 
 from server.auth.models import Actor
 from server.runbooks import expressions
-from server.runbooks.kinds import CATALOG
+from server.runbooks.catalog import CATALOG
 from server.settings import Settings
 from tests.support import serve
 from workers.steps.base import StepContext, StepFailed, StepInterrupted, load_step_kinds

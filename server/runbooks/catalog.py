@@ -1,0 +1,12 @@
+"""The complete catalog of step kinds: importing this module imports every module that registers kinds."""
+
+from __future__ import annotations
+
+import server.flags.steps  # (flag.set)
+import server.loglevels.steps  # (loglevel.raise)
+import server.runbooks.toolkit_kinds  # noqa: F401  (the toolkit's kinds; the three imports bind one name)
+from server.runbooks.kinds import REGISTERED, KindSpec
+
+CATALOG: dict[str, KindSpec] = REGISTERED
+
+__all__ = ["CATALOG", "KindSpec"]

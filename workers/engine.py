@@ -52,11 +52,19 @@ Entry = events.Item | dict[str, Any]  # an event to store, or an output line (a 
 
 
 class RunAborted(Exception):
-    """The run was cancelled, timed out, or taken from us; the message says which."""
+    """The run must stop: cancelled or timed out (its status says which); the engine ends it so."""
 
     def __init__(self, status: RunStatus, message: str) -> None:
         super().__init__(message)
         self.status, self.message = status, message
+
+
+class RunLost(Exception):
+    """The run is no longer ours (taken over or ended by another worker, the reaper or a cancel): nothing
+    of it is ours to write, the engine lets go of it."""
+
+    def __init__(self) -> None:
+        super().__init__(TAKEN_OVER)
 
 
 @dataclass
@@ -186,7 +194,7 @@ class Execution:
         with held:  # closing it without the commit rolls back
             if not claims.take(held, self.run, also=RUN_PROGRESS if run else ()):
                 self.deferred_rows, self.deferred_events = [], []
-                raise RunAborted(RunStatus.failed, TAKEN_OVER)
+                raise RunLost
             yield held
             held.commit()
 
@@ -220,7 +228,7 @@ class Execution:
             self.next_heartbeat = now + self.settings.run_heartbeat_interval
             ours, cancel = claims.heartbeat(self.engine, self.run_id)
             if not ours:
-                raise RunAborted(RunStatus.failed, TAKEN_OVER)
+                raise RunLost
             if cancel:
                 raise RunAborted(RunStatus.cancelled, "cancelled")
         if now >= self.next_cancel_check:
@@ -260,11 +268,9 @@ def execute(run_id: int, queue: str, *, settings: Settings, engine: Engine, clie
     ex = Execution(settings, engine, client, run, checked.runbook, queue, held=got.held)
     try:
         return _execute(ex, got)
-    except RunAborted as aborted:  # the run is no longer ours: found by a heartbeat or a held claim's write
-        if aborted.message != TAKEN_OVER:
-            raise
+    except RunLost:  # found by a heartbeat or a held claim's write
         log.warning("run lost", extra={"run_id": run_id})
-        return aborted.status.value
+        return RunStatus.failed.value
     finally:
         ex.release()
 
@@ -299,9 +305,9 @@ def _execute(ex: Execution, got: claims.Claim) -> str:
                 _after_failure(ex)
                 return "failed"
         _complete(ex)
+    except RunLost:
+        raise  # nothing of it is ours to write: execute() lets go of the run
     except RunAborted as aborted:
-        if aborted.message == TAKEN_OVER:
-            raise  # nothing of it is ours to write: execute() lets go of the run
         _abort(ex, aborted)
         return aborted.status.value
     except Exception as exc:

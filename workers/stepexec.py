@@ -17,7 +17,7 @@ from server.runbooks.catalog import CATALOG
 from server.runbooks.schema import StepSpec
 from server.runs.models import StepRun, StepStatus
 from workers.artifacts import cap_outputs
-from workers.steps.base import REGISTRY, StepContext, StepFailed, StepInterrupted, load_step_kinds
+from workers.steps.base import REGISTRY, StepContext, StepFailed, StepInterrupted, StepTimedOut, load_step_kinds
 
 if TYPE_CHECKING:
     from workers.engine import Execution
@@ -94,7 +94,7 @@ def _attempt(ex: Execution, spec: StepSpec, row: StepRun) -> Outcome:
             thread.join(STOP_GRACE_S)
             break
     error = result.get("error")
-    if step_timed_out or (isinstance(error, StepInterrupted) and str(error) == "timed out"):
+    if step_timed_out or isinstance(error, StepTimedOut):
         ex.watch()  # when it was the whole run's deadline, this raises and the run ends timed_out
         limit = spec.timeout.total_seconds() if spec.timeout else None
         return StepStatus.timed_out, None, f"timed out after {limit:g}s" if limit else "timed out"

@@ -8,7 +8,7 @@ import time
 from typing import IO, Any
 
 from server.runbooks.kinds import ShellInputs
-from workers.steps.base import Step, StepContext, StepFailed, StepInterrupted, register
+from workers.steps.base import Step, StepCancelled, StepContext, StepFailed, StepInterrupted, StepTimedOut, register
 from workers.toolkit.proc import kill_group
 
 # What one stream may hold in memory; the engine moves anything over the per-step cap to an artifact.
@@ -46,12 +46,12 @@ class Shell(Step[ShellInputs]):
                  threading.Thread(target=_pump, args=(proc.stderr, err, ctx, "stderr: "), daemon=True)]
         for pump in pumps:
             pump.start()
-        interrupted: str | None = None
+        interrupted: StepInterrupted | None = None
         while proc.poll() is None:
             if ctx.cancelled.wait(0.05):
-                interrupted = "cancelled"
+                interrupted = StepCancelled()
             elif deadline is not None and time.monotonic() >= deadline:
-                interrupted = "timed out"
+                interrupted = StepTimedOut()
             if interrupted:
                 kill_group(proc)
                 break
@@ -62,7 +62,7 @@ class Shell(Step[ShellInputs]):
         outputs: dict[str, Any] = {"exit_code": proc.returncode, "stdout": b"".join(out).decode(errors="replace"),
                                    "stderr": stderr}
         if interrupted:
-            raise StepInterrupted(interrupted)
+            raise interrupted
         if proc.returncode != 0 and proc.returncode not in inputs.allow_exit_codes:
             tail = stderr.strip().splitlines()[-1:] or [""]
             raise StepFailed(f"{argv[0]} exited with {proc.returncode}" + (f": {tail[0][:300]}" if tail[0] else ""),

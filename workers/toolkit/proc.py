@@ -18,7 +18,7 @@ from typing import IO
 
 import psutil
 
-from workers.steps.base import StepContext, StepFailed, StepInterrupted
+from workers.steps.base import StepCancelled, StepContext, StepFailed, StepInterrupted, StepTimedOut
 
 STREAM_LIMIT = 4 * 1024 * 1024  # kept in memory per stream; tools that write more write to files instead
 TERM_GRACE_S = 1.0
@@ -92,7 +92,7 @@ def run(command: Sequence[str | os.PathLike[str]], ctx: StepContext, *, timeout:
         check: bool = True) -> Completed:
     """Run argv to completion.
 
-    StepInterrupted on cancel, or "timed out" when the step's deadline passes (the engine records the step as
+    StepCancelled on cancel, StepTimedOut when the step's deadline passes (the engine records the step as
     timed out); StepFailed when it cannot start, when it overruns its own `timeout` (the tool hung: the step
     failed, and says which tool), or (with check) when it exits non-zero.
     """
@@ -111,14 +111,14 @@ def run(command: Sequence[str | os.PathLike[str]], ctx: StepContext, *, timeout:
              threading.Thread(target=_pump, args=(proc.stderr, err, ctx.emit if emit else None), daemon=True)]
     for pump in pumps:
         pump.start()
-    interrupted: str | None = None
+    interrupted: StepInterrupted | None = None
     overran = False
     try:
         while proc.poll() is None:
             if ctx.cancelled.wait(0.05):
-                interrupted = "cancelled"
+                interrupted = StepCancelled()
             elif ctx.deadline is not None and time.monotonic() >= ctx.deadline:
-                interrupted = "timed out"
+                interrupted = StepTimedOut()
             elif own_deadline is not None and time.monotonic() >= own_deadline:
                 overran = True
             if interrupted or overran:
@@ -130,7 +130,7 @@ def run(command: Sequence[str | os.PathLike[str]], ctx: StepContext, *, timeout:
     for pump in pumps:
         pump.join(2)
     if interrupted:
-        raise StepInterrupted(interrupted)
+        raise interrupted
     done = Completed(argv, proc.returncode, b"".join(out).decode(errors="replace"),
                      b"".join(err).decode(errors="replace"), round(time.monotonic() - started, 3))
     if overran:

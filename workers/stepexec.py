@@ -81,7 +81,7 @@ def _attempt(ex: Execution, spec: StepSpec, row: StepRun) -> Outcome:
         thread.join(0.05)
         if not thread.is_alive():
             break
-        ex.flush_announced(row)
+        ex.journal.step_running(row)
         try:
             ex.watch()
         except BaseException:
@@ -119,8 +119,8 @@ def step_context(ex: Execution, spec: StepSpec, row: StepRun, deadline: float | 
     def emit(line: str) -> None:
         live["lines"] += 1
         if live["lines"] <= MAX_LIVE_LINES:
-            ex.line({"id": None, "run_id": ex.run_id, "ts": utcnow().isoformat(), "type": "step.output",
-                     "step_id": spec.id, "data": {"line": ex.scrub(line)}})
+            ex.journal.line({"id": None, "run_id": ex.run_id, "ts": utcnow().isoformat(), "type": "step.output",
+                             "step_id": spec.id, "data": {"line": ex.scrub(line)}})
 
     def evaluate(expression: str, extra: dict[str, Any] | None = None) -> Any:
         return expressions.evaluate(expressions.whole_expression(expression) or expression,
@@ -146,11 +146,10 @@ def run_step(ex: Execution, spec: StepSpec, row: StepRun) -> Outcome:
     while True:
         row.attempts += 1
         row.status, row.started_at, row.error = StepStatus.running.value, row.started_at or utcnow(), None
-        # Followers hear of the start at once; the database only when the step outlives one poll (or with
-        # its result), which halves the commits of quick steps. A crash inside that window just means
-        # the resumed attempt is counted as the first.
-        ex.announce(row, ("step.started", {"attempt": row.attempts, "uses": spec.uses, "phase": spec.phase,
-                                           "title": spec.title}))
+        # Stored (and published) when the step outlives one poll, or with its result: a crash inside that
+        # window just means the resumed attempt is counted as the first.
+        ex.journal.step_started(row, ("step.started", {"attempt": row.attempts, "uses": spec.uses,
+                                                       "phase": spec.phase, "title": spec.title}))
         status, outputs, error = _attempt(ex, spec, row)
         if status in (StepStatus.succeeded, StepStatus.cancelled) or row.attempts >= spec.retry.attempts:
             return status, outputs, error

@@ -191,7 +191,7 @@ def test_a_held_first_claim_writes_nothing_when_a_cancel_got_there_first(runs_se
         pytest.skip("first claims are held on PostgreSQL only; on SQLite the claim is written at once")
     from server.runbooks.validation import check_text
     from workers import claims
-    from workers.engine import Execution, RunLost
+    from workers.journal import DbJournal, RunLost
 
     offline = runs_settings.model_copy(update={"redis_url": free_port_url("redis")})  # nothing is dispatched
     with serve(create_app(offline)) as url, http(url, make_token(Role.operator)) as client:
@@ -202,12 +202,11 @@ def test_a_held_first_claim_writes_nothing_when_a_cancel_got_there_first(runs_se
         # The claim's read took no lock, so the cancel does not wait for it: it finds the run still queued.
         cancelled = client.post(f"/api/v1/runs/{run['id']}/cancel", json={})
         assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
-    ex = Execution(runs_settings, engine, None, got.run, runbook, runs_settings.default_queue, held=got.held)
-    ex.deferred_events.append(got.started)
+    journal = DbJournal(runs_settings, engine, None, got)  # holds the claim and its run.started
     got.run.status = "succeeded"
     with pytest.raises(RunLost):
-        ex.save(run=True, event=("run.finished", {"status": "succeeded"}))
-    assert ex.held is None
+        journal.save(run=True, event=(None, "run.finished", {"status": "succeeded"}))
+    assert journal.held is None
     with session_scope(engine) as session:
         stored = session.get(Run, run["id"])
         assert stored.status == "cancelled" and stored.worker is None and stored.started_at is None

@@ -1,14 +1,31 @@
-"""Request dependencies: who is calling, and whether their role allows it."""
+"""Request dependencies: the process's settings and Redis client, who is calling, and whether their role
+allows it."""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from typing import Annotated
 
+import redis
 from fastapi import Depends, Request
 
 from server.auth.models import Actor, Role
 from server.errors import Forbidden, Unauthorized
+from server.settings import Settings
+
+
+async def _settings(request: Request) -> Settings:  # async: no thread-pool hop for a read
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+async def _redis(request: Request) -> redis.Redis | None:
+    client: redis.Redis | None = request.app.state.redis
+    return client
+
+
+SettingsDep = Annotated[Settings, Depends(_settings)]
+RedisDep = Annotated[redis.Redis | None, Depends(_redis)]  # None when the process runs without Redis
 
 
 def _presented_token(request: Request) -> str:
@@ -25,9 +42,7 @@ def _presented_token(request: Request) -> str:
 
 
 async def current_actor(request: Request) -> Actor:
-    """Who is calling. Answered from the process's token cache (server.auth.token_cache): async, so no
-    thread-pool hop, and the database is asked once per token per RUNBOOKD_AUTH_CACHE_SECONDS. A revoked
-    token stops working at once (the cache forgets it when the revocation commits or is announced)."""
+    """Who is calling, from the process's token cache (server.auth.token_cache); async: no thread-pool hop."""
     state = request.app.state
     actor: Actor = await state.token_cache.actor(state.engine, _presented_token(request))
     request.state.actor = actor
@@ -38,10 +53,7 @@ CurrentActor = Annotated[Actor, Depends(current_actor)]
 
 
 def require_role(needed: Role) -> Callable[[Actor], Awaitable[Actor]]:
-    """A dependency that lets through callers whose role is at least `needed`.
-
-    async because it does no I/O: FastAPI runs a sync dependency in its thread pool, a hop per request.
-    """
+    """A dependency that lets through callers whose role is at least `needed` (async: no I/O, no hop)."""
 
     async def check(actor: CurrentActor) -> Actor:
         if not actor.role.allows(needed):

@@ -1,8 +1,9 @@
 """Every module of `server` and `workers` imports on its own: no import cycle hides behind an import order.
 
 One fresh interpreter (no project module loaded) preloads the third-party libraries, then forks one child
-per module; each child imports only that module, so it sees our modules exactly as a fresh `python -c
-"import server.x"` would, without paying for the libraries' imports a hundred times.
+per module (as many at a time as there are cores); each child imports only that module, so it sees our
+modules exactly as a fresh `python -c "import server.x"` would, without paying for the libraries' imports a
+hundred times.
 """
 
 from __future__ import annotations
@@ -17,34 +18,40 @@ SCRIPTS = {"workers.toolkit.gdb_frames"}  # run inside gdb's own Python (it impo
 
 CHILD = r"""
 import importlib, json, os, sys, traceback
-for lib in ("pydantic", "sqlalchemy", "sqlmodel", "fastapi", "starlette", "celery", "kombu", "redis",
-            "httpx", "typer", "yaml", "jinja2", "alembic"):
+for lib in ("pydantic", "pydantic_settings", "sqlalchemy", "sqlalchemy.dialects.postgresql", "sqlmodel",
+            "fastapi", "fastapi.routing", "starlette", "sse_starlette", "uvicorn", "celery", "celery.app.task",
+            "kombu", "kombu.transport.redis", "redis", "redis.asyncio", "httpx", "typer", "rich", "rich.table",
+            "yaml", "jinja2", "alembic", "orjson", "psutil", "psycopg", "prometheus_client", "pythonjsonlogger",
+            "slack_sdk", "semver", "jsonpatch", "packaging"):
     try:
         importlib.import_module(lib)
     except ImportError:
         pass
 assert not [m for m in sys.modules if m.split(".")[0] in ("server", "workers")], "a project module is loaded"
 failed = {}
-for name in json.loads(sys.argv[1]):
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(read)
-        try:
-            importlib.import_module(name)
-            code, message = 0, b""
-        except BaseException:
-            code, message = 1, traceback.format_exc().encode()
-        os.write(write, message[-4000:])
-        os._exit(code)
-    os.close(write)
-    chunks = []
-    while chunk := os.read(read, 65536):
-        chunks.append(chunk)
+names, running = json.loads(sys.argv[1]), {}
+while names or running:
+    while names and len(running) < max(2, os.cpu_count() or 1):  # children fit their trace in the pipe
+        name = names.pop()
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.close(read)
+            try:
+                importlib.import_module(name)
+                code, message = 0, b""
+            except BaseException:
+                code, message = 1, traceback.format_exc().encode()
+            os.write(write, message[-4000:])
+            os._exit(code)
+        os.close(write)
+        running[pid] = (name, read)
+    pid, status = os.wait()
+    name, read = running.pop(pid)
+    trace = os.read(read, 65536)
     os.close(read)
-    _, status = os.waitpid(pid, 0)
     if status != 0:
-        failed[name] = b"".join(chunks).decode(errors="replace") or f"exit status {status}"
+        failed[name] = trace.decode(errors="replace") or f"exit status {status}"
 print(json.dumps(failed))
 """
 

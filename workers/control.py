@@ -12,9 +12,9 @@ from celery.signals import worker_process_init, worker_ready, worker_shutdown
 
 from server.db import make_engine
 from server.debug.service import WORKER_HEARTBEAT_SECONDS, write_worker_heartbeat
+from server.dispatch_queue import LOGLEVEL_EXPIRE_TASK
 from server.loglevels.sync import OwnLoggerSync, sweep_expired
 from server.notices import NoticeBus
-from server.queue import LOGLEVEL_EXPIRE_TASK
 from server.redis_client import key, make_redis
 from workers.celery_app import app, settings
 

@@ -155,7 +155,7 @@ def execute_with(claim: Callable[[int, Definition], Claimed], run_id: int, queue
         return _execute(Execution(settings, engine, journal, checked.runbook, queue))
     except RunLost:  # found by a heartbeat or a held claim's write: nothing of it is ours to write
         log.warning("run lost", extra={"run_id": run_id})
-        return RunStatus.failed.value
+        return RunStatus.failed
     finally:
         journal.release()
 
@@ -185,7 +185,7 @@ def _execute(ex: Execution) -> str:
         raise
     except RunAborted as aborted:
         _abort(ex, aborted)
-        return aborted.status.value
+        return aborted.status
     except Exception as exc:
         # A bug here must not leave the run "running" until the reaper (nor lose the last step's
         # deferred result): end it with the reason.
@@ -203,7 +203,7 @@ def _checked(text: str, source: str) -> Checked:
 
 def _hand_over(ex: Execution, queue: str) -> str:
     """The next step runs on another host's queue: requeue the run there and let go of it."""
-    ex.run.status, ex.run.queue, ex.run.worker, ex.run.dispatched_at = RunStatus.queued.value, queue, None, utcnow()
+    ex.run.status, ex.run.queue, ex.run.worker, ex.run.dispatched_at = RunStatus.queued, queue, None, utcnow()
     ex.save(run=True, event=("run.handed_over", {"queue": queue}))
     ex.journal.hand_over(queue)
     return f"handed over to {queue}"
@@ -223,13 +223,13 @@ def _step(ex: Execution, spec: StepSpec, row: StepRun) -> str:
                          f"if: {spec.if_!r} gave {wanted!r} ({type(wanted).__name__}), not true/false; "
                          "compare explicitly, e.g. `x == 'yes'`")
         if not wanted:
-            row.status, row.finished_at = StepStatus.skipped.value, utcnow()
+            row.status, row.finished_at = StepStatus.skipped, utcnow()
             ex.save(row, event=("step.finished", {"status": "skipped", "reason": "if: was false"}), defer=True)
             return "next"
     if spec.approval == "required" and not ex.run.dry_run:
         if row.approval is None:
             row.approval = "waiting"
-            ex.run.status, ex.run.worker = RunStatus.waiting_approval.value, None
+            ex.run.status, ex.run.worker = RunStatus.waiting_approval, None
             ex.save(row, run=True, event=("step.waiting_approval", {"title": spec.title}))
             return "parked"
         if row.approval == "rejected":
@@ -240,14 +240,14 @@ def _step(ex: Execution, spec: StepSpec, row: StepRun) -> str:
             preview = ex.scrub(expressions.render(spec.with_, context))
         except expressions.ExpressionError as exc:
             preview = {"unrendered": spec.with_, "note": str(exc)}
-        row.status, row.finished_at = StepStatus.skipped.value, utcnow()
+        row.status, row.finished_at = StepStatus.skipped, utcnow()
         row.outputs = to_json({"dry_run": True, "uses": spec.uses, "inputs": preview})
         ex.save(row, event=("step.finished", {"status": "skipped", "reason": "dry run"}), defer=True)
         return "next"
     status, outputs, error = run_step(ex, spec, row)
     if status == StepStatus.succeeded:
-        row.status, row.outputs, row.error, row.finished_at = status.value, outputs, None, utcnow()
-        ex.save(row, event=("step.finished", {"status": status.value, "attempts": row.attempts}),
+        row.status, row.outputs, row.error, row.finished_at = status, outputs, None, utcnow()
+        ex.save(row, event=("step.finished", {"status": status, "attempts": row.attempts}),
                 defer=_deferrable(ex, spec, row))
         return "next"
     return _fail(ex, spec, row, status, error or "failed", outputs)
@@ -265,10 +265,10 @@ def _deferrable(ex: Execution, spec: StepSpec, row: StepRun) -> bool:
 
 def _fail(ex: Execution, spec: StepSpec, row: StepRun, status: StepStatus, error: str,
           outputs: dict[str, Any] | None = None) -> str:
-    row.status, row.error, row.finished_at = status.value, ex.scrub(error), utcnow()
+    row.status, row.error, row.finished_at = status, ex.scrub(error), utcnow()
     if outputs is not None:
         row.outputs = outputs
-    ex.save(row, event=("step.finished", {"status": status.value, "error": row.error, "attempts": row.attempts}))
+    ex.save(row, event=("step.finished", {"status": status, "error": row.error, "attempts": row.attempts}))
     if spec.continue_on_error:
         return "next"
     ex.failed.append(spec.id)
@@ -285,7 +285,7 @@ def _abort(ex: Execution, aborted: RunAborted) -> None:
     step_status = StepStatus.timed_out if aborted.status == RunStatus.timed_out else StepStatus.cancelled
     for row in ex.rows.values():
         if row.status in (StepStatus.pending, StepStatus.running):
-            row.status, row.finished_at = step_status.value, utcnow()
+            row.status, row.finished_at = step_status, utcnow()
             row.error = row.error or aborted.message
             ex.save(row)
     _finish(ex, aborted.status, aborted.message)
@@ -307,9 +307,9 @@ def _complete(ex: Execution) -> None:
 
 
 def _finish(ex: Execution, status: RunStatus, error: str | None) -> None:
-    ex.run.status, ex.run.error, ex.run.finished_at = status.value, ex.scrub(error), utcnow()
+    ex.run.status, ex.run.error, ex.run.finished_at = status, ex.scrub(error), utcnow()
     ex.run.secrets = None  # secret values live only as long as the run needs them
-    ex.save(run=True, event=("run.finished", {"status": status.value, "error": ex.run.error}))
+    ex.save(run=True, event=("run.finished", {"status": status, "error": ex.run.error}))
     ex.journal.ended(status)
 
 

@@ -50,7 +50,7 @@ class MemoryStore:
         self.runs[run_id] = Run(id=run_id, runbook_id=runbook_id, definition=definition, params=params or {},
                                 secrets=secrets, dry_run=dry_run, queue=queue, actor=actor, incident_id=incident_id,
                                 runbook_hash=hashlib.sha256(definition.encode()).hexdigest(),
-                                status=RunStatus.queued.value, created_at=utcnow())
+                                status=RunStatus.queued, created_at=utcnow())
         self.stored[run_id], self.batches[run_id] = [], []
         return run_id
 
@@ -76,7 +76,7 @@ class MemoryStore:
         """What the approval route does: decide, and queue the run again."""
         row = self.step(run_id, step_id)
         row.approval, row.approval_by, row.approval_reason = ("approved" if approve else "rejected"), by, reason
-        self.runs[run_id].status = RunStatus.queued.value
+        self.runs[run_id].status = RunStatus.queued
 
 
 class MemoryJournal:
@@ -94,16 +94,16 @@ class MemoryJournal:
             stored = store.runs.get(run_id)
             if stored is None:
                 return Claimed(None, why="no such run")
-            status = RunStatus(stored.status)
+            status = stored.status
             if status.finished or status == RunStatus.waiting_approval:
-                return Claimed(None, why=f"run is {status.value}")
+                return Claimed(None, why=f"run is {status}")
             if status == RunStatus.running and run_id not in store.lost:
                 return Claimed(None, why=f"run is held by live process {stored.worker}")
             runbook = definition(stored)
             now, first, previous = utcnow(), stored.started_at is None, stored.worker
             timeout = (runbook.timeout if runbook is not None else None) or \
                 timedelta(seconds=settings.run_default_timeout)
-            stored.status, stored.worker, stored.heartbeat_at = RunStatus.running.value, "memory:1", now
+            stored.status, stored.worker, stored.heartbeat_at = RunStatus.running, "memory:1", now
             stored.started_at = stored.started_at or now
             stored.deadline_at = stored.deadline_at or as_utc(stored.started_at) + timeout
             store.lost.discard(run_id)

@@ -145,7 +145,7 @@ def run_step(ex: Execution, spec: StepSpec, row: StepRun) -> Outcome:
     backoff = spec.retry.backoff.total_seconds()
     while True:
         row.attempts += 1
-        row.status, row.started_at, row.error = StepStatus.running.value, row.started_at or utcnow(), None
+        row.status, row.started_at, row.error = StepStatus.running, row.started_at or utcnow(), None
         # Stored (and published) when the step outlives one poll, or with its result: a crash inside that
         # window just means the resumed attempt is counted as the first.
         ex.journal.step_started(row, ("step.started", {"attempt": row.attempts, "uses": spec.uses,

@@ -6,7 +6,7 @@ from server.auth import service
 from server.auth.models import TokenCreate, TokenCreated, TokenPublic
 from server.auth.token_cache import announce_revocation
 from server.db import SessionDep
-from server.deps import Admin
+from server.deps import Admin, RedisDep, SettingsDep
 
 router = APIRouter(prefix="/api/v1/tokens", tags=["tokens"])
 
@@ -26,9 +26,9 @@ def list_tokens(session: SessionDep, _actor: Admin, include_revoked: bool = Fals
 
 
 @router.delete("/{ref}", response_model=TokenPublic)
-def revoke_token(ref: str, request: Request, session: SessionDep, actor: Admin) -> TokenPublic:
+def revoke_token(ref: str, request: Request, settings: SettingsDep, client: RedisDep, session: SessionDep,
+                 actor: Admin) -> TokenPublic:
     token = service.revoke_token(session, ref=ref, actor=actor)
-    state = request.app.state
-    announce_revocation(session, state.settings, state.redis, token.token_hash, cache=state.token_cache)
+    announce_revocation(session, settings, client, token.token_hash, cache=request.app.state.token_cache)
     session.commit()
     return TokenPublic.model_validate(token, from_attributes=True)

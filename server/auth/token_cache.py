@@ -1,14 +1,9 @@
-"""Checked tokens remembered per api process: token hash -> actor, or the reason it was refused.
+"""Checked tokens remembered per api process (token hash -> actor, or why it was refused), checked in the
+database once per RUNBOOKD_AUTH_CACHE_SECONDS (0: every request); why: docs/architecture.md, "Measurements".
 
-Looking a token up on every request cost a database query and a thread-pool hop (a sync dependency),
-a third of the api's CPU for POST /api/v1/runs on a 2-core machine. A token is therefore checked in the
-database once per RUNBOOKD_AUTH_CACHE_SECONDS, and a revocation stops it working:
-- at once in the api process that revoked it, which forgets the token as the revocation commits;
-- within milliseconds in every other process: the revocation is published on Redis (`auth:revoked`) and
-  each process's RevocationFollower forgets the token;
-- within RUNBOOKD_AUTH_CACHE_SECONDS at worst, when that notice cannot arrive (Redis unreachable, a change
-  made in the database by hand), because entries expire. A token never outlives its own expiry.
-RUNBOOKD_AUTH_CACHE_SECONDS=0 checks the database on every request.
+A revocation stops a token at once in the revoking process, within milliseconds in the others (the notice
+on `auth:revoked`, followed on the notice bus), and within RUNBOOKD_AUTH_CACHE_SECONDS at worst when the
+notice cannot arrive. A token never outlives its own expiry.
 """
 
 from __future__ import annotations

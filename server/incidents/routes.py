@@ -2,12 +2,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query
 from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel
 
 from server.db import SessionDep
-from server.deps import Operator, Viewer
+from server.deps import Operator, RedisDep, SettingsDep, Viewer
 from server.flags.cache import announce_change
 from server.incidents import history, service
 from server.incidents import rollback as undo
@@ -54,12 +54,11 @@ class RollbackRequest(BaseModel):
 
 
 @router.post("/{ref}/rollback")
-def rollback_incident(ref: str, body: RollbackRequest, request: Request, session: SessionDep,
+def rollback_incident(ref: str, body: RollbackRequest, settings: SettingsDep, client: RedisDep, session: SessionDep,
                       actor: Operator) -> dict[str, Any]:
     """Revert every change made under the incident that is still in effect (dry_run: only say what)."""
     incident = service.get_incident(session, ref=ref)
     services: set[str] = set()
-    settings, client = request.app.state.settings, request.app.state.redis
     result = undo.rollback(session, incident=incident, actor=actor, dry_run=body.dry_run,
                            on_flag_change=lambda key, version: announce_change(session, settings, client, key=key,
                                                                                version=version),

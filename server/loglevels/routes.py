@@ -45,7 +45,8 @@ class EventsUnavailable(DomainError):
 
 def _commit(request: Request, session: Session, services: set[str]) -> None:
     """Commit, announcing the change to every process; this one applies its own loggers' change at once."""
-    announce(session, request.app.state.redis, request.app.state.settings, services)
+    state = request.app.state
+    announce(session, state.redis, state.settings, services)
     sync = getattr(request.app.state, "loglevel_sync", None)
     if sync is not None and SERVER_SERVICE in services:
         on_commit(session, sync.safe_refresh)  # this process answers with the new level at once

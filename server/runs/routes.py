@@ -12,7 +12,7 @@ from sqlmodel import Session
 from sse_starlette.sse import EventSourceResponse
 
 from server.db import SessionDep
-from server.deps import Operator, Viewer
+from server.deps import Operator, RedisDep, SettingsDep, Viewer
 from server.errors import InvalidInput, NotFound
 from server.runbooks import service as runbooks
 from server.runs import events, service, stream, sweeps, views
@@ -135,16 +135,15 @@ def get_run(run_id: int, request: Request, session: SessionDep, _actor: Viewer) 
 
 
 @router.post("/{run_id}/cancel", response_model=RunPublic)
-def cancel_run(run_id: int, request: Request, session: SessionDep, actor: Operator,
-               body: CancelRequest | None = None) -> Response:
+def cancel_run(run_id: int, request: Request, client: RedisDep, settings: SettingsDep, session: SessionDep,
+               actor: Operator, body: CancelRequest | None = None) -> Response:
     last = _last_event_id(session, run_id)
     run = service.cancel(session, run_id=run_id, actor=actor, reason=body.reason if body else None)
     session.commit()
-    client = request.app.state.redis
     if client is not None and run.status == RunStatus.running:
         # The worker polls this key a few times a second; the database flag is the slower fallback.
         with contextlib.suppress(redis.RedisError):
-            client.set(events.cancel_key(_settings(request), run_id), actor.name, ex=86400)
+            client.set(events.cancel_key(settings, run_id), actor.name, ex=86400)
     _publish_history(request, session, run_id, last)
     return _response(request, session, run, 202 if run.status == RunStatus.running else 200)
 
@@ -173,10 +172,10 @@ def reject_step(run_id: int, step_id: str, request: Request, session: SessionDep
 
 
 @router.post("/{run_id}/rerun", status_code=202, response_model=RunPublic)
-def rerun(run_id: int, request: Request, session: SessionDep, actor: Operator,
+def rerun(run_id: int, request: Request, settings: SettingsDep, session: SessionDep, actor: Operator,
           body: RerunRequest | None = None) -> Response:
     run = service.rerun(session, run_id=run_id, actor=actor, overrides=body.params if body else {},
-                        settings=_settings(request))
+                        settings=settings)
     session.commit()
     assert run.id is not None
     # No live publish of run.queued: nobody can follow a run before knowing its id; followers read it stored.
@@ -192,12 +191,12 @@ def _check_exists(session: Session, run_id: int) -> None:
 
 
 @router.get("/{run_id}/events")
-def run_events(run_id: int, request: Request, session: SessionDep, _actor: Viewer,
+def run_events(run_id: int, request: Request, settings: SettingsDep, session: SessionDep, _actor: Viewer,
                last_event_id: Annotated[str | None, Header()] = None,
                after: Annotated[int, Query(ge=0, description="only events after this id")] = 0) -> EventSourceResponse:
     _check_exists(session, run_id)  # 404 before the stream starts
     after_id = int(last_event_id) if last_event_id and last_event_id.isdigit() else after
-    return EventSourceResponse(stream.follow(request, _settings(request), run_id, after_id), ping=15)
+    return EventSourceResponse(stream.follow(request, settings, run_id, after_id), ping=15)
 
 
 @router.get("/{run_id}/artifacts/{name}")

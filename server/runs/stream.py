@@ -14,7 +14,7 @@ from starlette.concurrency import run_in_threadpool
 
 from server.runs import events
 from server.runs.feed import Batch, RunFeed
-from server.runs.models import Run, RunStatus
+from server.runs.models import Run
 from server.settings import Settings
 
 RESYNC_S = 2.0  # re-read the stored history this often, so a missed publish only delays an event
@@ -24,7 +24,7 @@ def _stored(request: Request, run_id: int, after_id: int) -> tuple[list[dict[str
     with Session(request.app.state.engine) as session:
         rows = events.history(session, run_id=run_id, after_id=after_id)
         run = session.get(Run, run_id)
-        finished = run is None or RunStatus(run.status).finished
+        finished = run is None or run.status.finished
         return [events.as_message(e) for e in rows], finished
 
 

@@ -20,7 +20,7 @@ from server.auth.models import Actor, Role, Source
 from server.db import session_scope
 from server.runbooks.validation import check_text
 from server.runs import events
-from server.runs.models import Run, RunEvent, StepRun
+from server.runs.models import Run, RunEvent, RunStatus, StepRun, StepStatus
 from server.runs.service import create_run
 from server.settings import Settings
 from workers.engine import execute_with
@@ -178,6 +178,8 @@ def test_a_run_stores_and_announces_the_same_things(subject: Subject):
     assert steps["talk"].attempts == 1 and steps["gated"].approval == "approved"
     run = subject.run(run_id)
     assert run.status == "succeeded" and run.outputs == {"greeting": "hello", "n": 2} and run.worker is not None
+    # Enum-typed status columns: read back as the enums on both databases (stored as VARCHAR values).
+    assert run.status is RunStatus.succeeded and all(isinstance(s.status, StepStatus) for s in steps.values())
     heard = subject.published(run_id)
     assert [(m["type"], m["step_id"]) for m in heard if m["id"] is not None] == subject.stored(run_id)
     lines = [(m["type"], m["data"].get("line")) for m in heard]

@@ -20,7 +20,9 @@ import psutil
 
 from workers.steps.base import StepCancelled, StepContext, StepFailed, StepInterrupted, StepTimedOut
 
-STREAM_LIMIT = 4 * 1024 * 1024  # kept in memory per stream; tools that write more write to files instead
+# Kept in memory per stream (the rest is read and dropped); a step's outputs over RUNBOOKD_STEP_OUTPUT_CAP
+# become an artifact anyway. Tools that write more write to files instead.
+STREAM_LIMIT = 8 * 1024 * 1024
 TERM_GRACE_S = 1.0
 
 
@@ -71,14 +73,14 @@ def kill_group(proc: subprocess.Popen[bytes]) -> None:
         return
 
 
-def _pump(stream: IO[bytes], sink: list[bytes], emit: Callable[[str], None] | None) -> None:
+def _pump(stream: IO[bytes], sink: list[bytes], emit: Callable[[str], None] | None, prefix: str = "") -> None:
     size = 0
     for raw in iter(stream.readline, b""):
         if size < STREAM_LIMIT:
             sink.append(raw[: STREAM_LIMIT - size])
             size += len(raw)
         if emit is not None:
-            emit(raw.decode(errors="replace").rstrip("\n"))
+            emit(prefix + raw.decode(errors="replace").rstrip("\n"))
     stream.close()
 
 
@@ -89,14 +91,16 @@ def allow_core_dumps() -> None:
 
 def run(command: Sequence[str | os.PathLike[str]], ctx: StepContext, *, timeout: float | None = None,
         cwd: str | Path | None = None, env: dict[str, str] | None = None, emit: bool = False,
-        check: bool = True) -> Completed:
+        check: bool = True, deadline: float | None = None, stderr_prefix: str = "") -> Completed:
     """Run argv to completion.
 
-    StepCancelled on cancel, StepTimedOut when the step's deadline passes (the engine records the step as
-    timed out); StepFailed when it cannot start, when it overruns its own `timeout` (the tool hung: the step
-    failed, and says which tool), or (with check) when it exits non-zero.
+    StepCancelled on cancel, StepTimedOut when the step's deadline (ctx.deadline, or `deadline` when given)
+    passes: the engine records the step as timed out. StepFailed when it cannot start, when it overruns
+    its own `timeout` (the tool hung: the step failed, and says which tool), or (with check) when it exits
+    non-zero. With emit, every line goes out live (stderr's after `stderr_prefix`).
     """
     argv = [os.fspath(a) for a in command]
+    step_deadline = ctx.deadline if deadline is None else deadline
     started = time.monotonic()
     own_deadline = None if timeout is None else started + timeout
     try:
@@ -108,7 +112,8 @@ def run(command: Sequence[str | os.PathLike[str]], ctx: StepContext, *, timeout:
     err: list[bytes] = []
     assert proc.stdout is not None and proc.stderr is not None
     pumps = [threading.Thread(target=_pump, args=(proc.stdout, out, ctx.emit if emit else None), daemon=True),
-             threading.Thread(target=_pump, args=(proc.stderr, err, ctx.emit if emit else None), daemon=True)]
+             threading.Thread(target=_pump, args=(proc.stderr, err, ctx.emit if emit else None, stderr_prefix),
+                              daemon=True)]
     for pump in pumps:
         pump.start()
     interrupted: StepInterrupted | None = None
@@ -117,7 +122,7 @@ def run(command: Sequence[str | os.PathLike[str]], ctx: StepContext, *, timeout:
         while proc.poll() is None:
             if ctx.cancelled.wait(0.05):
                 interrupted = StepCancelled()
-            elif ctx.deadline is not None and time.monotonic() >= ctx.deadline:
+            elif step_deadline is not None and time.monotonic() >= step_deadline:
                 interrupted = StepTimedOut()
             elif own_deadline is not None and time.monotonic() >= own_deadline:
                 overran = True

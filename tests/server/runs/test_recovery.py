@@ -20,8 +20,8 @@ from server.app import create_app
 from server.audit.models import AuditEvent
 from server.auth.models import Role
 from server.db import session_scope
+from server.dispatch_queue import RUN_EXECUTE_TASK, send
 from server.models_base import utcnow
-from server.queue import RUN_EXECUTE_TASK, send
 from server.runs import sweeps
 from server.runs.models import Run, RunEvent, StepRun
 from tests.conftest import subprocess_env
@@ -215,7 +215,7 @@ def test_a_held_first_claim_writes_nothing_when_a_cancel_got_there_first(runs_se
 
 
 def test_beat_runs_the_relay_and_the_reaper(runs_settings):
-    from server.queue import RUN_REAP_TASK, RUN_RELAY_TASK, make_celery
+    from server.dispatch_queue import RUN_REAP_TASK, RUN_RELAY_TASK, make_celery
 
     tasks = {entry["task"]: entry["schedule"].total_seconds()
              for entry in make_celery(runs_settings).conf.beat_schedule.values()}

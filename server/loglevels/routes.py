@@ -17,7 +17,7 @@ from starlette.concurrency import run_in_threadpool
 from server.aftercommit import on_commit
 from server.auth.models import Actor, Role
 from server.db import SessionDep
-from server.deps import Admin, Operator, Viewer, require_role
+from server.deps import Admin, Operator, SettingsDep, Viewer, require_role
 from server.errors import DomainError
 from server.loglevels import service as svc
 from server.loglevels.levels import LEVELS, ROOT, get_logger, to_name
@@ -54,10 +54,11 @@ def _commit(request: Request, session: Session, services: set[str]) -> None:
 
 
 @router.post("", status_code=201, response_model=OverridePublic)
-def create_override(body: OverrideCreate, request: Request, session: SessionDep, actor: Operator) -> OverridePublic:
+def create_override(body: OverrideCreate, request: Request, settings: SettingsDep, session: SessionDep,
+                    actor: Operator) -> OverridePublic:
     row = svc.raise_level(session, service=body.service, logger=body.logger, level=body.level,
-                              duration=body.for_, actor=actor, reason=body.reason, incident_id=body.incident_id,
-                              max_duration=request.app.state.settings.loglevel_max_duration)
+                          duration=body.for_, actor=actor, reason=body.reason, incident_id=body.incident_id,
+                          max_duration=settings.loglevel_max_duration)
     _commit(request, session, {row.service})
     return svc.public(row, effective=True)
 
@@ -162,13 +163,13 @@ def one_logger(name: Annotated[str, Path(pattern=LOGGER_PATTERN)], session: Sess
 
 @debug_router.post("/{name}", status_code=204)
 def set_logger(name: Annotated[str, Path(pattern=LOGGER_PATTERN)], body: ActuatorLevel, request: Request,
-               session: SessionDep, actor: Admin) -> Response:
+               settings: SettingsDep, session: SessionDep, actor: Admin) -> Response:
     if body.configuredLevel is None:
         # Actuator's reset: the logger goes back to its own configuration in every process.
         svc.end_logger(session, service=SERVER_SERVICE, logger=name, actor=actor, reason=body.reason)
     else:
         svc.raise_level(session, service=SERVER_SERVICE, logger=name, level=body.configuredLevel,
-                            duration=body.for_, actor=actor, reason=body.reason, incident_id=body.incident_id,
-                            max_duration=request.app.state.settings.loglevel_max_duration)
+                        duration=body.for_, actor=actor, reason=body.reason, incident_id=body.incident_id,
+                        max_duration=settings.loglevel_max_duration)
     _commit(request, session, {SERVER_SERVICE})
     return Response(status_code=204)

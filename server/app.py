@@ -28,6 +28,7 @@ from server.loglevels.routes import router as loglevels_router
 from server.loglevels.sync import OwnLoggerSync
 from server.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from server.migrate import code_heads
+from server.notices import NoticeBus
 from server.redis_client import make_redis
 from server.runbooks.routes import router as runbooks_router
 from server.runs.routes import links_router as artifact_links_router
@@ -50,19 +51,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.engine = make_engine(settings.effective_database_url)
         app.state.redis = make_redis(settings) if settings.redis_url else None
-        app.state.flag_cache = start_flags(app, settings)
-        # Applies overrides of runbookd's own loggers made through any process (needs Redis for the news).
-        app.state.loglevel_sync = (
-            OwnLoggerSync(settings, app.state.engine).start() if app.state.redis is not None else None
-        )
-        # Tokens revoked through another api process are forgotten here too (see server.auth.token_cache).
-        revocations = (RevocationFollower(settings, app.state.token_cache).start()
-                       if app.state.redis is not None else None)
+        # One Redis subscription per process for every change notice (server/notices.py); needs Redis.
+        bus = app.state.notices = NoticeBus(settings) if app.state.redis is not None else None
+        app.state.flag_cache = start_flags(app, settings, bus)
+        app.state.loglevel_sync = None
+        if bus is not None:
+            # Applies overrides of runbookd's own loggers made through any process.
+            app.state.loglevel_sync = OwnLoggerSync(settings, app.state.engine).start(bus)
+            # Tokens revoked through another api process are forgotten here too (server.auth.token_cache).
+            bus.add(RevocationFollower(settings, app.state.token_cache))
+            bus.start()
         try:
             yield
         finally:
-            if revocations is not None:
-                revocations.stop()
+            if bus is not None:
+                bus.stop()
             app.state.flag_cache.stop()
             if app.state.loglevel_sync is not None:
                 app.state.loglevel_sync.stop()

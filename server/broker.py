@@ -1,16 +1,7 @@
-"""kombu's Redis transport with one publishing client per channel instead of one per command.
-
-kombu.transport.redis.Channel builds a new redis.Redis object for every publish and every ack
-(conn_or_acquire -> _create_client). The object is a thin handle on the channel's connection pool (the
-sockets are pooled already), but building one sets up redis-py's table of response callbacks: 18% of
-the CPU of a send_task here (bench: /tmp harness, 3000 sends), paid by the api for every run it
-dispatches and by a worker for every task it acknowledges. A redis.Redis is safe to share between
-threads, so this Channel keeps one per connection pool and hands it out again; kombu still owns the
-pool, and a new pool (after a fork, a reconnect) gets a new client.
-
-server.queue.make_celery selects it with Celery's broker_transport setting; the broker URL stays
-redis://...
-"""
+"""kombu's Redis transport with one publishing client per channel (per connection pool) instead of one per
+command; selected by server.dispatch_queue.make_celery. Why: docs/architecture.md, "Measurements".
+It overrides kombu's private Channel._create_client: pyproject.toml bounds kombu, tests/server/test_broker.py
+guards it."""
 
 from __future__ import annotations
 

@@ -223,35 +223,22 @@ def token_list(include_revoked: Annotated[bool, typer.Option("--all", help="Incl
 def token_revoke(ref: Annotated[str, typer.Argument(help="Token id or name.")]) -> None:
     """Revoke a token at once."""
     from server.auth import service
+    from server.auth.token_cache import announce_revocation
     from server.db import session_scope
     from server.errors import DomainError
+    from server.settings import get_settings
 
     _require_database()
     try:
         with session_scope() as session:
             token = service.revoke_token(session, ref=ref, actor=_cli_actor())
-            name, token_hash = token.name, token.token_hash
+            name = token.name
+            # Running api processes forget the token now rather than when their cache entry expires.
+            announce_revocation(session, get_settings(), None, token.token_hash)
     except DomainError as exc:
         print_error(err, exc.message)
         raise typer.Exit(1) from None
-    _announce_revocation(token_hash)
     err.print(f"token {name!r} revoked")
-
-
-def _announce_revocation(token_hash: str) -> None:
-    """Running api processes forget the token now rather than when their cache entry expires."""
-    from server.auth.token_cache import publish_revocation
-    from server.redis_client import make_redis
-    from server.settings import get_settings
-
-    settings = get_settings()
-    if not settings.redis_url:
-        return
-    client = make_redis(settings)
-    try:
-        publish_revocation(client, settings, token_hash)
-    finally:
-        client.close()
 
 
 def _when(value: object) -> str:

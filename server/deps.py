@@ -1,15 +1,32 @@
-"""Request dependencies: who is calling, and whether their role allows it."""
+"""Request dependencies: the process's settings and Redis client, who is calling, and whether their role
+allows it."""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from typing import Annotated
 
+import redis
 from fastapi import Depends, Request
 
 from server.auth.models import Actor, Role
 from server.errors import Forbidden, Unauthorized
+from server.settings import Settings
 from server.throttle import auth_throttle
+
+
+async def _settings(request: Request) -> Settings:  # async: no thread-pool hop for a read
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+async def _redis(request: Request) -> redis.Redis | None:
+    client: redis.Redis | None = request.app.state.redis
+    return client
+
+
+SettingsDep = Annotated[Settings, Depends(_settings)]
+RedisDep = Annotated[redis.Redis | None, Depends(_redis)]  # None when the process runs without Redis
 
 
 def _presented_token(request: Request) -> str:
@@ -68,10 +85,7 @@ CurrentActor = Annotated[Actor, Depends(current_actor)]
 
 
 def require_role(needed: Role) -> Callable[[Actor], Awaitable[Actor]]:
-    """A dependency that lets through callers whose role is at least `needed`.
-
-    async because it does no I/O: FastAPI runs a sync dependency in its thread pool, a hop per request.
-    """
+    """A dependency that lets through callers whose role is at least `needed` (async: no I/O, no hop)."""
 
     async def check(actor: CurrentActor) -> Actor:
         if not actor.role.allows(needed):

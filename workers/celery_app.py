@@ -8,8 +8,8 @@ from celery.signals import beat_init, setup_logging, task_postrun, task_prerun, 
 
 from server import logmask, tracing
 from server.context import request_id_var
+from server.dispatch_queue import make_celery
 from server.logs import configure_logging
-from server.queue import make_celery
 from server.settings import get_settings
 
 settings = get_settings()

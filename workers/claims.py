@@ -26,13 +26,9 @@ HOST = socket.gethostname()
 
 
 def open_progress(engine: Engine, settings: Settings) -> Connection:
-    """A Connection in a transaction for a run's progress (claims, step results): Core statements on it.
-
-    Unless RUNBOOKD_RUN_PROGRESS_FSYNC is set, PostgreSQL acknowledges its commit before the disk flush:
-    the result is committed and visible (a worker killed right after loses nothing), only a crash of the
-    database server itself could lose the last fraction of a second; that halves a quick run's time.
-    The caller commits and closes it (closing without a commit rolls back).
-    """
+    """A Connection in a transaction for a run's progress (claims, step results), committed without waiting
+    for the disk flush unless RUNBOOKD_RUN_PROGRESS_FSYNC (docs/architecture.md, "Measurements"). The caller
+    commits and closes it (closing without a commit rolls back)."""
     conn = engine.connect()
     try:
         conn.begin()
@@ -91,9 +87,8 @@ class Claim:
 
 
 def row_update(model: type[Run] | type[StepRun], columns: tuple[str, ...], key: tuple[str, ...] = ("id",)) -> Any:
-    """UPDATE of these columns of the one row a unique key names, built once so SQLAlchemy compiles it once;
-    run it with row_values(). The claim and the engine's saves write run progress this way, without an
-    ORM flush."""
+    """UPDATE of these columns of the one row a unique key names, built once (compiled once); run it with
+    row_values()."""
     table = model.__table__  # type: ignore[union-attr]
     return update(table).where(and_(*(table.c[k] == bindparam(f"key_{k}") for k in key))).values(
         {c: bindparam(f"new_{c}", type_=table.c[c].type) for c in columns})
@@ -106,8 +101,7 @@ def row_values(row: Run | StepRun, columns: tuple[str, ...], key: tuple[str, ...
 CLAIMED = ("status", "worker", "heartbeat_at", "started_at", "deadline_at")
 _CLAIM = row_update(Run, CLAIMED)
 _RUNS, _STEPS = Run.__table__, StepRun.__table__  # type: ignore[attr-defined]
-# Core statements built once: the claim runs for every run, and building and ORM-loading them cost more
-# than the SQL. The rows become detached Run/StepRun objects that the engine changes and writes back.
+# Core statements built once; the rows become detached Run/StepRun objects the journal writes back.
 _READ_RUN = select(_RUNS).where(_RUNS.c.id == bindparam("run_id"))
 _LOAD_RUN = _READ_RUN.with_for_update()
 _LOAD_STEPS = select(_STEPS).where(_STEPS.c.run_id == bindparam("run_id")).order_by(_STEPS.c.position)
@@ -121,13 +115,10 @@ def claim(engine: Engine, settings: Settings, run_id: int, *, definition: Defini
     `definition(run)` gives the runbook the run runs: its concurrency, its timeout and, at the first
     claim, its steps (their rows are still as create_run wrote them, so they are not read back).
 
-    A run's first claim (on PostgreSQL, without a concurrency limit) is held rather than written: the
-    claim comes back with its transaction open, and the engine writes it with take() in that transaction
-    together with its first results. A quick run of side-effect-free steps thus commits once, claim and
-    end together; the engine writes a held claim before any step that acts outside the run, and within
-    DEFER_WINDOW_S in any case. The read takes no lock: take() writes only if the run is still queued and
-    never started, so when another worker (a redelivery) or a cancel got there first, it writes nothing
-    and the engine drops what it computed, which nobody has seen (events go out after commits).
+    A run's first claim (on PostgreSQL, without a concurrency limit) is held rather than written: it comes
+    back with its transaction open, and the journal writes it with take() together with its first results.
+    The read takes no lock: take() writes only if the run is still queued and never started, so when a
+    redelivery or a cancel got there first nothing is written and nobody saw what was computed.
     """
     conn = open_progress(engine, settings)
     got: Claim | None = None
@@ -151,7 +142,7 @@ def take(conn: Connection, run: Run, *, also: tuple[str, ...] = ()) -> bool:
 @lru_cache
 def _take(columns: tuple[str, ...]) -> Any:
     # Only if the run is still as the claim read it: queued, never started.
-    return row_update(Run, columns).where(_RUNS.c.status == RunStatus.queued.value, _RUNS.c.started_at.is_(None))
+    return row_update(Run, columns).where(_RUNS.c.status == RunStatus.queued, _RUNS.c.started_at.is_(None))
 
 
 def _claim(conn: Connection, settings: Settings, run_id: int, definition: Definition, *, hold: bool) -> Claim:
@@ -167,9 +158,9 @@ def _claim(conn: Connection, settings: Settings, run_id: int, definition: Defini
         run = Run(**conn.execute(_LOAD_RUN, {"run_id": run_id}).mappings().one())
     concurrency = runbook.concurrency if runbook is not None else None
     timeout = (runbook.timeout if runbook is not None else None) or timedelta(seconds=settings.run_default_timeout)
-    status = RunStatus(run.status)
+    status = run.status
     if status.finished or status == RunStatus.waiting_approval:
-        return Claim(None, why=f"run is {status.value}")
+        return Claim(None, why=f"run is {status}")
     resumed = status == RunStatus.running
     if resumed:
         dead = _owner_is_dead(run.worker)
@@ -181,12 +172,12 @@ def _claim(conn: Connection, settings: Settings, run_id: int, definition: Defini
             return Claim(None, retry_in=settings.run_heartbeat_interval, why=f"run is held by {run.worker}")
     elif concurrency is not None:
         running = conn.execute(select(func.count()).select_from(_RUNS).where(
-            _RUNS.c.runbook_id == run.runbook_id, _RUNS.c.status == RunStatus.running.value)).scalar_one()
+            _RUNS.c.runbook_id == run.runbook_id, _RUNS.c.status == RunStatus.running)).scalar_one()
         if running >= concurrency:
             return Claim(None, retry_in=1.0, why=f"{running} runs of {run.runbook_id} already running")
     now = utcnow()
     first, previous = run.started_at is None, run.worker
-    run.status, run.worker, run.heartbeat_at = RunStatus.running.value, me(), now
+    run.status, run.worker, run.heartbeat_at = RunStatus.running, me(), now
     run.started_at = run.started_at or now
     run.deadline_at = run.deadline_at or as_utc(run.started_at) + timeout
     started: events.Item = (None, "run.started" if first else "run.resumed",
@@ -205,7 +196,7 @@ def heartbeat(engine: Engine, run_id: int) -> tuple[bool, bool]:
     """(still ours, cancel requested); a run taken over or ended by the reaper is no longer ours."""
     with session_scope(engine) as session:
         result = session.execute(update(Run).where(col(Run.id) == run_id, col(Run.worker) == me(),
-                                                   col(Run.status) == RunStatus.running.value)
+                                                   col(Run.status) == RunStatus.running)
                                  .values(heartbeat_at=utcnow()))
         if result.rowcount == 0:  # type: ignore[attr-defined]
             return False, False

@@ -12,8 +12,9 @@ from celery.signals import worker_process_init, worker_ready, worker_shutdown
 
 from server.db import make_engine
 from server.debug.service import WORKER_HEARTBEAT_SECONDS, write_worker_heartbeat
+from server.dispatch_queue import LOGLEVEL_EXPIRE_TASK
 from server.loglevels.sync import OwnLoggerSync, sweep_expired
-from server.queue import LOGLEVEL_EXPIRE_TASK
+from server.notices import NoticeBus
 from server.redis_client import key, make_redis
 from workers.celery_app import app, settings
 
@@ -37,7 +38,10 @@ def _start_sync(*, sweep: bool) -> None:
     # An engine of its own: one inherited through fork() must never be used by a child.
     _state["engine"] = make_engine(settings.effective_database_url)
     _state.pop("redis", None)
-    _state["sync"] = OwnLoggerSync(settings, _state["engine"], sweep_at_start=sweep).start()
+    # The process's notice bus: one Redis subscription for every follower (today the log-level sync only).
+    bus = _state["notices"] = NoticeBus(settings)
+    _state["sync"] = OwnLoggerSync(settings, _state["engine"], sweep_at_start=sweep).start(bus)
+    bus.start(wait=0)
 
 
 @worker_process_init.connect
@@ -81,5 +85,7 @@ def _worker_shutdown(**_: Any) -> None:
     if "heartbeat_stop" in _state:
         _state["heartbeat_stop"].set()
         _state["heartbeat"].join(5)
+    if "notices" in _state:
+        _state["notices"].stop()
     if "sync" in _state:
         _state["sync"].stop()

@@ -1,4 +1,5 @@
-"""The interpreter: executes a run's steps in order, committing each step's result as it finishes.
+"""The interpreter: executes a run's steps in order; what it persists and announces goes through the run's
+journal (workers/journal.py).
 
 A run is one Celery task that takes its id. It resumes at the first unfinished step, so a redelivered
 task (its worker was killed) never repeats a finished step. A step with `on:` another queue hands the
@@ -7,54 +8,38 @@ run over to a worker of that queue; a step needing approval parks the run until 
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
 import redis
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Engine
 
 from server import logmask, tracing
-from server.auth.models import Actor, Role, Source
-from server.db import session_scope
 from server.models_base import as_utc, utcnow
 from server.redaction import MASK
 from server.runbooks import expressions
-from server.runbooks.kinds import CATALOG
+from server.runbooks.catalog import CATALOG
 from server.runbooks.schema import Runbook, StepSpec
 from server.runbooks.validation import Checked, check_text
-from server.runs import events
 from server.runs.models import FINISHED_STEP, Run, RunStatus, StepRun, StepStatus
-from server.runs.service import mark_undispatched
 from server.runs.sweeps import send_run
 from server.settings import Settings
-from workers import claims, preview
+from workers import preview
 from workers.artifacts import to_json
-from workers.steps.base import StepContext, StepFailed, StepInterrupted, load_step_kinds
+from workers.journal import DEFER_WINDOW_S, TAKEN_OVER, Claimed, DbJournal, Definition, Journal, RunLost
+from workers.stepexec import roll_back, run_step
+from workers.steps.base import StepFailed, StepInterrupted, load_step_kinds
 
 log = logging.getLogger("runbookd.engine")
-MAX_LIVE_LINES = 2000  # output lines one step may publish live; all of it is still in its outputs
 CANCEL_POLL_S = 0.2
-TAKEN_OVER = "the run was taken over or ended by another worker, the reaper or a cancel"
-DEFER_WINDOW_S = 0.1  # the longest a finished step's result waits in memory for the next commit (Execution.save)
-# What the engine changes on its rows; save() writes these columns and no others.
-STEP_PROGRESS = ("status", "attempts", "started_at", "finished_at", "outputs", "error", "approval", "compensated")
-RUN_PROGRESS = ("status", "queue", "worker", "dispatched_at", "finished_at", "error", "secrets", "outputs")
-# Steps by (run, step id): a run's first claim builds its pending rows without reading their ids back.
-STEP_KEY = ("run_id", "step_id")
-SAVE_STEP, SAVE_RUN = claims.row_update(StepRun, STEP_PROGRESS, STEP_KEY), claims.row_update(Run, RUN_PROGRESS)
-
-
-Entry = events.Item | dict[str, Any]  # an event to store, or an output line (a message) to publish in its place
 
 
 class RunAborted(Exception):
-    """The run was cancelled, timed out, or taken from us; the message says which."""
+    """The run must stop: cancelled or timed out (its status says which); the engine ends it so."""
 
     def __init__(self, status: RunStatus, message: str) -> None:
         super().__init__(message)
@@ -63,34 +48,36 @@ class RunAborted(Exception):
 
 @dataclass
 class Execution:
+    """One run being executed: its definition, its journal and what the engine tracks between steps."""
+
     settings: Settings
-    engine: Engine
-    redis: redis.Redis
-    run: Run
+    engine: Engine  # handed to steps that change runbookd's own state (StepContext.engine)
+    journal: Journal
     runbook: Runbook
     queue: str
     params: dict[str, Any] = field(default_factory=dict)
     secrets: list[str] = field(default_factory=list)
     rows: dict[str, StepRun] = field(default_factory=dict)
+    failed: list[str] = field(default_factory=list)
     next_heartbeat: float = 0.0
     next_cancel_check: float = 0.0
-    failed: list[str] = field(default_factory=list)
-    # A step's start, announced but not stored yet, and the output lines it printed meanwhile (see line()).
-    unsaved: list[Entry] = field(default_factory=list)
-    deferred_rows: list[StepRun] = field(default_factory=list)  # finished, committed with the next save
-    deferred_events: list[Entry] = field(default_factory=list)
-    deferred_since: float = 0.0
-    unpublished: list[dict[str, Any]] = field(default_factory=list)  # stored, to go out with the next publish
-    # Held while publishing and while touching `unsaved`: a step's thread prints lines (line()) meanwhile.
-    unpublished_lock: threading.Lock = field(default_factory=threading.Lock)
-    held: Connection | None = None  # a first claim not written yet (claims.claim): written with the next save
+
+    def __post_init__(self) -> None:
+        run = self.journal.run
+        self.params = {**run.params, **(run.secrets or {})}
+        self.secrets = sorted((str(v) for v in (run.secrets or {}).values() if str(v)), key=len, reverse=True)
+        self.rows = {r.step_id: r for r in self.journal.steps}
+        self.failed = [sid for sid, r in self.rows.items() if r.status in (StepStatus.failed, StepStatus.timed_out)]
+
+    @property
+    def run(self) -> Run:
+        return self.journal.run
 
     @property
     def run_id(self) -> int:
         assert self.run.id is not None
         return self.run.id
 
-    # -- helpers ---------------------------------------------------------------------------------
     def scrub(self, value: Any) -> Any:
         """Secret param values never reach outputs, errors or live lines, even when a step echoes them."""
         if not self.secrets:
@@ -112,134 +99,41 @@ class Execution:
                "incident_id": self.run.incident_id, "runbook": self.run.runbook_id}
         return {"params": self.params, "steps": steps, "run": run}
 
-    def publish(self, messages: list[dict[str, Any]]) -> None:
-        """Publish these after any stored event still waiting to go out (the claim's run.started)."""
-        with self.unpublished_lock:
-            self._publish(messages)
-
-    def _publish(self, messages: list[dict[str, Any]]) -> None:  # under unpublished_lock: one at a time, in order
-        messages, self.unpublished = [*self.unpublished, *messages], []
-        events.publish(self.redis, self.settings, self.run_id, messages)
-
-    def line(self, message: dict[str, Any]) -> None:
-        """A step's output line, live only (not stored). While the step's start is not stored yet (see
-        announce), the line waits behind it and goes out in order with the step's next save: followers
-        never see a line before its step.started, and a quick step's lines cost no publish of their own."""
-        with self.unpublished_lock:
-            if self.unsaved:
-                self.unsaved.append(message)
-            else:
-                self._publish([message])
-
-    def save(self, row: StepRun | None = None, run: bool = False, event: tuple[str, dict[str, Any]] | None = None,
-             *, defer: bool = False) -> None:
-        """Commit a step row (and/or the run row) with its events in one transaction, then publish them.
-
-        The row's events not stored yet (a quick step's step.started, see announce) are stored first.
-        `defer` keeps a finished step's result for the next save's transaction, for at most DEFER_WINDOW_S:
-        the engine does so for the last step (the next save is the run's end) and for quick steps whose
-        kind is side-effect free (see _deferrable), so a runbook of quick steps commits once at its end
-        instead of once per step. A worker that dies in between runs those steps again on redelivery, as
-        if it had died just before their commit; nobody saw them finish, since events go out after commits.
-        Core statements rather than the ORM's unit of work: this runs several times per run, and the
-        flush machinery cost more than the SQL.
-        """
-        taken: list[Entry] = []
-        if row is not None:
-            with self.unpublished_lock:  # left in place until published: lines printed meanwhile queue behind
-                taken = list(self.unsaved)
-        entries = [*taken, *([(row.step_id if row is not None else None, *event)] if event is not None else [])]
-        now = time.monotonic()
-        waiting = self.deferred_rows or self.deferred_events
-        if defer and row is not None and (not waiting or now - self.deferred_since < DEFER_WINDOW_S):
-            if not waiting:
-                self.deferred_since = now
-            with self.unpublished_lock:  # the step has ended: nothing prints after `taken`
-                self.unsaved = []
-            self.deferred_rows.append(row)
-            self.deferred_events += entries
-            return
-        rows, self.deferred_rows = [*self.deferred_rows, *([row] if row is not None else [])], []
-        entries, self.deferred_events = [*self.deferred_events, *entries], []
-        items = [e for e in entries if isinstance(e, tuple)]
-        stored: list[dict[str, Any]] = []
-        with self._transaction(run=run) as conn:
-            if rows:
-                conn.execute(SAVE_STEP, [claims.row_values(r, STEP_PROGRESS, STEP_KEY) for r in rows])
-            if items:
-                stored = events.record_many(conn, run_id=self.run_id, items=items)
-        in_order = iter(stored)  # stored events replace their items; lines stay where they were printed
-        messages = [next(in_order) if isinstance(e, tuple) else e for e in entries]
-        with self.unpublished_lock:
-            late, self.unsaved = [e for e in self.unsaved[len(taken):] if isinstance(e, dict)], []  # lines only
-            self._publish([*messages, *late])
-
-    @contextlib.contextmanager
-    def _transaction(self, *, run: bool) -> Iterator[Connection]:
-        """A save's transaction, the run's row written first when `run`: a new one, or the held first
-        claim's, the claim written first, with the run's row in the same statement (see claims.claim)."""
-        held, self.held = self.held, None
-        if held is None:
-            with claims.progress_connection(self.engine, self.settings) as conn:
-                if run:
-                    conn.execute(SAVE_RUN, claims.row_values(self.run, RUN_PROGRESS))
-                yield conn
-            return
-        with held:  # closing it without the commit rolls back
-            if not claims.take(held, self.run, also=RUN_PROGRESS if run else ()):
-                self.deferred_rows, self.deferred_events = [], []
-                raise RunAborted(RunStatus.failed, TAKEN_OVER)
-            yield held
-            held.commit()
-
-    def write_claim(self) -> None:
-        """Write a held first claim now: before a step that acts outside the run, or a heartbeat."""
-        if self.held is not None:
-            self.save()
-
-    def release(self) -> None:
-        """Let go of a held claim that was never written (the run ended before any save): rolled back."""
-        if self.held is not None:
-            self.held.close()
-            self.held = None
-
-    def announce(self, row: StepRun, event: tuple[str, dict[str, Any]]) -> None:
-        """Note an event (a step's start) to store with the row's next save: at the step's end when it is
-        quick, or at the first poll while it runs (flush_announced). Followers see it once stored."""
-        with self.unpublished_lock:
-            self.unsaved.append((row.step_id, *event))
-
-    def flush_announced(self, row: StepRun) -> None:
-        """A step that takes a while gets its running status and step.started stored (and published) at once."""
-        if self.unsaved:
-            self.save(row)
+    def save(self, row: StepRun | None = None, *, run: bool = False, event: tuple[str, dict[str, Any]] | None = None,
+             defer: bool = False) -> None:
+        stored = (row.step_id if row is not None else None, *event) if event is not None else None
+        self.journal.save(row, run=run, event=stored, defer=defer)
 
     def watch(self) -> None:
-        """Heartbeat and cancel checks while a step runs; raises RunAborted when the run must stop."""
-        self.write_claim()  # the heartbeat asks whether the run is ours
+        """Heartbeat and cancel checks while a step runs; raises RunAborted (or RunLost) when it must stop."""
+        self.journal.write_claim()
         now = time.monotonic()
         if now >= self.next_heartbeat:
             self.next_heartbeat = now + self.settings.run_heartbeat_interval
-            ours, cancel = claims.heartbeat(self.engine, self.run_id)
+            ours, cancel = self.journal.heartbeat()
             if not ours:
-                raise RunAborted(RunStatus.failed, TAKEN_OVER)
+                raise RunLost
             if cancel:
                 raise RunAborted(RunStatus.cancelled, "cancelled")
         if now >= self.next_cancel_check:
             self.next_cancel_check = now + CANCEL_POLL_S
-            try:
-                by = self.redis.get(events.cancel_key(self.settings, self.run_id))
-            except redis.RedisError:
-                by = None
+            by = self.journal.cancel_requested_by()
             if by is not None:
-                who = by.decode(errors="replace") if isinstance(by, bytes) else str(by)
-                raise RunAborted(RunStatus.cancelled, f"cancelled by {who}")
+                raise RunAborted(RunStatus.cancelled, f"cancelled by {by}")
         if self.run.deadline_at is not None and utcnow() >= as_utc(self.run.deadline_at):
             raise RunAborted(RunStatus.timed_out, "the runbook's timeout passed")
 
 
 def execute(run_id: int, queue: str, *, settings: Settings, engine: Engine, client: redis.Redis) -> str:
     """Run (or resume) a run as far as this worker can take it; returns what happened, for logs and tests."""
+    return execute_with(lambda rid, definition: DbJournal.claim(settings, engine, client, rid, definition=definition),
+                        run_id, queue, settings=settings, engine=engine)
+
+
+def execute_with(claim: Callable[[int, Definition], Claimed], run_id: int, queue: str, *, settings: Settings,
+                 engine: Engine) -> str:
+    """execute() over any journal: `claim(run_id, definition)` gives a Claimed (DbJournal.claim,
+    MemoryJournal.claim)."""
     parsed: list[Checked] = []
 
     def definition(run: Run) -> Runbook | None:
@@ -247,54 +141,43 @@ def execute(run_id: int, queue: str, *, settings: Settings, engine: Engine, clie
         parsed.append(_checked(run.definition, f"{run.runbook_id}.yaml"))
         return parsed[0].runbook
 
-    got = claims.claim(engine, settings, run_id, definition=definition)
-    if got.run is None:
+    got: Claimed = claim(run_id, definition)
+    if got.journal is None:
         if got.retry_in is not None:
             send_run(settings, run_id, queue, countdown=got.retry_in)
         return got.why
-    run = got.run
-    checked = parsed[0]
-    if checked.runbook is None:
-        placeholder = Runbook.model_construct(id=run.runbook_id, title="", steps=[])
-        _finish(Execution(settings, engine, client, run, placeholder, queue), RunStatus.failed,
-                f"the stored definition no longer validates: {checked.errors[0].message}")
-        return "invalid definition"
-    ex = Execution(settings, engine, client, run, checked.runbook, queue, held=got.held)
+    journal = got.journal
     try:
+        checked = parsed[0]
+        if checked.runbook is None:
+            placeholder = Runbook.model_construct(id=journal.run.runbook_id, title="", steps=[])
+            _finish(Execution(settings, engine, journal, placeholder, queue), RunStatus.failed,
+                    f"the stored definition no longer validates: {checked.errors[0].message}")
+            return "invalid definition"
+        ex = Execution(settings, engine, journal, checked.runbook, queue)
         with tracing.run_span(ex):
-            return _execute(ex, got)
-    except RunAborted as aborted:  # the run is no longer ours: found by a heartbeat or a held claim's write
-        if aborted.message != TAKEN_OVER:
-            raise
+            return _execute(ex)
+    except RunLost:  # found by a heartbeat or a held claim's write: nothing of it is ours to write
         log.warning("run lost", extra={"run_id": run_id})
-        return aborted.status.value
+        return RunStatus.failed
     finally:
-        ex.release()
+        journal.release()
 
 
-def _execute(ex: Execution, got: claims.Claim) -> str:
-    run, settings, queue = ex.run, ex.settings, ex.queue
-    if got.started:  # a held claim: run.started is stored with the first save, the claim's own write
-        ex.deferred_events.append(got.started)
-        ex.deferred_since = time.monotonic()
-    if got.event:  # run.started goes out with the first step's events (within a poll), one publish less
-        ex.unpublished.append(got.event)
-    ex.params = {**run.params, **(run.secrets or {})}
-    ex.secrets = sorted((str(v) for v in (run.secrets or {}).values() if str(v)), key=len, reverse=True)
-    ex.rows = {r.step_id: r for r in got.steps}
-    ex.failed = [sid for sid, r in ex.rows.items() if r.status in (StepStatus.failed, StepStatus.timed_out)]
+def _execute(ex: Execution) -> str:
+    """The run's steps in order, from the first unfinished one."""
     try:
-        if run.cancel_requested_at is not None:
-            raise RunAborted(RunStatus.cancelled, f"cancelled by {run.cancelled_by}")
+        if ex.run.cancel_requested_at is not None:
+            raise RunAborted(RunStatus.cancelled, f"cancelled by {ex.run.cancelled_by}")
         for spec in ex.runbook.steps:
             row = ex.rows[spec.id]
             if row.status in FINISHED_STEP:
                 continue
-            wanted = spec.on or settings.default_queue
-            if wanted != queue:
+            wanted = spec.on or ex.settings.default_queue
+            if wanted != ex.queue:
                 return _hand_over(ex, wanted)
             if not CATALOG[spec.uses].side_effect_free and not ex.run.dry_run:
-                ex.write_claim()  # a redelivered twin must not act outside the run too
+                ex.journal.write_claim()  # a redelivered twin must not act outside the run too
             with tracing.step_span(ex, spec, row):
                 outcome = _step(ex, spec, row)
             if outcome == "parked":
@@ -303,11 +186,11 @@ def _execute(ex: Execution, got: claims.Claim) -> str:
                 _after_failure(ex)
                 return "failed"
         _complete(ex)
+    except RunLost:
+        raise
     except RunAborted as aborted:
-        if aborted.message == TAKEN_OVER:
-            raise  # nothing of it is ours to write: execute() lets go of the run
         _abort(ex, aborted)
-        return aborted.status.value
+        return aborted.status
     except Exception as exc:
         # A bug here must not leave the run "running" until the reaper (nor lose the last step's
         # deferred result): end it with the reason.
@@ -325,18 +208,14 @@ def _checked(text: str, source: str) -> Checked:
 
 def _hand_over(ex: Execution, queue: str) -> str:
     """The next step runs on another host's queue: requeue the run there and let go of it."""
-    ex.run.status, ex.run.queue, ex.run.worker, ex.run.dispatched_at = RunStatus.queued.value, queue, None, utcnow()
+    ex.run.status, ex.run.queue, ex.run.worker, ex.run.dispatched_at = RunStatus.queued, queue, None, utcnow()
     ex.save(run=True, event=("run.handed_over", {"queue": queue}))
-    if not send_run(ex.settings, ex.run_id, queue):
-        with session_scope(ex.engine) as session:
-            mark_undispatched(session, run_id=ex.run_id)
+    ex.journal.hand_over(queue)
     return f"handed over to {queue}"
 
 
 def _step(ex: Execution, spec: StepSpec, row: StepRun) -> str:
     """Run one step to its end; returns 'next', 'stop' (failed, the run must stop) or 'parked'."""
-    from workers.stepexec import run_step
-
     context = ex.context()
     if ex.run.dry_run and spec.if_ is not None and preview.reads_steps(spec.if_):
         return _dry_run_step(ex, spec, row, context)  # no earlier step ran: show the condition, do not decide it
@@ -351,13 +230,13 @@ def _step(ex: Execution, spec: StepSpec, row: StepRun) -> str:
                          f"if: {spec.if_!r} gave {wanted!r} ({type(wanted).__name__}), not true/false; "
                          "compare explicitly, e.g. `x == 'yes'`")
         if not wanted:
-            row.status, row.finished_at = StepStatus.skipped.value, utcnow()
+            row.status, row.finished_at = StepStatus.skipped, utcnow()
             ex.save(row, event=("step.finished", {"status": "skipped", "reason": "if: was false"}), defer=True)
             return "next"
     if spec.approval == "required" and not ex.run.dry_run:
         if row.approval is None:
             row.approval = "waiting"
-            ex.run.status, ex.run.worker = RunStatus.waiting_approval.value, None
+            ex.run.status, ex.run.worker = RunStatus.waiting_approval, None
             shown = to_json(preview.preview(spec.uses, spec.with_, context, ex.scrub))
             row.outputs = {preview.APPROVAL_KEY: shown}  # replaced by the step's own outputs once it runs
             ex.save(row, run=True, event=("step.waiting_approval", {"title": spec.title, **shown}))
@@ -369,8 +248,8 @@ def _step(ex: Execution, spec: StepSpec, row: StepRun) -> str:
         return _dry_run_step(ex, spec, row, context)
     status, outputs, error = run_step(ex, spec, row)
     if status == StepStatus.succeeded:
-        row.status, row.outputs, row.error, row.finished_at = status.value, outputs, None, utcnow()
-        ex.save(row, event=("step.finished", {"status": status.value, "attempts": row.attempts}),
+        row.status, row.outputs, row.error, row.finished_at = status, outputs, None, utcnow()
+        ex.save(row, event=("step.finished", {"status": status, "attempts": row.attempts}),
                 defer=_deferrable(ex, spec, row))
         return "next"
     return _fail(ex, spec, row, status, error or "failed", outputs)
@@ -384,15 +263,15 @@ def _dry_run_step(ex: Execution, spec: StepSpec, row: StepRun, context: dict[str
         shown["approval"] = f"would wait for approval{condition}"
     elif condition:
         shown["condition"] = f"would run{condition}"
-    row.status, row.finished_at = StepStatus.skipped.value, utcnow()
+    row.status, row.finished_at = StepStatus.skipped, utcnow()
     row.outputs = to_json({"dry_run": True, **shown})
     ex.save(row, event=("step.finished", {"status": "skipped", "reason": "dry run"}), defer=True)
     return "next"
 
 
 def _deferrable(ex: Execution, spec: StepSpec, row: StepRun) -> bool:
-    """Whether a succeeded step's commit may wait for the next save (see Execution.save): the last step's
-    (the run's end follows at once), or a quick one's that did nothing outside the run."""
+    """Whether a succeeded step's commit may wait for the next save: the last step's (the run's end
+    follows at once), or a quick one's that did nothing outside the run (a crash repeats it unseen)."""
     if spec is ex.runbook.steps[-1]:
         return True
     if not CATALOG[spec.uses].side_effect_free or row.started_at is None or row.finished_at is None:
@@ -402,10 +281,10 @@ def _deferrable(ex: Execution, spec: StepSpec, row: StepRun) -> bool:
 
 def _fail(ex: Execution, spec: StepSpec, row: StepRun, status: StepStatus, error: str,
           outputs: dict[str, Any] | None = None) -> str:
-    row.status, row.error, row.finished_at = status.value, ex.scrub(error), utcnow()
+    row.status, row.error, row.finished_at = status, ex.scrub(error), utcnow()
     if outputs is not None:
         row.outputs = outputs
-    ex.save(row, event=("step.finished", {"status": status.value, "error": row.error, "attempts": row.attempts}))
+    ex.save(row, event=("step.finished", {"status": status, "error": row.error, "attempts": row.attempts}))
     if spec.continue_on_error:
         return "next"
     ex.failed.append(spec.id)
@@ -414,8 +293,6 @@ def _fail(ex: Execution, spec: StepSpec, row: StepRun, status: StepStatus, error
 
 def _after_failure(ex: Execution) -> None:
     if ex.runbook.on_failure == "rollback":
-        from workers.stepexec import roll_back
-
         roll_back(ex)
     _finish(ex, RunStatus.failed, f"step {ex.failed[-1]!r} failed: {ex.rows[ex.failed[-1]].error}")
 
@@ -424,7 +301,7 @@ def _abort(ex: Execution, aborted: RunAborted) -> None:
     step_status = StepStatus.timed_out if aborted.status == RunStatus.timed_out else StepStatus.cancelled
     for row in ex.rows.values():
         if row.status in (StepStatus.pending, StepStatus.running):
-            row.status, row.finished_at = step_status.value, utcnow()
+            row.status, row.finished_at = step_status, utcnow()
             row.error = row.error or aborted.message
             ex.save(row)
     _finish(ex, aborted.status, aborted.message)
@@ -446,32 +323,11 @@ def _complete(ex: Execution) -> None:
 
 
 def _finish(ex: Execution, status: RunStatus, error: str | None) -> None:
-    ex.run.status, ex.run.error, ex.run.finished_at = status.value, ex.scrub(error), utcnow()
+    ex.run.status, ex.run.error, ex.run.finished_at = status, ex.scrub(error), utcnow()
     ex.run.secrets = None  # secret values live only as long as the run needs them
-    ex.save(run=True, event=("run.finished", {"status": status.value, "error": ex.run.error}))
-    if status == RunStatus.cancelled:  # the cancel request's key; any other expires by itself within a day
-        with contextlib.suppress(redis.RedisError):
-            ex.redis.delete(events.cancel_key(ex.settings, ex.run_id))
+    ex.save(run=True, event=("run.finished", {"status": status, "error": ex.run.error}))
+    ex.journal.ended(status)
 
 
-def step_context(ex: Execution, spec: StepSpec, row: StepRun, deadline: float | None) -> StepContext:
-    live = {"lines": 0}
-
-    def emit(line: str) -> None:
-        live["lines"] += 1
-        if live["lines"] <= MAX_LIVE_LINES:
-            ex.line({"id": None, "run_id": ex.run_id, "ts": utcnow().isoformat(), "type": "step.output",
-                     "step_id": spec.id, "data": {"line": ex.scrub(line)}})
-
-    def evaluate(expression: str, extra: dict[str, Any] | None = None) -> Any:
-        return expressions.evaluate(expressions.whole_expression(expression) or expression,
-                                    {**ex.context(), **(extra or {})})
-
-    actor = Actor(name=ex.run.actor, role=Role.operator, source=Source.system)
-    return StepContext(run_id=ex.run_id, step_id=spec.id, attempt=row.attempts, actor=actor,
-                       incident_id=ex.run.incident_id, settings=ex.settings, engine=ex.engine, deadline=deadline,
-                       cancelled=threading.Event(), emit=emit, evaluate=evaluate, redact=ex.scrub)
-
-
-__all__ = ["CATALOG", "Execution", "RunAborted", "StepFailed", "StepInterrupted", "execute", "load_step_kinds",
-           "step_context"]
+__all__ = ["CATALOG", "TAKEN_OVER", "Definition", "Execution", "RunAborted", "RunLost", "StepFailed",
+           "StepInterrupted", "execute", "execute_with", "load_step_kinds"]

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from server.db import get_engine
+from server.dispatch_queue import FLAG_EXPIRE_TASK
 from server.flags.expiry import revert_due
-from server.queue import FLAG_EXPIRE_TASK
 from server.redis_client import make_redis
 from workers.celery_app import app, settings
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from server.queue import (
+from server.dispatch_queue import (
     CHAT_FOLLOWUPS_TASK,
     FLAG_EXPIRE_TASK,
     HEARTBEAT_TASK,

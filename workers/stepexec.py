@@ -10,18 +10,20 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
+from server.auth.models import Actor, Role, Source
 from server.models_base import as_utc, utcnow
 from server.runbooks import expressions
-from server.runbooks.kinds import CATALOG
+from server.runbooks.catalog import CATALOG
 from server.runbooks.schema import StepSpec
 from server.runs.models import StepRun, StepStatus
 from workers.artifacts import cap_outputs
-from workers.steps.base import REGISTRY, StepFailed, StepInterrupted, load_step_kinds
+from workers.steps.base import REGISTRY, StepContext, StepFailed, StepInterrupted, StepTimedOut, load_step_kinds
 
 if TYPE_CHECKING:
     from workers.engine import Execution
 
 log = logging.getLogger("runbookd.engine")
+MAX_LIVE_LINES = 2000  # output lines one step may publish live; all of it is still in its outputs
 STOP_GRACE_S = 2.0  # how long a cancelled step gets to clean up (kill its process group) before we move on
 
 Outcome = tuple[StepStatus, dict[str, Any] | None, str | None]
@@ -47,8 +49,6 @@ def _finish_outputs(ex: Execution, spec: StepSpec, row: StepRun, outputs: Any) -
 
 
 def _attempt(ex: Execution, spec: StepSpec, row: StepRun) -> Outcome:
-    from workers.engine import step_context
-
     try:
         inputs = _render_inputs(ex, spec)
     except expressions.ExpressionError as exc:
@@ -81,7 +81,7 @@ def _attempt(ex: Execution, spec: StepSpec, row: StepRun) -> Outcome:
         thread.join(0.05)
         if not thread.is_alive():
             break
-        ex.flush_announced(row)
+        ex.journal.step_running(row)
         try:
             ex.watch()
         except BaseException:
@@ -94,7 +94,7 @@ def _attempt(ex: Execution, spec: StepSpec, row: StepRun) -> Outcome:
             thread.join(STOP_GRACE_S)
             break
     error = result.get("error")
-    if step_timed_out or (isinstance(error, StepInterrupted) and str(error) == "timed out"):
+    if step_timed_out or isinstance(error, StepTimedOut):
         ex.watch()  # when it was the whole run's deadline, this raises and the run ends timed_out
         limit = spec.timeout.total_seconds() if spec.timeout else None
         return StepStatus.timed_out, None, f"timed out after {limit:g}s" if limit else "timed out"
@@ -113,6 +113,25 @@ def _attempt(ex: Execution, spec: StepSpec, row: StepRun) -> Outcome:
     return StepStatus.succeeded, _finish_outputs(ex, spec, row, result.get("outputs") or {}), None
 
 
+def step_context(ex: Execution, spec: StepSpec, row: StepRun, deadline: float | None) -> StepContext:
+    live = {"lines": 0}
+
+    def emit(line: str) -> None:
+        live["lines"] += 1
+        if live["lines"] <= MAX_LIVE_LINES:
+            ex.journal.line({"id": None, "run_id": ex.run_id, "ts": utcnow().isoformat(), "type": "step.output",
+                             "step_id": spec.id, "data": {"line": ex.scrub(line)}})
+
+    def evaluate(expression: str, extra: dict[str, Any] | None = None) -> Any:
+        return expressions.evaluate(expressions.whole_expression(expression) or expression,
+                                    {**ex.context(), **(extra or {})})
+
+    actor = Actor(name=ex.run.actor, role=Role.operator, source=Source.system)
+    return StepContext(run_id=ex.run_id, step_id=spec.id, attempt=row.attempts, actor=actor,
+                       incident_id=ex.run.incident_id, settings=ex.settings, engine=ex.engine, deadline=deadline,
+                       cancelled=threading.Event(), emit=emit, evaluate=evaluate, redact=ex.scrub)
+
+
 def _pause(ex: Execution, seconds: float) -> None:
     """Back off between attempts, still heartbeating and still cancellable."""
     until = time.monotonic() + seconds
@@ -126,12 +145,11 @@ def run_step(ex: Execution, spec: StepSpec, row: StepRun) -> Outcome:
     backoff = spec.retry.backoff.total_seconds()
     while True:
         row.attempts += 1
-        row.status, row.started_at, row.error = StepStatus.running.value, row.started_at or utcnow(), None
-        # Followers hear of the start at once; the database only when the step outlives one poll (or with
-        # its result), which halves the commits of quick steps. A crash inside that window just means
-        # the resumed attempt is counted as the first.
-        ex.announce(row, ("step.started", {"attempt": row.attempts, "uses": spec.uses, "phase": spec.phase,
-                                           "title": spec.title}))
+        row.status, row.started_at, row.error = StepStatus.running, row.started_at or utcnow(), None
+        # Stored (and published) when the step outlives one poll, or with its result: a crash inside that
+        # window just means the resumed attempt is counted as the first.
+        ex.journal.step_started(row, ("step.started", {"attempt": row.attempts, "uses": spec.uses,
+                                                       "phase": spec.phase, "title": spec.title}))
         status, outputs, error = _attempt(ex, spec, row)
         if status in (StepStatus.succeeded, StepStatus.cancelled) or row.attempts >= spec.retry.attempts:
             return status, outputs, error
@@ -141,8 +159,6 @@ def run_step(ex: Execution, spec: StepSpec, row: StepRun) -> Outcome:
 
 def roll_back(ex: Execution) -> None:
     """on_failure: rollback: undo finished steps, newest first, for kinds that know how."""
-    from workers.engine import step_context
-
     for spec in reversed(ex.runbook.steps):
         row = ex.rows[spec.id]
         if row.status != StepStatus.succeeded or not CATALOG[spec.uses].compensates:

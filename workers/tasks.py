@@ -13,7 +13,7 @@ from celery.signals import worker_ready
 from sqlalchemy import Engine
 
 from server.db import get_engine, make_engine
-from server.queue import (
+from server.dispatch_queue import (
     AUDIT_RETENTION_TASK,
     CHAT_FOLLOWUPS_TASK,
     HEARTBEAT_TASK,

@@ -4,9 +4,9 @@ from fastapi import APIRouter, Request
 
 from server.auth import service
 from server.auth.models import TokenCreate, TokenCreated, TokenPublic
-from server.auth.token_cache import publish_revocation
+from server.auth.token_cache import announce_revocation
 from server.db import SessionDep
-from server.deps import Admin
+from server.deps import Admin, RedisDep, SettingsDep
 
 router = APIRouter(prefix="/api/v1/tokens", tags=["tokens"])
 
@@ -26,10 +26,9 @@ def list_tokens(session: SessionDep, _actor: Admin, include_revoked: bool = Fals
 
 
 @router.delete("/{ref}", response_model=TokenPublic)
-def revoke_token(ref: str, request: Request, session: SessionDep, actor: Admin) -> TokenPublic:
+def revoke_token(ref: str, request: Request, settings: SettingsDep, client: RedisDep, session: SessionDep,
+                 actor: Admin) -> TokenPublic:
     token = service.revoke_token(session, ref=ref, actor=actor)
+    announce_revocation(session, settings, client, token.token_hash, cache=request.app.state.token_cache)
     session.commit()
-    state = request.app.state
-    state.token_cache.forget(token.token_hash)  # this process: refused from the next request on
-    publish_revocation(state.redis, state.settings, token.token_hash)  # the others, within milliseconds
     return TokenPublic.model_validate(token, from_attributes=True)

@@ -1,20 +1,14 @@
-"""Checked tokens remembered per api process: token hash -> actor, or the reason it was refused.
+"""Checked tokens remembered per api process (token hash -> actor, or why it was refused), checked in the
+database once per RUNBOOKD_AUTH_CACHE_SECONDS (0: every request); why: docs/architecture.md, "Measurements".
 
-Looking a token up on every request cost a database query and a thread-pool hop (a sync dependency),
-a third of the api's CPU for POST /api/v1/runs on a 2-core machine. A token is therefore checked in the
-database once per RUNBOOKD_AUTH_CACHE_SECONDS, and a revocation stops it working:
-- at once in the api process that revoked it, which forgets the token as the revocation commits;
-- within milliseconds in every other process: the revocation is published on Redis (`auth:revoked`) and
-  each process's RevocationFollower forgets the token;
-- within RUNBOOKD_AUTH_CACHE_SECONDS at worst, when that notice cannot arrive (Redis unreachable, a change
-  made in the database by hand), because entries expire. A token never outlives its own expiry.
-RUNBOOKD_AUTH_CACHE_SECONDS=0 checks the database on every request.
+A revocation stops a token at once in the revoking process, within milliseconds in the others (the notice
+on `auth:revoked`, followed on the notice bus), and within RUNBOOKD_AUTH_CACHE_SECONDS at worst when the
+notice cannot arrive. A token never outlives its own expiry.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
 
 import redis
@@ -22,6 +16,7 @@ from sqlalchemy import Engine
 from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
 
+from server.aftercommit import on_commit
 from server.auth import service as auth
 from server.auth.models import Actor, Role, Source
 from server.errors import Unauthorized
@@ -94,41 +89,39 @@ def publish_revocation(client: redis.Redis | None, settings: Settings, token_has
                     "RUNBOOKD_AUTH_CACHE_SECONDS", exc_info=True)
 
 
+def announce_revocation(session: Session, settings: Settings, client: redis.Redis | None, token_hash: str, *,
+                        cache: TokenCache | None = None) -> None:
+    """Once the session commits: this process (its `cache`) refuses the token from the next request on, the
+    others within milliseconds (the published notice; without a client of its own, a short-lived one)."""
+    if cache is not None:
+        on_commit(session, lambda: cache.forget(token_hash))
+    if client is not None:
+        on_commit(session, lambda: publish_revocation(client, settings, token_hash))
+    elif settings.redis_url:
+        on_commit(session, lambda: _publish_with_new_client(settings, token_hash))
+
+
+def _publish_with_new_client(settings: Settings, token_hash: str) -> None:
+    client = make_redis(settings)
+    try:
+        publish_revocation(client, settings, token_hash)
+    finally:
+        client.close()
+
+
 class RevocationFollower:
-    """The thread that makes this process's TokenCache forget tokens revoked through any process."""
+    """Makes this process's TokenCache forget tokens revoked through any process: a follower of the
+    process's notice bus (server/notices.py)."""
 
     def __init__(self, settings: Settings, cache: TokenCache) -> None:
         self.settings, self.cache = settings, cache
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="runbookd-token-revocations", daemon=True)
+        self.channels: tuple[str, ...] = (channel(settings),)
 
-    def start(self) -> RevocationFollower:
-        self._thread.start()
-        return self
+    def connected(self, _client: redis.Redis) -> None:
+        self.cache.clear()  # notices sent while we were not subscribed are lost: start afresh
 
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
+    def message(self, _channel: str, data: bytes) -> None:
+        self.cache.forget(data.decode(errors="replace"))
 
-    def _run(self) -> None:
-        client = make_redis(self.settings, timeout=5)
-        pubsub = None
-        while not self._stop.is_set():
-            try:
-                if pubsub is None:
-                    pubsub = client.pubsub(ignore_subscribe_messages=True)
-                    pubsub.subscribe(channel(self.settings))
-                    self.cache.clear()  # notices sent while we were not subscribed are lost: start afresh
-                message = pubsub.get_message(timeout=1.0)
-                data = message.get("data") if message is not None else None
-                if isinstance(data, bytes):
-                    self.cache.forget(data.decode(errors="replace"))
-            except redis.RedisError:
-                log.warning("token revocation follower lost Redis; reconnecting", exc_info=True)
-                if pubsub is not None:
-                    pubsub.close()
-                pubsub = None
-                self._stop.wait(1.0)
-        if pubsub is not None:
-            pubsub.close()
-        client.close()
+    def tick(self, _client: redis.Redis) -> float:
+        return 3600.0

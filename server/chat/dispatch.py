@@ -10,6 +10,7 @@ import redis
 from sqlalchemy import Engine
 from sqlmodel import Session
 
+from server.aftercommit import on_commit
 from server.auth.models import Actor, Role
 from server.chat import grammar as g
 from server.chat.models import ChatFollowup
@@ -17,11 +18,11 @@ from server.chat.replies import Reply, run_summary
 from server.chat.security import ChatUser
 from server.errors import DomainError, Forbidden
 from server.flags import service as flags
-from server.flags.cache import publish_change
+from server.flags.cache import announce_change
 from server.incidents import service as incidents
 from server.incidents.models import IncidentCreate, IncidentPublic, IncidentStatus, IncidentUpdate, Severity
 from server.loglevels import service as loglevels
-from server.loglevels.sync import publish as publish_loglevels
+from server.loglevels.sync import announce as announce_loglevels
 from server.runbooks import service as runbooks
 from server.runbooks.store import RunbookStore
 from server.runs import service as runs
@@ -39,7 +40,6 @@ class ChatContext:
     user: ChatUser
     response_url: str | None
     redis: redis.Redis | None
-    after_commit: list[Callable[[], Any]]
 
     def incident(self, named: str | None) -> str | None:
         """The named incident (the services check that it exists), else the channel's open incident, else none."""
@@ -61,7 +61,8 @@ NEEDS: dict[type, Role] = {
 
 
 def execute(command: g.Command, ctx: ChatContext) -> Reply:
-    """Run one command; the caller commits, then calls ctx.after_commit (enqueueing happens after the commit)."""
+    """Run one command; the caller commits, which runs what the command left for after it (server.aftercommit:
+    enqueueing, change notices)."""
     needed = NEEDS[type(command)]
     if isinstance(command, g.RunRef) and command.verb == "cancel":
         needed = Role.operator
@@ -80,7 +81,7 @@ def _run(cmd: g.RunCommand, ctx: ChatContext) -> Reply:
         ctx.session.add(ChatFollowup(run_id=run.id, platform=ctx.user.platform, response_url=ctx.response_url,
                                      channel=ctx.user.channel_ref))
     run_id, queue = run.id, run.queue
-    ctx.after_commit.append(lambda: sweeps.dispatch(ctx.engine, ctx.settings, run_id, queue))
+    on_commit(ctx.session, lambda: sweeps.dispatch(ctx.engine, ctx.settings, run_id, queue))
     incident = f" under {run.incident_id}" if run.incident_id else ""
     return Reply(f"Run #{run.id} of `{cmd.runbook}` queued by {ctx.actor.name}{incident}. "
                  f"I will post the outcome here. <{ctx.run_url(run.id)}|Follow it>", public=True)
@@ -98,7 +99,7 @@ def _approval(cmd: g.ApprovalCommand, ctx: ChatContext) -> Reply:
     run = runs.decide(ctx.session, run_id=cmd.run_id, step_id=cmd.step_id, actor=ctx.actor, approve=cmd.approve,
                       reason=cmd.reason, others_by_default=ctx.settings.approval_by_others)
     run_id, queue = cmd.run_id, run.queue
-    ctx.after_commit.append(lambda: sweeps.dispatch(ctx.engine, ctx.settings, run_id, queue))
+    on_commit(ctx.session, lambda: sweeps.dispatch(ctx.engine, ctx.settings, run_id, queue))
     verdict = "approved" if cmd.approve else f"rejected ({cmd.reason})"
     return Reply(f"Run #{cmd.run_id}: step `{cmd.step_id}` {verdict} by {ctx.actor.name}", public=True)
 
@@ -125,7 +126,7 @@ def _flag(cmd: g.FlagCommand, ctx: ChatContext) -> Reply:
     version = flags.set_flag_state(ctx.session, key=cmd.key, environment=ctx.settings.flag_environment,
                                    actor=ctx.actor, enabled=cmd.enabled, duration=cmd.duration, reason=cmd.reason,
                                    incident_id=ctx.incident(cmd.incident))
-    ctx.after_commit.append(lambda: publish_change(ctx.settings, ctx.redis, key=cmd.key, version=version.version))
+    announce_change(ctx.session, ctx.settings, ctx.redis, key=cmd.key, version=version.version)
     until = f" until {version.expires_at:%H:%M:%S} UTC, then it reverts" if version.expires_at else ""
     return Reply(f"Flag `{cmd.key}` turned {'on' if cmd.enabled else 'off'} in {ctx.settings.flag_environment} "
                  f"by {ctx.actor.name} (version {version.version}){until}; it "
@@ -139,7 +140,7 @@ def _rollback(cmd: g.RollbackFlag, ctx: ChatContext) -> Reply:
         raise g.UsageError(f"flag {cmd.key!r} has only version 1; there is nothing before it", "rollback")
     version = flags.rollback(ctx.session, key=cmd.key, to_version=target, actor=ctx.actor, reason=cmd.reason,
                              incident_id=ctx.incident(None))
-    ctx.after_commit.append(lambda: publish_change(ctx.settings, ctx.redis, key=cmd.key, version=version.version))
+    announce_change(ctx.session, ctx.settings, ctx.redis, key=cmd.key, version=version.version)
     return Reply(f"Flag `{cmd.key}` rolled back to version {target} by {ctx.actor.name} "
                  f"(now version {version.version})", public=True)
 
@@ -148,9 +149,7 @@ def _loglevel(cmd: g.LogLevelCommand, ctx: ChatContext) -> Reply:
     row = loglevels.raise_level(ctx.session, service=cmd.service, logger=cmd.logger, level=cmd.level,
                                 duration=cmd.duration, actor=ctx.actor, reason=cmd.reason,
                                 incident_id=ctx.incident(cmd.incident))
-    if ctx.redis is not None:
-        client = ctx.redis
-        ctx.after_commit.append(lambda: publish_loglevels(client, ctx.settings, {cmd.service}))
+    announce_loglevels(ctx.session, ctx.redis, ctx.settings, {cmd.service})
     return Reply(f"`{cmd.service}` logger `{cmd.logger}` at {row.level} until {row.expires_at:%H:%M:%S} UTC "
                  f"(override {row.id}, by {ctx.actor.name}); it reverts by itself", public=True)
 

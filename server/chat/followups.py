@@ -45,7 +45,7 @@ def post_due(engine: Engine, settings: Settings, *, limit: int = 100) -> int:
             steps = runs.steps_of(session, run_id=run.id)
             announced = set(filter(None, follow.approvals_posted.split(",")))
             replies: list[tuple[str | None, Reply]] = []
-            if run.status == RunStatus.waiting_approval.value:
+            if run.status == RunStatus.waiting_approval:
                 for step in steps:
                     if step.approval == "waiting" and step.step_id not in announced:
                         text = (f":raised_hand: Run #{run.id} `{run.runbook_id}` waits for approval of step "
@@ -54,7 +54,7 @@ def post_due(engine: Engine, settings: Settings, *, limit: int = 100) -> int:
                         text += approval_details(step.outputs)
                         replies.append((step.step_id, Reply(text, public=True,
                                                             blocks=approval_blocks(run.id, step.step_id, text))))
-            elif RunStatus(run.status).finished:
+            elif run.status.finished:
                 replies.append((None, Reply(run_summary(run, steps, url), public=True)))
             for step_id, reply in replies:
                 error = _post(client, follow.response_url, reply)

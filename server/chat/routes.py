@@ -49,7 +49,7 @@ def _answer(request: Request, user: ChatUser, command: g.Command | str, response
             actor = authorize(settings, user)
             ctx = ChatContext(session=session, engine=request.app.state.engine, settings=settings,
                               runbooks=runbooks.store_for(settings.runbooks_dir), actor=actor, user=user,
-                              response_url=response_url, redis=request.app.state.redis, after_commit=[])
+                              response_url=response_url, redis=request.app.state.redis)
             reply = execute(command, ctx)
             session.commit()
         except g.UsageError as exc:
@@ -59,8 +59,6 @@ def _answer(request: Request, user: ChatUser, command: g.Command | str, response
         except DomainError as exc:
             session.rollback()
             return Reply(f":warning: {exc.message}").body()
-    for action in ctx.after_commit:
-        action()
     return reply.body()
 
 

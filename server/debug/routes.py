@@ -10,7 +10,7 @@ import redis
 from fastapi import APIRouter, Request
 
 from server.debug import service
-from server.deps import Admin
+from server.deps import Admin, RedisDep, SettingsDep
 
 router = APIRouter(prefix="/debug", tags=["debug"])
 
@@ -25,9 +25,7 @@ def _flag_cache(request: Request) -> dict[str, Any]:
 
 
 @router.get("/state")
-def debug_state(request: Request, _actor: Admin) -> dict[str, Any]:
-    settings = request.app.state.settings
-    client: redis.Redis | None = request.app.state.redis
+def debug_state(request: Request, settings: SettingsDep, client: RedisDep, _actor: Admin) -> dict[str, Any]:
     redis_part: dict[str, Any]
     if client is None:
         redis_part = {"error": "RUNBOOKD_REDIS_URL is not set"}

@@ -1,9 +1,10 @@
 """Each api process's in-memory flag configuration, kept fresh from Redis, so evaluation never reads the database.
 
-Writers commit, then publish_change(): INCR a generation counter and PUBLISH {key, version, generation}.
-A background thread here reloads the named flag on each message; when a generation was skipped (a message
-lost while disconnected) or the counter moved without a message reaching us (checked every
-RUNBOOKD_FLAG_CACHE_CHECK_SECONDS), it reloads everything.
+Writers register announce_change() and commit; after the commit it INCRs a generation counter and PUBLISHes
+{key, version, generation}. The cache follows those notices on the process's notice bus (server/notices.py)
+and reloads the named flag on each; when a generation was skipped (a notice lost while disconnected) or the
+counter moved without a notice reaching us (checked every RUNBOOKD_FLAG_CACHE_CHECK_SECONDS), it reloads
+everything.
 """
 
 from __future__ import annotations
@@ -21,8 +22,10 @@ import redis
 from sqlalchemy import Engine
 from sqlmodel import Session, select
 
+from server.aftercommit import on_commit
 from server.flags.evaluation import CompiledFlag, compile_flag
 from server.flags.models import Flag, FlagEnvironment, FlagSpec
+from server.notices import NoticeBus
 from server.redis_client import key as redis_key
 from server.redis_client import make_redis
 from server.settings import Settings
@@ -50,6 +53,16 @@ def publish_change(settings: Settings, client: redis.Redis | None, *, key: str |
     except redis.RedisError as exc:
         log.warning("could not publish a flag change; api processes catch up at their next version check",
                     extra={"flag": key, "version": version, "error": str(exc)})
+
+
+def announce_change(session: Session, settings: Settings, client: redis.Redis | None, *, key: str | None,
+                    version: int) -> None:
+    """publish_change once the session commits (never if it rolls back); without a client of its own
+    (workers, the CLI, step kinds) a short-lived one is made for it."""
+    if client is not None:
+        on_commit(session, lambda: publish_change(settings, client, key=key, version=version))
+    else:
+        on_commit(session, lambda: publish_with_new_client(settings, key=key, version=version))
 
 
 def publish_with_new_client(settings: Settings, *, key: str | None, version: int) -> None:
@@ -84,9 +97,9 @@ class FlagCache:
         self.misses = 0
         self.last_refresh = 0.0
         self._listeners: list[Listener] = []
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._ready = threading.Event()
+        self.channels: tuple[str, ...] = ()
+        self._bus: NoticeBus | None = None
+        self._next_check = 0.0
         self._lock = threading.Lock()  # for writers only; evaluation reads the dict without it
         self._versions: dict[str, int] = {}  # newest version applied per key, deleted flags included
 
@@ -160,72 +173,55 @@ class FlagCache:
             except RuntimeError:  # its loop is closed
                 self.unsubscribe(listener)
 
-    # -- the refresher thread ----------------------------------------------------------------------
-    def start(self) -> None:
-        self._stop.clear()
-        if not self.settings.redis_url:
-            # Without Redis there is no change feed: this process sees its own database snapshot only.
+    # -- following changes: a follower of the process's notice bus (server/notices.py) -----------------
+    def start(self, bus: NoticeBus | None) -> None:
+        """Follow change notices on the bus (started by the caller); without one (no Redis) load once:
+        this process then sees its own database snapshot only."""
+        if bus is None:
             try:
                 self.load_all()
             except Exception:
                 log.exception("flag cache could not load flags")
             return
-        self._thread = threading.Thread(target=self._run, name="flag-cache", daemon=True)
-        self._thread.start()
-        if not self._ready.wait(10):
-            log.warning("flag cache did not reach Redis in 10 s; it keeps trying in the background")
+        self.channels = (channel(self.settings),)
+        self._bus = bus
+        bus.add(self)
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(5)
+        if self._bus is not None:
+            self._bus.remove(self)
 
     def _current_generation(self, client: redis.Redis) -> int:
         return int(client.get(generation_key(self.settings)) or 0)
 
-    def _run(self) -> None:
-        interval = self.settings.flag_cache_check_seconds
-        while not self._stop.is_set():
-            client = make_redis(self.settings, timeout=max(5.0, interval * 2))
-            pubsub = client.pubsub(ignore_subscribe_messages=True)
-            try:
-                pubsub.subscribe(channel(self.settings))
-                # Subscribed first, loaded second: a change committed in between arrives as a message.
-                self.generation = self._current_generation(client)
-                try:
-                    self.load_all()
-                except Exception:
-                    # An unmigrated database, say: serve nothing yet and retry at the next version check.
-                    log.exception("flag cache could not load flags; retrying")
-                    self.generation = -1
-                finally:
-                    self._ready.set()
-                next_check = time.monotonic() + interval
-                while not self._stop.is_set():
-                    message = pubsub.get_message(timeout=min(interval, 0.5))
-                    if message is not None:
-                        self._on_message(message)
-                    if time.monotonic() >= next_check:
-                        next_check = time.monotonic() + interval
-                        current = self._current_generation(client)
-                        if current != self.generation:
-                            log.info("flag cache missed a change notice; reloading every flag",
-                                     extra={"seen": self.generation, "current": current})
-                            self.generation = current
-                            self.load_all()
-                            self._notify({"generation": current})
-            except (redis.RedisError, OSError) as exc:
-                log.warning("flag cache lost Redis; retrying", extra={"error": str(exc)})
-                self._stop.wait(1)
-            except Exception:
-                log.exception("flag cache refresh failed; retrying")
-                self._stop.wait(1)
-            finally:
-                pubsub.close()
-                client.close()
+    def connected(self, client: redis.Redis) -> None:
+        self.generation = self._current_generation(client)
+        try:
+            self.load_all()
+        except Exception:
+            # An unmigrated database, say: serve nothing yet and retry at the next version check.
+            log.exception("flag cache could not load flags; retrying")
+            self.generation = -1
+        self._next_check = time.monotonic() + self.settings.flag_cache_check_seconds
 
-    def _on_message(self, message: dict[str, Any]) -> None:
-        notice = orjson.loads(message["data"])
+    def tick(self, client: redis.Redis) -> float:
+        """Reload everything when the generation counter moved without a notice reaching us."""
+        interval = self.settings.flag_cache_check_seconds
+        wait = self._next_check - time.monotonic()
+        if wait > 0:
+            return wait
+        self._next_check = time.monotonic() + interval
+        current = self._current_generation(client)
+        if current != self.generation:
+            log.info("flag cache missed a change notice; reloading every flag",
+                     extra={"seen": self.generation, "current": current})
+            self.generation = current
+            self.load_all()
+            self._notify({"generation": current})
+        return interval
+
+    def message(self, _channel: str, data: bytes) -> None:
+        notice = orjson.loads(data)
         generation = int(notice.get("generation", 0))
         if generation > self.generation + 1 or notice.get("key") is None:  # a gap, or an environment change
             self.generation = generation

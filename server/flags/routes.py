@@ -12,7 +12,7 @@ from server.db import SessionDep
 from server.deps import Admin, Operator, Viewer
 from server.errors import InvalidInput
 from server.flags import service
-from server.flags.cache import publish_change
+from server.flags.cache import announce_change
 from server.flags.models import (
     EnvironmentCreate,
     EnvironmentPublic,
@@ -59,9 +59,9 @@ def _public(session: Session, flag: Flag) -> FlagPublic:
 
 def _changed(request: Request, session: Session, response: Response, version: FlagVersion) -> FlagPublic:
     """Commit, tell every api process, and answer with the flag and its new ETag."""
+    announce_change(session, request.app.state.settings, request.app.state.redis, key=version.flag_key,
+                    version=version.version)
     session.commit()
-    publish_change(request.app.state.settings, request.app.state.redis, key=version.flag_key,
-                   version=version.version)
     cache = getattr(request.app.state, "flag_cache", None)
     if cache is not None:
         cache.load_one(version.flag_key)  # this process need not wait for its own notice
@@ -146,8 +146,8 @@ def list_environments(session: SessionDep, _actor: Viewer) -> list[EnvironmentPu
 def create_environment(body: EnvironmentCreate, request: Request, session: SessionDep,
                        actor: Admin) -> EnvironmentPublic:
     env = service.create_environment(session, name=body.name, description=body.description, actor=actor)
+    announce_change(session, request.app.state.settings, request.app.state.redis, key=None, version=0)
     session.commit()
-    publish_change(request.app.state.settings, request.app.state.redis, key=None, version=0)
     cache = getattr(request.app.state, "flag_cache", None)
     if cache is not None:
         cache.load_all()

@@ -1,6 +1,6 @@
 """Flag changes: every one writes an immutable version and its audit event in the caller's transaction.
 
-The caller commits, then calls server.flags.cache.publish_change() so every api process reloads the flag.
+The caller registers server.flags.cache.announce_change() and commits, so every api process reloads the flag.
 """
 
 from __future__ import annotations

@@ -1,8 +1,4 @@
-"""Inputs of the `flag.set` step kind (its implementation is workers/steps/flag_set.py).
-
-Import FlagSetInputs through server.runbooks.kinds, which imports this module at its end: importing this
-module first would find the catalog half-built.
-"""
+"""Inputs of the `flag.set` step kind, registered into the catalog (its implementation: workers/steps/flag_set.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +6,7 @@ from pydantic import Field, model_validator
 
 from server.durations import Duration
 from server.flags.models import ENV_PATTERN, KEY_PATTERN
-from server.runbooks.kinds import StepInputs
+from server.runbooks.kinds import StepInputs, register_kind
 
 
 class FlagSetInputs(StepInputs):
@@ -26,3 +22,8 @@ class FlagSetInputs(StepInputs):
         if self.enabled is None and self.variant is None:
             raise ValueError("flag.set needs enabled, variant or both")
         return self
+
+
+register_kind("flag.set", FlagSetInputs, "Turn a flag on or off (or change its default variant) in one "
+              "environment, optionally for a while; rollback restores the previous version.", compensates=True,
+              outputs=("flag", "environment", "version", "previous_version", "expires_at"))

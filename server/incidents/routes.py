@@ -2,17 +2,17 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query
 from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel
 
 from server.db import SessionDep
-from server.deps import Operator, Viewer
-from server.flags.cache import publish_change
+from server.deps import Operator, RedisDep, SettingsDep, Viewer
+from server.flags.cache import announce_change
 from server.incidents import history, service
 from server.incidents import rollback as undo
 from server.incidents.models import IncidentCreate, IncidentPublic, IncidentStatus, IncidentUpdate, TimelineEntry
-from server.loglevels.sync import publish as publish_loglevels
+from server.loglevels.sync import announce as announce_loglevels
 
 router = APIRouter(prefix="/api/v1/incidents", tags=["incidents"])
 
@@ -55,21 +55,17 @@ class RollbackRequest(BaseModel):
 
 
 @router.post("/{ref}/rollback")
-def rollback_incident(ref: str, body: RollbackRequest, request: Request, session: SessionDep,
+def rollback_incident(ref: str, body: RollbackRequest, settings: SettingsDep, client: RedisDep, session: SessionDep,
                       actor: Operator) -> dict[str, Any]:
     """Revert every change made under the incident that is still in effect (dry_run: only say what)."""
     incident = service.get_incident(session, ref=ref)
-    flags_changed: list[tuple[str, int]] = []
     services: set[str] = set()
     result = undo.rollback(session, incident=incident, actor=actor, dry_run=body.dry_run, force=body.force,
-                           on_flag_change=lambda key, version: flags_changed.append((key, version)),
+                           on_flag_change=lambda key, version: announce_change(session, settings, client, key=key,
+                                                                               version=version),
                            on_loglevel_change=services.add)
+    announce_loglevels(session, client, settings, services)  # reads `services` now, filled by the rollback
     session.commit()
-    settings, client = request.app.state.settings, request.app.state.redis
-    for key, version in flags_changed:
-        publish_change(settings, client, key=key, version=version)
-    if client is not None and services:
-        publish_loglevels(client, settings, services)
     return result.as_dict()
 
 

@@ -14,9 +14,10 @@ from sqlmodel import Session
 from sse_starlette.sse import EventSourceResponse, ServerSentEvent
 from starlette.concurrency import run_in_threadpool
 
+from server.aftercommit import on_commit
 from server.auth.models import Actor, Role
 from server.db import SessionDep
-from server.deps import Admin, Operator, Viewer, require_role
+from server.deps import Admin, Operator, SettingsDep, Viewer, require_role
 from server.errors import DomainError
 from server.ids import PathId
 from server.loglevels import service as svc
@@ -30,7 +31,7 @@ from server.loglevels.models import (
     OverridePublic,
     ServiceLevels,
 )
-from server.loglevels.sync import publish
+from server.loglevels.sync import announce
 from server.throttle import stream_slots
 
 router = APIRouter(prefix="/api/v1/loglevels", tags=["loglevels"])
@@ -44,21 +45,23 @@ class EventsUnavailable(DomainError):
     code = "unavailable"
 
 
-def _after_commit(request: Request, services: set[str]) -> None:
-    if request.app.state.redis is not None and services:
-        publish(request.app.state.redis, request.app.state.settings, services)
+def _commit(request: Request, session: Session, services: set[str]) -> None:
+    """Commit, announcing the change to every process; this one applies its own loggers' change at once."""
+    state = request.app.state
+    announce(session, state.redis, state.settings, services)
     sync = getattr(request.app.state, "loglevel_sync", None)
     if sync is not None and SERVER_SERVICE in services:
-        sync.safe_refresh()  # this process answers with the new level at once; the others follow the message
+        on_commit(session, sync.safe_refresh)  # this process answers with the new level at once
+    session.commit()
 
 
 @router.post("", status_code=201, response_model=OverridePublic)
-def create_override(body: OverrideCreate, request: Request, session: SessionDep, actor: Operator) -> OverridePublic:
+def create_override(body: OverrideCreate, request: Request, settings: SettingsDep, session: SessionDep,
+                    actor: Operator) -> OverridePublic:
     row = svc.raise_level(session, service=body.service, logger=body.logger, level=body.level,
-                              duration=body.for_, actor=actor, reason=body.reason, incident_id=body.incident_id,
-                              max_duration=request.app.state.settings.loglevel_max_duration)
-    session.commit()
-    _after_commit(request, {row.service})
+                          duration=body.for_, actor=actor, reason=body.reason, incident_id=body.incident_id,
+                          max_duration=settings.loglevel_max_duration)
+    _commit(request, session, {row.service})
     return svc.public(row, effective=True)
 
 
@@ -127,8 +130,7 @@ def end_override(override_id: PathId, request: Request, session: SessionDep, act
                  reason: Annotated[str | None, Query(max_length=2000)] = None) -> OverridePublic:
     """End an override early; the logger goes back to the next older live override, or its own level."""
     row = svc.end_override(session, override_id=override_id, actor=actor, reason=reason)
-    session.commit()
-    _after_commit(request, {row.service})
+    _commit(request, session, {row.service})
     return svc.public(row)
 
 
@@ -165,14 +167,13 @@ def one_logger(name: Annotated[str, Path(pattern=LOGGER_PATTERN)], session: Sess
 
 @debug_router.post("/{name}", status_code=204)
 def set_logger(name: Annotated[str, Path(pattern=LOGGER_PATTERN)], body: ActuatorLevel, request: Request,
-               session: SessionDep, actor: Admin) -> Response:
+               settings: SettingsDep, session: SessionDep, actor: Admin) -> Response:
     if body.configuredLevel is None:
         # Actuator's reset: the logger goes back to its own configuration in every process.
         svc.end_logger(session, service=SERVER_SERVICE, logger=name, actor=actor, reason=body.reason)
     else:
         svc.raise_level(session, service=SERVER_SERVICE, logger=name, level=body.configuredLevel,
-                            duration=body.for_, actor=actor, reason=body.reason, incident_id=body.incident_id,
-                            max_duration=request.app.state.settings.loglevel_max_duration)
-    session.commit()
-    _after_commit(request, {SERVER_SERVICE})
+                        duration=body.for_, actor=actor, reason=body.reason, incident_id=body.incident_id,
+                        max_duration=settings.loglevel_max_duration)
+    _commit(request, session, {SERVER_SERVICE})
     return Response(status_code=204)

@@ -1,8 +1,5 @@
-"""Inputs of the `loglevel.raise` step kind (its implementation is workers/steps/loglevel_raise.py).
-
-Import LogLevelRaiseInputs through server.runbooks.kinds, which imports this module at its end: importing
-this module first would find the catalog half-built.
-"""
+"""Inputs of the `loglevel.raise` step kind, registered into the catalog (its implementation:
+workers/steps/loglevel_raise.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +8,7 @@ from pydantic import Field, field_validator
 from server.durations import Duration
 from server.loglevels.levels import canonical
 from server.loglevels.models import LOGGER_PATTERN, SERVICE_PATTERN
-from server.runbooks.kinds import StepInputs
+from server.runbooks.kinds import StepInputs, register_kind
 
 
 class LogLevelRaiseInputs(StepInputs):
@@ -25,3 +22,8 @@ class LogLevelRaiseInputs(StepInputs):
     @classmethod
     def _canonical(cls, value: str) -> str:
         return canonical(value)
+
+
+register_kind("loglevel.raise", LogLevelRaiseInputs, "Raise one logger of one service for a while; "
+              "rollback ends the override early.", compensates=True,
+              outputs=("override_id", "service", "logger", "level", "expires_at"))

@@ -1,8 +1,9 @@
 """Keep runbookd's own loggers in every process (api replicas, workers) in line with the overrides.
 
-A change is committed to the database, then its service name is published on Redis. Each process runs
-an OwnLoggerSync thread that, on such a message, at the next known expiry, and every RESYNC_SECONDS in
-case a message was missed, reads the live overrides of runbookd itself and applies them. A process that
+A change is committed to the database, then (announce(), after the commit) its service name is published
+on Redis. Each process has an OwnLoggerSync on its notice bus that, on such a notice, at the next known
+expiry, and every RESYNC_SECONDS in case a notice was missed, reads the live overrides of runbookd itself
+and applies them. A process that
 starts later therefore applies what is already in effect, and each process reverts on time by itself.
 """
 
@@ -17,10 +18,12 @@ import redis
 from sqlalchemy import Engine
 from sqlmodel import Session
 
+from server.aftercommit import on_commit
 from server.agent import LevelApplier
 from server.db import session_scope
 from server.loglevels import service
 from server.loglevels.models import SERVER_SERVICE
+from server.notices import NoticeBus
 from server.redis_client import key, make_redis
 from server.settings import Settings
 
@@ -50,18 +53,38 @@ def publish(client: redis.Redis, settings: Settings, services: set[str] | list[s
             log.warning("could not publish a log-level change", extra={"service": name}, exc_info=True)
 
 
+def announce(session: Session, client: redis.Redis | None, settings: Settings, services: set[str] | list[str]
+             ) -> None:
+    """publish() once the session commits (never if it rolls back); without a client of its own (workers,
+    step kinds) a short-lived one is made for it."""
+    names = set(services)
+    if not names:
+        return
+    if client is not None:
+        on_commit(session, lambda: publish(client, settings, names))
+    elif settings.redis_url:
+        on_commit(session, lambda: publish_with_new_client(settings, names))
+
+
+def publish_with_new_client(settings: Settings, services: set[str] | list[str]) -> None:
+    client = make_redis(settings)
+    try:
+        publish(client, settings, services)
+    finally:
+        client.close()
+
+
 def sweep_expired(engine: Engine, settings: Settings, client: redis.Redis | None) -> int:
     """End (and audit as the system) every override whose expiry passed, e.g. while nothing was running."""
     with session_scope(engine) as session:
         ended = service.expire_due(session)
-        touched = {row.service for row in ended}
-    if touched and client is not None:
-        publish(client, settings, touched)
+        announce(session, client, settings, {row.service for row in ended})
     return len(ended)
 
 
 class OwnLoggerSync:
-    """The thread that applies overrides of runbookd's own loggers inside this process."""
+    """Applies overrides of runbookd's own loggers inside this process: a follower of the process's notice
+    bus (server/notices.py), which also hands each changed service name to this process's SSE followers."""
 
     def __init__(self, settings: Settings, engine: Engine, *, sweep_at_start: bool = True) -> None:
         self.settings = settings
@@ -69,9 +92,10 @@ class OwnLoggerSync:
         self.sweep_at_start = sweep_at_start
         self.applier = _APPLIER
         self.applied: dict[str, str] = {}
+        self.channels: tuple[str, ...] = (channel(settings),)
         self._next_expiry: float | None = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="runbookd-loglevel-sync", daemon=True)
+        self._last_refresh = 0.0
+        self._bus: NoticeBus | None = None
         # SSE followers in this process: each gets the name of every service whose overrides changed.
         self._watchers: dict[asyncio.Queue[str], asyncio.AbstractEventLoop] = {}
         self._watchers_lock = threading.Lock()
@@ -96,16 +120,17 @@ class OwnLoggerSync:
             except RuntimeError:  # that loop has closed; its stream is gone
                 self.unwatch(queue)
 
-    def start(self) -> OwnLoggerSync:
+    def start(self, bus: NoticeBus) -> OwnLoggerSync:
         with _running_lock:
             _running.add(self)
-        self._thread.start()
+        self._bus = bus
+        bus.add(self)
         return self
 
     def stop(self, restore: bool = True) -> None:
         """Stop following; the last sync of the process to stop puts every logger back as it was."""
-        self._stop.set()
-        self._thread.join(5)
+        if self._bus is not None:
+            self._bus.remove(self)
         with _running_lock:
             _running.discard(self)
             last = not _running
@@ -120,15 +145,11 @@ class OwnLoggerSync:
             wanted = {name: entry.level for name, entry in levels.loggers.items()}
             changes = self.applier.apply(wanted)
         self.applied = wanted
+        self._last_refresh = time.monotonic()
         wait = levels.poll_after_seconds
         self._next_expiry = time.monotonic() + wait if wait is not None else None
         if changes:
             log.warning("runbookd log levels changed: %s", changes, extra={"changes": changes})
-
-    def _timeout(self) -> float:
-        if self._next_expiry is None:
-            return RESYNC_SECONDS
-        return max(0.05, min(RESYNC_SECONDS, self._next_expiry - time.monotonic() + 0.05))
 
     def safe_refresh(self) -> None:
         """refresh(), but a failure is logged and retried soon: the change it follows is already committed."""
@@ -138,49 +159,35 @@ class OwnLoggerSync:
             log.warning("could not read log-level overrides; will retry", exc_info=True)
             self._next_expiry = time.monotonic() + 2
 
-    def _run(self) -> None:
-        client = make_redis(self.settings, timeout=5)
+    # -- notice bus follower ----------------------------------------------------------------------------
+    def connected(self, client: redis.Redis) -> None:
         if self.sweep_at_start:
+            self.sweep_at_start = False
             try:
                 sweep_expired(self.engine, self.settings, client)
             except Exception:
                 log.warning("start-up sweep of expired log-level overrides failed", exc_info=True)
-        pubsub = None
-        last_refresh = 0.0
-        while not self._stop.is_set():
-            try:
-                if pubsub is None:
-                    pubsub = client.pubsub(ignore_subscribe_messages=True)
-                    pubsub.subscribe(channel(self.settings))
-                    self.safe_refresh()  # subscribed first, so nothing committed after this read is missed
-                    last_refresh = time.monotonic()
-                    self._fan_out("*")  # followers may have missed notices while we were not subscribed
-                message = pubsub.get_message(timeout=min(self._timeout(), 1.0))
-                due = self._next_expiry is not None and time.monotonic() >= self._next_expiry
-                stale = time.monotonic() - last_refresh >= RESYNC_SECONDS
-                name = _decode(message.get("data")) if message is not None else None
-                if name:
-                    self._fan_out(name)
-                ours = name == SERVER_SERVICE
-                if ours or due or stale:
-                    self.safe_refresh()
-                    last_refresh = time.monotonic()
-            except redis.RedisError:
-                log.warning("log-level sync lost Redis; reconnecting", exc_info=True)
-                if pubsub is not None:
-                    pubsub.close()
-                pubsub = None
-                self.safe_refresh()
-                self._stop.wait(1.0)
-        if pubsub is not None:
-            pubsub.close()
-        client.close()
+        self.safe_refresh()  # subscribed first, so nothing committed after this read is missed
+        self._fan_out("*")  # followers may have missed notices while we were not subscribed
 
+    def disconnected(self) -> None:
+        self.safe_refresh()  # expiries still revert on time while Redis is away
 
-def _decode(data: object) -> str | None:
-    if isinstance(data, bytes):
-        return data.decode(errors="replace")
-    return data if isinstance(data, str) else None
+    def message(self, _channel: str, data: bytes) -> None:
+        name = data.decode(errors="replace")
+        self._fan_out(name)
+        if name == SERVER_SERVICE:
+            self.safe_refresh()
+
+    def tick(self, _client: redis.Redis) -> float:
+        """Apply a due expiry, and re-read every RESYNC_SECONDS in case a notice was missed."""
+        now = time.monotonic()
+        due = self._next_expiry is not None and now >= self._next_expiry
+        if due or now - self._last_refresh >= RESYNC_SECONDS:
+            self.safe_refresh()
+        if self._next_expiry is None:
+            return RESYNC_SECONDS
+        return max(0.05, min(RESYNC_SECONDS, self._next_expiry - time.monotonic() + 0.05))
 
 
 def _offer(queue: asyncio.Queue[str], name: str) -> None:

@@ -1,12 +1,14 @@
-"""The catalog of step kinds: each `uses:` name, the pydantic model of its `with:` inputs, what it does.
+"""The step-kind registry: each `uses:` name, the pydantic model of its `with:` inputs, what it does.
 
-The server validates runbooks against this catalog at load time without importing the workers package;
-workers/steps/ holds one implementation per entry, registered under the same name, and
-tests/workers/test_step_catalog.py fails when the two disagree.
+A leaf module: it imports no domain. Each domain registers its kinds into it (`register_kind` at the end of
+its own steps module, e.g. server/flags/steps.py), and server/runbooks/catalog.py imports every such module
+and offers the complete CATALOG, which is what validation and the engine read. workers/steps/ holds one
+implementation per entry; tests/workers/test_step_catalog.py fails when the two disagree.
 
 Adding a kind (say `flag.set`):
 1. define its inputs model (a `StepInputs` subclass, so unknown keys are errors) in your own domain, e.g.
-   server/flags/steps.py, and add one `register_kind(...)` line for it at the end of this module;
+   server/flags/steps.py, with a `register_kind(...)` line after it; if the module is new, add its import
+   to server/runbooks/catalog.py;
 2. write workers/steps/flag_set.py with a `Step` subclass decorated `@register("flag.set")` (see
    workers/steps/base.py); modules there are discovered, nothing else to edit;
 3. test it under tests/workers/steps/.
@@ -57,16 +59,17 @@ class KindSpec:
                 if isinstance(field.json_schema_extra, dict) and field.json_schema_extra.get("expression")}
 
 
-CATALOG: dict[str, KindSpec] = {}
+# Filled by register_kind as modules are imported: read the complete one as server.runbooks.catalog.CATALOG.
+REGISTERED: dict[str, KindSpec] = {}
 
 
 def register_kind(name: str, inputs: type[StepInputs], description: str, *, compensates: bool = False,
                   outputs: tuple[str, ...] = (), side_effect_free: bool = False, instant: bool = False) -> KindSpec:
-    if name in CATALOG:
+    if name in REGISTERED:
         raise ValueError(f"step kind {name!r} is registered twice")
     spec = KindSpec(name, inputs, description, compensates=compensates, outputs=outputs,
                     side_effect_free=side_effect_free, instant=instant)
-    CATALOG[name] = spec
+    REGISTERED[name] = spec
     return spec
 
 
@@ -163,16 +166,3 @@ register_kind("log", LogInputs, "Write a message into the run.", outputs=("messa
               instant=True)
 register_kind("notify", NotifyInputs, "Post a message to a Slack- or Mattermost-compatible webhook.",
               outputs=("status",))
-
-# -- kinds from other domains: one register_kind line each, below this comment -----------------------
-from server.flags.steps import FlagSetInputs  # noqa: E402
-from server.loglevels.steps import LogLevelRaiseInputs  # noqa: E402 (the catalog must exist first)
-
-register_kind("loglevel.raise", LogLevelRaiseInputs, "Raise one logger of one service for a while; "
-              "rollback ends the override early.", compensates=True,
-              outputs=("override_id", "service", "logger", "level", "expires_at"))
-register_kind("flag.set", FlagSetInputs, "Turn a flag on or off (or change its default variant) in one "
-              "environment, optionally for a while; rollback restores the previous version.", compensates=True,
-              outputs=("flag", "environment", "version", "previous_version", "expires_at"))
-import server.runbooks.toolkit_kinds  # noqa: E402  (issue 6: the debugging toolkit's nine kinds)
-import server.runbooks.trace_kinds  # noqa: E402, F401  (issue 18: trace.get, trace.search)

@@ -16,7 +16,7 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-from server.runbooks.kinds import CATALOG, KindSpec
+from server.runbooks.catalog import CATALOG, KindSpec
 from server.runbooks.schema import ParamSpec, StepSpec
 
 HEADER = """# Runbook reference

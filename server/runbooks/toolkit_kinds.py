@@ -1,6 +1,6 @@
 """Inputs of the debugging-toolkit kinds (issue 6): bisect, profiles, core dumps, memory, logs, metrics, replay.
 
-Registered into the catalog of server/runbooks/kinds.py by its one import line; the implementations live in
+Registered into server/runbooks/kinds.py, imported by server/runbooks/catalog.py; the implementations live in
 workers/steps/ (one module per kind) and share helpers in workers/toolkit/.
 """
 

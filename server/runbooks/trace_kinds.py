@@ -1,6 +1,6 @@
 """Inputs of the trace kinds (issue 18): traces as evidence, read from a Jaeger query API or a Tempo-compatible one.
 
-Registered into the catalog of server/runbooks/kinds.py by its one import line; the implementations are
+Registered into server/runbooks/kinds.py, imported by server/runbooks/catalog.py; the implementations are
 workers/steps/trace_get.py and trace_search.py, sharing workers/toolkit/traces.py.
 """
 

@@ -20,7 +20,7 @@ from jinja2 import TemplateError
 from pydantic import ValidationError
 
 from server.runbooks import expressions, yamlpos
-from server.runbooks.kinds import CATALOG
+from server.runbooks.catalog import CATALOG
 from server.runbooks.params import coerce_one
 from server.runbooks.schema import ParamSpec, Runbook, StepSpec
 from server.runbooks.yamlpos import Path

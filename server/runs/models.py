@@ -9,6 +9,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 from pydantic import Field as PydanticField
 from sqlalchemy import Column, Index, Text, UniqueConstraint
+from sqlalchemy import Enum as SAEnum
 from sqlmodel import Field, SQLModel
 
 from server.models_base import UTCDateTime, json_field, ts_field
@@ -45,6 +46,13 @@ FINISHED_STEP = {StepStatus.succeeded, StepStatus.failed, StepStatus.skipped, St
                  StepStatus.timed_out}
 
 
+def status_column(enum: type[StrEnum]) -> Column[Any]:
+    """A status as the enum, stored as its value in the existing VARCHAR(20) (no native enum type, no CHECK
+    constraint: the same column on PostgreSQL and SQLite, so no migration)."""
+    return Column(SAEnum(enum, native_enum=False, create_constraint=False, length=20, validate_strings=True,
+                         values_callable=lambda members: [m.value for m in members]), nullable=False)
+
+
 class Run(SQLModel, table=True):
     __tablename__ = "runs"
     __table_args__ = (
@@ -59,7 +67,7 @@ class Run(SQLModel, table=True):
     params: dict[str, Any] = json_field(default=None, nullable=False)  # secrets masked
     # Secret param values, needed by the worker; cleared as soon as the run finishes, never shown.
     secrets: dict[str, Any] | None = json_field()
-    status: str = Field(default=RunStatus.queued.value, max_length=20)
+    status: RunStatus = Field(default=RunStatus.queued, sa_column=status_column(RunStatus))
     actor: str = Field(max_length=200, index=True)
     incident_id: str | None = Field(default=None, max_length=64, index=True)
     dry_run: bool = False
@@ -92,7 +100,7 @@ class StepRun(SQLModel, table=True):
     position: int
     uses: str = Field(max_length=100)
     phase: str | None = Field(default=None, max_length=20)
-    status: str = Field(default=StepStatus.pending.value, max_length=20)
+    status: StepStatus = Field(default=StepStatus.pending, sa_column=status_column(StepStatus))
     attempts: int = 0
     started_at: datetime | None = ts_field(nullable=True)
     finished_at: datetime | None = ts_field(nullable=True)

@@ -14,7 +14,7 @@ from sse_starlette.sse import EventSourceResponse
 from server.audit import service as audit
 from server.auth.models import Actor, Role, Source
 from server.db import SessionDep
-from server.deps import Operator, Viewer
+from server.deps import Operator, RedisDep, SettingsDep, Viewer
 from server.errors import Forbidden, InvalidInput, NotFound
 from server.ids import MAX_ID, PathId, parse_id
 from server.redaction import MASK
@@ -152,16 +152,15 @@ def get_run(run_id: PathId, request: Request, session: SessionDep, _actor: Viewe
 
 
 @router.post("/{run_id}/cancel", response_model=RunPublic)
-def cancel_run(run_id: PathId, request: Request, session: SessionDep, actor: Operator,
-               body: CancelRequest | None = None) -> Response:
+def cancel_run(run_id: PathId, request: Request, client: RedisDep, settings: SettingsDep, session: SessionDep,
+               actor: Operator, body: CancelRequest | None = None) -> Response:
     last = _last_event_id(session, run_id)
     run = service.cancel(session, run_id=run_id, actor=actor, reason=body.reason if body else None)
     session.commit()
-    client = request.app.state.redis
     if client is not None and run.status == RunStatus.running:
         # The worker polls this key a few times a second; the database flag is the slower fallback.
         with contextlib.suppress(redis.RedisError):
-            client.set(events.cancel_key(_settings(request), run_id), actor.name, ex=86400)
+            client.set(events.cancel_key(settings, run_id), actor.name, ex=86400)
     _publish_history(request, session, run_id, last)
     return _response(request, session, run, 202 if run.status == RunStatus.running else 200)
 
@@ -191,10 +190,10 @@ def reject_step(run_id: PathId, step_id: str, request: Request, session: Session
 
 
 @router.post("/{run_id}/rerun", status_code=202, response_model=RunPublic)
-def rerun(run_id: PathId, request: Request, session: SessionDep, actor: Operator,
+def rerun(run_id: PathId, request: Request, settings: SettingsDep, session: SessionDep, actor: Operator,
           body: RerunRequest | None = None) -> Response:
     run = service.rerun(session, run_id=run_id, actor=actor, overrides=body.params if body else {},
-                        settings=_settings(request))
+                        settings=settings)
     session.commit()
     assert run.id is not None
     # No live publish of run.queued: nobody can follow a run before knowing its id; followers read it stored.
@@ -210,7 +209,7 @@ def _check_exists(session: Session, run_id: int) -> None:
 
 
 @router.get("/{run_id}/events")
-def run_events(run_id: PathId, request: Request, session: SessionDep, _actor: Viewer,
+def run_events(run_id: PathId, request: Request, settings: SettingsDep, session: SessionDep, _actor: Viewer,
                last_event_id: Annotated[str | None, Header()] = None,
                after: Annotated[int, Query(ge=0, le=MAX_ID, description="only events after this id")] = 0
                ) -> EventSourceResponse:
@@ -218,8 +217,7 @@ def run_events(run_id: PathId, request: Request, session: SessionDep, _actor: Vi
     _check_exists(session, run_id)  # 404 before the stream starts
     slots = stream_slots(request.app.state)
     holder = slots.take(_actor)
-    return EventSourceResponse(slots.hold(holder, stream.follow(request, _settings(request), run_id, after_id)),
-                               ping=15)
+    return EventSourceResponse(slots.hold(holder, stream.follow(request, settings, run_id, after_id)), ping=15)
 
 
 @router.get("/{run_id}/artifacts", response_model=list[artifacts.ArtifactInfo])

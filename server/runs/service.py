@@ -150,16 +150,16 @@ def finish_unstarted(session: Session, *, run: Run, status: RunStatus, error: st
     step_status = StepStatus.timed_out if status == RunStatus.timed_out else StepStatus.cancelled
     session.execute(update(StepRun).where(col(StepRun.run_id) == run.id,
                                           col(StepRun.status).in_([StepStatus.pending, StepStatus.running]))
-                    .values(status=step_status.value, finished_at=utcnow()))
-    run.status, run.finished_at, run.error, run.secrets = status.value, utcnow(), error, None
+                    .values(status=step_status, finished_at=utcnow()))
+    run.status, run.finished_at, run.error, run.secrets = status, utcnow(), error, None
     session.add(run)
-    events.record(session, run_id=run.id, type="run.finished", data={"status": status.value, "error": error})
+    events.record(session, run_id=run.id, type="run.finished", data={"status": status, "error": error})
 
 
 def cancel(session: Session, *, run_id: int, actor: Actor, reason: str | None) -> Run:
     """Cancel now when no worker holds the run; else flag it and the worker stops within a moment."""
     run = _lock(session, run_id)
-    if RunStatus(run.status).finished:
+    if run.status.finished:
         raise Conflict(f"run {run_id} already finished ({run.status}); nothing to cancel")
     before = run.status
     run.cancel_requested_at, run.cancelled_by = utcnow(), actor.name
@@ -197,7 +197,7 @@ def decide(session: Session, *, run_id: int, step_id: str, actor: Actor, approve
                         "and may reject it but not approve it")
     verdict = "approved" if approve else "rejected"
     step.approval, step.approval_by, step.approval_reason = verdict, actor.name, reason
-    run.status = RunStatus.queued.value
+    run.status = RunStatus.queued
     run.dispatched_at = utcnow()  # optimistic, as in create_run
     session.add_all([step, run])
     events.record(session, run_id=run_id, type=f"step.{verdict}", step_id=step_id,
@@ -232,12 +232,12 @@ def rerun(session: Session, *, run_id: int, actor: Actor, overrides: dict[str, A
 
 def mark_undispatched(session: Session, *, run_id: int) -> None:
     """The broker refused the task: leave the run for the relay."""
-    session.execute(update(Run).where(col(Run.id) == run_id, col(Run.status) == RunStatus.queued.value)
+    session.execute(update(Run).where(col(Run.id) == run_id, col(Run.status) == RunStatus.queued)
                     .values(dispatched_at=None))
 
 
 def mark_dispatched(session: Session, *, run_id: int) -> None:
-    session.execute(update(Run).where(col(Run.id) == run_id, col(Run.status) == RunStatus.queued.value)
+    session.execute(update(Run).where(col(Run.id) == run_id, col(Run.status) == RunStatus.queued)
                     .values(dispatched_at=utcnow()))
 
 

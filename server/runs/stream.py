@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
-import redis.asyncio as aioredis
 from fastapi import Request
 from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
 
 from server.runs import events
-from server.runs.models import Run, RunStatus
+from server.runs.feed import Batch, RunFeed
+from server.runs.models import Run
 from server.settings import Settings
 
 RESYNC_S = 2.0  # re-read the stored history this often, so a missed publish only delays an event
@@ -25,7 +24,7 @@ def _stored(request: Request, run_id: int, after_id: int) -> tuple[list[dict[str
     with Session(request.app.state.engine) as session:
         rows = events.history(session, run_id=run_id, after_id=after_id)
         run = session.get(Run, run_id)
-        finished = run is None or RunStatus(run.status).finished
+        finished = run is None or run.status.finished
         return [events.as_message(e) for e in rows], finished
 
 
@@ -54,9 +53,22 @@ def _place_lines(batch: list[dict[str, Any]], sent_through: int, lines_after: di
     return now, fresh
 
 
-async def _next_batch(pubsub: Any, timeout: float) -> list[dict[str, Any]]:
-    raw = await pubsub.get_message(ignore_subscribe_messages=True, timeout=timeout)
-    return orjson.loads(raw["data"]) if raw and raw.get("type") == "message" else []
+async def _next_batch(queue: asyncio.Queue[Batch], timeout: float) -> Batch:
+    """The next batch published for the run, [] when none came within timeout, None when the feed broke."""
+    if timeout <= 0:
+        return queue.get_nowait() if not queue.empty() else []
+    try:
+        return await asyncio.wait_for(queue.get(), timeout)
+    except TimeoutError:
+        return []
+
+
+def feed_of(request: Request, settings: Settings) -> RunFeed:
+    """The api process's one subscription for every follower (server/runs/feed.py)."""
+    feed: RunFeed | None = getattr(request.app.state, "run_feed", None)
+    if feed is None:
+        feed = request.app.state.run_feed = RunFeed(settings)
+    return feed
 
 
 async def follow(request: Request, settings: Settings, run_id: int, after_id: int) -> AsyncIterator[dict[str, Any]]:
@@ -68,15 +80,9 @@ async def follow(request: Request, settings: Settings, run_id: int, after_id: in
     the line is sent right after that event. A batch that arrived while the history was read has its
     lines put in place too; one that comes later than its events' history has them sent at once.
     """
-    pubsub = None
-    client = aioredis.Redis.from_url(settings.redis_url, socket_connect_timeout=2) if settings.redis_url else None
+    feed = feed_of(request, settings)
+    joined = pubsub = await feed.join(run_id)  # before the history: no gap
     try:
-        if client is not None:
-            try:
-                pubsub = client.pubsub()
-                await pubsub.subscribe(events.channel(settings, run_id))  # before the history: no gap
-            except (aioredis.RedisError, OSError):
-                pubsub = None
         last_id = after_id
         next_sync = 0.0
         lines_after: dict[int, list[dict[str, Any]]] = {}  # output lines waiting for the stored event they follow
@@ -85,16 +91,14 @@ async def follow(request: Request, settings: Settings, run_id: int, after_id: in
             if time.monotonic() >= next_sync:
                 stored, finished = await run_in_threadpool(_stored, request, run_id, last_id)
                 while pubsub is not None:  # published around the read: these lines follow events just read
-                    try:
-                        batch = await _next_batch(pubsub, 0.0)
-                    except (aioredis.RedisError, OSError):
+                    got = await _next_batch(pubsub, 0.0)
+                    if got is None:
                         pubsub = None
+                    if not got:
                         break
-                    if not batch:
-                        break
-                    batches.append(batch)
-                for batch in batches:
-                    for line in _place_lines(batch, last_id, lines_after)[0]:
+                    batches.append(got)
+                for earlier in batches:
+                    for line in _place_lines(earlier, last_id, lines_after)[0]:
                         yield _sse(line)
                 for message in stored:
                     last_id = max(last_id, message["id"])
@@ -109,22 +113,17 @@ async def follow(request: Request, settings: Settings, run_id: int, after_id: in
                 next_sync = 0.0 if newest > last_id else time.monotonic() + RESYNC_S  # stored after the read
             if await request.is_disconnected():
                 return
-            batch = []
+            live: Batch = []
             if pubsub is not None:
-                try:
-                    batch = await _next_batch(pubsub, 0.5)
-                except (aioredis.RedisError, OSError):
+                live = await _next_batch(pubsub, 0.5)
+                if live is None:
                     pubsub = None
             else:
                 await asyncio.sleep(0.5)
-            now, fresh = _place_lines(batch, last_id, lines_after)
+            now, fresh = _place_lines(live or [], last_id, lines_after)
             for line in now:
                 yield _sse(line)
             if fresh:
                 next_sync = 0.0  # read what was stored, in id order
     finally:
-        if pubsub is not None:
-            with contextlib.suppress(aioredis.RedisError, OSError):
-                await pubsub.aclose()
-        if client is not None:
-            await client.aclose()
+        await feed.leave(run_id, joined)

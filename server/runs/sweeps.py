@@ -12,8 +12,8 @@ from sqlmodel import col, select
 from server.audit import service as audit
 from server.auth.models import Actor
 from server.db import session_scope
+from server.dispatch_queue import RUN_EXECUTE_TASK, send, sender
 from server.models_base import as_utc, utcnow
-from server.queue import RUN_EXECUTE_TASK, send, sender
 from server.runs import events
 from server.runs.models import Run, RunStatus, StepRun, StepStatus
 from server.runs.service import finish_unstarted, mark_dispatched
@@ -29,7 +29,7 @@ def send_run(settings: Settings, run_id: int, queue: str, *, countdown: float | 
     try:
         if countdown is None:
             send(RUN_EXECUTE_TASK, run_id, queue, settings=settings, queue=queue)
-        else:  # server.queue.send passes keywords to the task, so a delay goes through the sender itself
+        else:  # server.dispatch_queue.send passes keywords to the task, so a delay goes through the sender itself
             sender(settings).send_task(RUN_EXECUTE_TASK, args=(run_id, queue), queue=queue, countdown=countdown)
     except Exception as exc:  # kombu raises OperationalError, redis its own: either way, the relay retries
         log.warning("run not enqueued; the relay will send it", extra={"run_id": run_id, "error": str(exc)})
@@ -52,7 +52,7 @@ def relay(engine: Engine, settings: Settings, *, limit: int = 500, min_age_s: fl
     with session_scope(engine) as session:
         rows = session.exec(
             select(Run.id, Run.queue).where(
-                Run.status == RunStatus.queued.value,
+                Run.status == RunStatus.queued,
                 or_(col(Run.dispatched_at).is_(None),
                     col(Run.dispatched_at) < now - timedelta(seconds=RESEND_AFTER_S)),
                 col(Run.created_at) < now - timedelta(seconds=min_age_s),
@@ -76,8 +76,8 @@ def reap(engine: Engine, settings: Settings, client: redis.Redis | None = None) 
     with session_scope(engine) as session:
         candidates = session.exec(select(Run).where(
             or_(
-                (col(Run.status) == RunStatus.running.value) & (col(Run.heartbeat_at) < stale),
-                (col(Run.status).in_([RunStatus.waiting_approval.value, RunStatus.running.value]))
+                (col(Run.status) == RunStatus.running) & (col(Run.heartbeat_at) < stale),
+                (col(Run.status).in_([RunStatus.waiting_approval, RunStatus.running]))
                 & (col(Run.deadline_at) < now - timedelta(seconds=settings.run_heartbeat_interval * 2)),
             )).with_for_update()).all()
         finished_ids = []
@@ -92,13 +92,13 @@ def reap(engine: Engine, settings: Settings, client: redis.Redis | None = None) 
                 status, why = RunStatus.failed, (f"worker {run.worker} lost: no heartbeat since {last} "
                                                  f"(grace {grace}) and the run was not redelivered")
             for step in session.exec(select(StepRun).where(StepRun.run_id == run.id,
-                                                           StepRun.status == StepStatus.running.value)):
-                step.status = StepStatus.timed_out.value if status == RunStatus.timed_out else StepStatus.failed.value
+                                                           StepRun.status == StepStatus.running)):
+                step.status = StepStatus.timed_out if status == RunStatus.timed_out else StepStatus.failed
                 step.error, step.finished_at = why, now
                 session.add(step)
             finish_unstarted(session, run=run, status=status, error=why)
             audit.record(session, actor=Actor.system(), action="run.reap", target_type="run", target_id=run.id,
-                         before={"status": before}, after={"status": status.value}, reason=why,
+                         before={"status": before}, after={"status": status}, reason=why,
                          incident_id=run.incident_id)
             finished_ids.append(run.id)
             ended += 1

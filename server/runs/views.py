@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from server import tracing
 from server.runs import artifacts, findings
-from server.runs.models import Run, RunPublic, RunStatus, RunSummary, StepRun, StepRunPublic, StepStatus
+from server.runs.models import Run, RunPublic, RunSummary, StepRun, StepRunPublic
 from server.runs.service import duration_s
 from server.settings import Settings
 
 
 def summary(run: Run) -> RunSummary:
     assert run.id is not None
-    return RunSummary(id=run.id, runbook=run.runbook_id, status=RunStatus(run.status), actor=run.actor,
+    return RunSummary(id=run.id, runbook=run.runbook_id, status=run.status, actor=run.actor,
                       incident_id=run.incident_id, dry_run=run.dry_run, created_at=run.created_at,
                       started_at=run.started_at, finished_at=run.finished_at,
                       duration_s=duration_s(run.started_at, run.finished_at), error=run.error)
@@ -19,7 +19,7 @@ def summary(run: Run) -> RunSummary:
 
 def step_public(step: StepRun) -> StepRunPublic:
     return StepRunPublic(step_id=step.step_id, position=step.position, uses=step.uses, phase=step.phase,
-                         status=StepStatus(step.status), attempts=step.attempts, started_at=step.started_at,
+                         status=step.status, attempts=step.attempts, started_at=step.started_at,
                          finished_at=step.finished_at,
                          duration_s=duration_s(step.started_at, step.finished_at) if step.finished_at else None,
                          outputs=step.outputs, error=step.error, approval=step.approval,

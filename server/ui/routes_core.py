@@ -230,5 +230,6 @@ async def create_token(request: Request, session: SessionDep, actor: UiAdmin,
 
 @router.post("/tokens/{token_id}/revoke")
 def revoke_token(token_id: int, request: Request, session: SessionDep, actor: UiAdmin) -> Response:
-    token = tokens_api.revoke_token(str(token_id), request, session, actor)
+    state = request.app.state
+    token = tokens_api.revoke_token(str(token_id), request, state.settings, state.redis, session, actor)
     return see_other("/ui/tokens", f"token {token.name} revoked")

@@ -239,7 +239,7 @@ def create_override(request: Request, session: SessionDep, actor: UiOperator,
         body = OverrideCreate.model_validate({
             "service": service.strip(), "logger": logger.strip(), "level": level, "for": blank_to_none(duration),
             "reason": blank_to_none(reason), "incident_id": blank_to_none(incident_id)})
-        row = loglevels_api.create_override(body, request, session, actor)
+        row = loglevels_api.create_override(body, request, request.app.state.settings, session, actor)
     except ValidationError as exc:
         return _levels_page(request, session, errors=field_errors(invalid(exc).details), form=form, status_code=422)
     except InvalidInput as exc:

@@ -63,15 +63,17 @@ def incident_page(ref: str, request: Request, session: SessionDep, actor: UiView
 
 @router.post("/incidents/{ref}/undo/preview")
 def undo_preview(ref: str, request: Request, session: SessionDep, actor: UiOperator) -> Response:
-    preview = incidents_api.rollback_incident(ref, incidents_api.RollbackRequest(dry_run=True), request, session,
-                                              actor)
+    state = request.app.state
+    preview = incidents_api.rollback_incident(ref, incidents_api.RollbackRequest(dry_run=True), state.settings,
+                                              state.redis, session, actor)
     return _incident_page(request, session, actor, ref, preview=preview)
 
 
 @router.post("/incidents/{ref}/undo")
 def undo(ref: str, request: Request, session: SessionDep, actor: UiOperator) -> Response:
-    result = incidents_api.rollback_incident(ref, incidents_api.RollbackRequest(dry_run=False), request, session,
-                                             actor)
+    state = request.app.state
+    result = incidents_api.rollback_incident(ref, incidents_api.RollbackRequest(dry_run=False), state.settings,
+                                             state.redis, session, actor)
     return _incident_page(request, session, actor, ref, result=result)
 
 

@@ -153,7 +153,7 @@ def run_events(run_id: int, request: Request, session: SessionDep, actor: UiView
                last_event_id: Annotated[str | None, Header()] = None,
                after: Annotated[int, Query(ge=0)] = 0) -> EventSourceResponse:
     """The API's event stream with the console's cookie (EventSource cannot send a bearer token)."""
-    return runs_api.run_events(run_id, request, session, actor, last_event_id, after)
+    return runs_api.run_events(run_id, request, request.app.state.settings, session, actor, last_event_id, after)
 
 
 @router.get("/runs/{run_id}/artifacts/{name}")
@@ -169,7 +169,8 @@ def _reason(value: str) -> str | None:
 @router.post("/runs/{run_id}/cancel")
 def cancel_run(run_id: int, request: Request, session: SessionDep, actor: UiOperator,
                reason: Annotated[str, Form()] = "") -> Response:
-    runs_api.cancel_run(run_id, request, session, actor, CancelRequest(reason=_reason(reason)))
+    runs_api.cancel_run(run_id, request, request.app.state.redis, request.app.state.settings, session, actor,
+                        CancelRequest(reason=_reason(reason)))
     return see_other(f"/ui/runs/{run_id}", "cancel requested")
 
 
@@ -188,7 +189,7 @@ def decide(run_id: int, step_id: str, decision: str, request: Request, session: 
 
 @router.post("/runs/{run_id}/rerun")
 def rerun(run_id: int, request: Request, session: SessionDep, actor: UiOperator) -> Response:
-    response = runs_api.rerun(run_id, request, session, actor, RerunRequest())
+    response = runs_api.rerun(run_id, request, request.app.state.settings, session, actor, RerunRequest())
     new_id = orjson.loads(bytes(response.body))["id"]
     return see_other(f"/ui/runs/{new_id}", f"rerun of run {run_id}")
 

@@ -7,7 +7,7 @@ import uuid
 import redis
 
 from server.broker import Channel
-from server.queue import make_celery
+from server.dispatch_queue import make_celery
 from server.settings import Settings
 
 

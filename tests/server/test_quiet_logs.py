@@ -11,7 +11,7 @@ import uuid
 import pytest
 
 from server.auth.models import Role
-from server.queue import CHAT_FOLLOWUPS_TASK, FLAG_EXPIRE_TASK, LOGLEVEL_EXPIRE_TASK
+from server.dispatch_queue import CHAT_FOLLOWUPS_TASK, FLAG_EXPIRE_TASK, LOGLEVEL_EXPIRE_TASK
 from tests.conftest import subprocess_env
 from tests.server.flags.conftest import flag_body, new_key
 from tests.support import http, stop_process, wait_for

@@ -9,7 +9,7 @@ import uuid
 import pytest
 
 from server.context import request_id_var
-from server.queue import PING_TASK, send
+from server.dispatch_queue import PING_TASK, send
 from tests.conftest import subprocess_env
 from tests.support import wait_for
 

@@ -12,9 +12,9 @@ from sqlmodel import select
 from server.audit.models import AuditEvent
 from server.auth.models import Role
 from server.db import session_scope
+from server.dispatch_queue import PING_TASK, send
 from server.loglevels.models import LogLevelOverride
 from server.models_base import as_utc
-from server.queue import PING_TASK, send
 from tests.server.loglevels.processes import worker_process
 from tests.support import http, wait_for
 

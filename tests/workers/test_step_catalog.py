@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from server.runbooks.kinds import CATALOG
+from server.runbooks.catalog import CATALOG
 from workers.steps.base import Step, load_step_kinds
 
 

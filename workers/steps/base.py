@@ -49,7 +49,21 @@ class StepFailed(Exception):
 
 
 class StepInterrupted(Exception):
-    """Raised inside a step when the run was cancelled or the step ran out of time."""
+    """Raised inside a step when it must stop early: one of the two below says why."""
+
+
+class StepCancelled(StepInterrupted):
+    """The run was cancelled (or taken from this worker) while the step ran."""
+
+    def __init__(self, message: str = "cancelled") -> None:
+        super().__init__(message)
+
+
+class StepTimedOut(StepInterrupted):
+    """The step's deadline (its own timeout or the run's) passed."""
+
+    def __init__(self, message: str = "timed out") -> None:
+        super().__init__(message)
 
 
 @dataclass
@@ -80,13 +94,13 @@ class StepContext:
         """Sleep, but raise StepInterrupted at once on cancel or when the deadline passes first."""
         limit = seconds if self.deadline is None else min(seconds, self.deadline - time.monotonic())
         if self.cancelled.wait(max(0.0, limit)):
-            raise StepInterrupted("cancelled")
+            raise StepCancelled
         if limit < seconds:
-            raise StepInterrupted("timed out")
+            raise StepTimedOut
 
     def check(self) -> None:
         if self.cancelled.is_set():
-            raise StepInterrupted("cancelled")
+            raise StepCancelled
 
 
 class Step(Generic[InputsT]):

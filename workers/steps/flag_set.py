@@ -11,9 +11,9 @@ from typing import Any
 from server.db import session_scope
 from server.errors import DomainError, PreconditionFailed
 from server.flags import service
-from server.flags.cache import publish_with_new_client
+from server.flags.cache import announce_change
+from server.flags.steps import FlagSetInputs
 from server.models_base import as_utc
-from server.runbooks.kinds import FlagSetInputs
 from workers.steps.base import Step, StepContext, StepFailed, register
 
 
@@ -27,9 +27,9 @@ class FlagSet(Step[FlagSetInputs]):
                                                  enabled=inputs.enabled, default_variant=inputs.variant,
                                                  duration=inputs.for_, actor=ctx.actor, reason=reason,
                                                  incident_id=ctx.incident_id)
+                announce_change(session, ctx.settings, None, key=version.flag_key, version=version.version)
         except DomainError as exc:
             raise StepFailed(exc.message) from None
-        publish_with_new_client(ctx.settings, key=version.flag_key, version=version.version)
         serving = service.serving(version.spec).get(inputs.environment, {})
         ctx.emit(f"flag {inputs.flag!r} is at version {version.version} in {inputs.environment}; it "
                  f"{service.describe_serving(version.spec, inputs.environment)}")
@@ -47,7 +47,7 @@ class FlagSet(Step[FlagSetInputs]):
                                            if_match=int(outputs["version"]), actor=ctx.actor,
                                            reason=f"rollback of run {ctx.run_id} (step {ctx.step_id})",
                                            incident_id=ctx.incident_id)
+                announce_change(session, ctx.settings, None, key=version.flag_key, version=version.version)
         except PreconditionFailed:
             ctx.emit(f"flag {outputs['flag']!r} changed after this step (expired or edited); left as it is")
             return
-        publish_with_new_client(ctx.settings, key=version.flag_key, version=version.version)

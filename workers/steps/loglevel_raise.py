@@ -7,19 +7,9 @@ from typing import Any
 from server.db import session_scope
 from server.errors import DomainError
 from server.loglevels import service
-from server.loglevels.sync import publish
-from server.redis_client import make_redis
-from server.runbooks.kinds import LogLevelRaiseInputs
-from server.settings import Settings
+from server.loglevels.steps import LogLevelRaiseInputs
+from server.loglevels.sync import announce
 from workers.steps.base import Step, StepContext, StepFailed, register
-
-
-def _announce(settings: Settings, name: str) -> None:
-    client = make_redis(settings)
-    try:
-        publish(client, settings, {name})
-    finally:
-        client.close()
 
 
 @register("loglevel.raise")
@@ -32,9 +22,9 @@ class LogLevelRaise(Step[LogLevelRaiseInputs]):
                                           level=inputs.level, duration=inputs.for_, actor=ctx.actor, reason=reason,
                                           incident_id=ctx.incident_id,
                                           max_duration=ctx.settings.loglevel_max_duration)
+                announce(session, None, ctx.settings, {row.service})
         except DomainError as exc:
             raise StepFailed(exc.message) from None
-        _announce(ctx.settings, inputs.service)
         return {"override_id": row.id, "service": row.service, "logger": row.logger, "level": row.level,
                 "expires_at": row.expires_at.isoformat() if row.expires_at else None}
 
@@ -45,4 +35,4 @@ class LogLevelRaise(Step[LogLevelRaiseInputs]):
         with session_scope(ctx.engine) as session:
             row = service.end_override(session, override_id=int(override_id), actor=ctx.actor,
                                        reason=f"rollback of run {ctx.run_id} (step {ctx.step_id})")
-        _announce(ctx.settings, row.service)
+            announce(session, None, ctx.settings, {row.service})

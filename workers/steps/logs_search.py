@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from server.runbooks.toolkit_kinds import LogsSearchInputs
-from workers.steps.base import Step, StepContext, StepFailed, StepInterrupted, register
+from workers.steps.base import Step, StepContext, StepFailed, StepTimedOut, register
 from workers.toolkit.artifacts import artifact, ref, within
 from workers.toolkit.findings import finding
 from workers.toolkit.logsearch import Query, Searcher, parse_when
@@ -65,7 +65,7 @@ class LogsSearch(Step[LogsSearchInputs]):
         def check() -> None:
             ctx.check()
             if ctx.deadline is not None and time.monotonic() >= ctx.deadline:
-                raise StepInterrupted("timed out")
+                raise StepTimedOut
 
         with overflow_path.open("wb") as overflow:
             searcher = Searcher(query, overflow)

@@ -1,70 +1,35 @@
+"""shell: run a program (argv, never through a shell), through workers/toolkit/proc.run.
+
+Behaviour (docs/architecture.md, "The shell step"): stdout and stderr lines go out live, stderr's prefixed
+"stderr: "; each stream keeps proc.STREAM_LIMIT bytes; the input `timeout:` is the step's own deadline, so
+overrunning it ends the step timed_out (like the step-level `timeout:`), not failed; a non-zero exit not in
+allow_exit_codes fails the step with its outputs kept.
+"""
+
 from __future__ import annotations
 
 import shlex
-import subprocess
-import threading
 import time
-from typing import IO, Any
+from typing import Any
 
 from server.runbooks.kinds import ShellInputs
-from workers.steps.base import Step, StepContext, StepFailed, StepInterrupted, register
-from workers.toolkit.env import step_environment
-from workers.toolkit.proc import kill_group
-
-# What one stream may hold in memory; the engine moves anything over the per-step cap to an artifact.
-STREAM_LIMIT = 8 * 1024 * 1024
-
-
-def _pump(stream: IO[bytes], sink: list[bytes], ctx: StepContext, prefix: str) -> None:
-    size = 0
-    for raw in iter(stream.readline, b""):
-        if size < STREAM_LIMIT:
-            sink.append(raw[: STREAM_LIMIT - size])
-            size += len(raw)
-        ctx.emit(prefix + raw.decode(errors="replace").rstrip("\n"))
-    stream.close()
+from workers.steps.base import Step, StepContext, StepFailed, register
+from workers.toolkit import proc
 
 
 @register("shell")
 class Shell(Step[ShellInputs]):
     def run(self, inputs: ShellInputs, ctx: StepContext) -> dict[str, Any]:
         argv = inputs.argv if inputs.argv is not None else shlex.split(inputs.command or "")
-        env = step_environment(ctx.settings, inputs.env)
         deadline = ctx.deadline
         if inputs.timeout is not None:
             own = time.monotonic() + inputs.timeout.total_seconds()
             deadline = own if deadline is None else min(deadline, own)
-        try:
-            proc = subprocess.Popen(argv, cwd=inputs.cwd, env=env, stdin=subprocess.DEVNULL,
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
-        except OSError as exc:
-            raise StepFailed(f"cannot start {argv[0]!r}: {exc.strerror or exc}") from None
-        out: list[bytes] = []
-        err: list[bytes] = []
-        assert proc.stdout is not None and proc.stderr is not None
-        pumps = [threading.Thread(target=_pump, args=(proc.stdout, out, ctx, ""), daemon=True),
-                 threading.Thread(target=_pump, args=(proc.stderr, err, ctx, "stderr: "), daemon=True)]
-        for pump in pumps:
-            pump.start()
-        interrupted: str | None = None
-        while proc.poll() is None:
-            if ctx.cancelled.wait(0.05):
-                interrupted = "cancelled"
-            elif deadline is not None and time.monotonic() >= deadline:
-                interrupted = "timed out"
-            if interrupted:
-                kill_group(proc)
-                break
-        proc.wait()
-        for pump in pumps:
-            pump.join(2)
-        stderr = b"".join(err).decode(errors="replace")
-        outputs: dict[str, Any] = {"exit_code": proc.returncode, "stdout": b"".join(out).decode(errors="replace"),
-                                   "stderr": stderr}
-        if interrupted:
-            raise StepInterrupted(interrupted)
-        if proc.returncode != 0 and proc.returncode not in inputs.allow_exit_codes:
-            tail = stderr.strip().splitlines()[-1:] or [""]
-            raise StepFailed(f"{argv[0]} exited with {proc.returncode}" + (f": {tail[0][:300]}" if tail[0] else ""),
+        done = proc.run(argv, ctx, cwd=inputs.cwd, env=inputs.env, emit=True, check=False, deadline=deadline,
+                        stderr_prefix="stderr: ")
+        outputs: dict[str, Any] = {"exit_code": done.returncode, "stdout": done.stdout, "stderr": done.stderr}
+        if done.returncode != 0 and done.returncode not in inputs.allow_exit_codes:
+            tail = done.stderr.strip().splitlines()[-1:] or [""]
+            raise StepFailed(f"{argv[0]} exited with {done.returncode}" + (f": {tail[0][:300]}" if tail[0] else ""),
                              outputs)
         return outputs

@@ -18,10 +18,12 @@ from typing import IO
 
 import psutil
 
-from workers.steps.base import StepContext, StepFailed, StepInterrupted
+from workers.steps.base import StepCancelled, StepContext, StepFailed, StepInterrupted, StepTimedOut
 from workers.toolkit.env import step_environment
 
-STREAM_LIMIT = 4 * 1024 * 1024  # kept in memory per stream; tools that write more write to files instead
+# Kept in memory per stream (the rest is read and dropped); a step's outputs over RUNBOOKD_STEP_OUTPUT_CAP
+# become an artifact anyway. Tools that write more write to files instead.
+STREAM_LIMIT = 8 * 1024 * 1024
 TERM_GRACE_S = 1.0
 
 
@@ -72,14 +74,14 @@ def kill_group(proc: subprocess.Popen[bytes]) -> None:
         return
 
 
-def _pump(stream: IO[bytes], sink: list[bytes], emit: Callable[[str], None] | None) -> None:
+def _pump(stream: IO[bytes], sink: list[bytes], emit: Callable[[str], None] | None, prefix: str = "") -> None:
     size = 0
     for raw in iter(stream.readline, b""):
         if size < STREAM_LIMIT:
             sink.append(raw[: STREAM_LIMIT - size])
             size += len(raw)
         if emit is not None:
-            emit(raw.decode(errors="replace").rstrip("\n"))
+            emit(prefix + raw.decode(errors="replace").rstrip("\n"))
     stream.close()
 
 
@@ -90,14 +92,16 @@ def allow_core_dumps() -> None:
 
 def run(command: Sequence[str | os.PathLike[str]], ctx: StepContext, *, timeout: float | None = None,
         cwd: str | Path | None = None, env: dict[str, str] | None = None, emit: bool = False,
-        check: bool = True) -> Completed:
+        check: bool = True, deadline: float | None = None, stderr_prefix: str = "") -> Completed:
     """Run argv to completion.
 
-    StepInterrupted on cancel, or "timed out" when the step's deadline passes (the engine records the step as
-    timed out); StepFailed when it cannot start, when it overruns its own `timeout` (the tool hung: the step
-    failed, and says which tool), or (with check) when it exits non-zero.
+    StepCancelled on cancel, StepTimedOut when the step's deadline (ctx.deadline, or `deadline` when given)
+    passes: the engine records the step as timed out. StepFailed when it cannot start, when it overruns
+    its own `timeout` (the tool hung: the step failed, and says which tool), or (with check) when it exits
+    non-zero. With emit, every line goes out live (stderr's after `stderr_prefix`).
     """
     argv = [os.fspath(a) for a in command]
+    step_deadline = ctx.deadline if deadline is None else deadline
     started = time.monotonic()
     own_deadline = None if timeout is None else started + timeout
     try:
@@ -109,17 +113,18 @@ def run(command: Sequence[str | os.PathLike[str]], ctx: StepContext, *, timeout:
     err: list[bytes] = []
     assert proc.stdout is not None and proc.stderr is not None
     pumps = [threading.Thread(target=_pump, args=(proc.stdout, out, ctx.emit if emit else None), daemon=True),
-             threading.Thread(target=_pump, args=(proc.stderr, err, ctx.emit if emit else None), daemon=True)]
+             threading.Thread(target=_pump, args=(proc.stderr, err, ctx.emit if emit else None, stderr_prefix),
+                              daemon=True)]
     for pump in pumps:
         pump.start()
-    interrupted: str | None = None
+    interrupted: StepInterrupted | None = None
     overran = False
     try:
         while proc.poll() is None:
             if ctx.cancelled.wait(0.05):
-                interrupted = "cancelled"
-            elif ctx.deadline is not None and time.monotonic() >= ctx.deadline:
-                interrupted = "timed out"
+                interrupted = StepCancelled()
+            elif step_deadline is not None and time.monotonic() >= step_deadline:
+                interrupted = StepTimedOut()
             elif own_deadline is not None and time.monotonic() >= own_deadline:
                 overran = True
             if interrupted or overran:
@@ -131,7 +136,7 @@ def run(command: Sequence[str | os.PathLike[str]], ctx: StepContext, *, timeout:
     for pump in pumps:
         pump.join(2)
     if interrupted:
-        raise StepInterrupted(interrupted)
+        raise interrupted
     done = Completed(argv, proc.returncode, b"".join(out).decode(errors="replace"),
                      b"".join(err).decode(errors="replace"), round(time.monotonic() - started, 3))
     if overran:

@@ -10,9 +10,9 @@ import pytest
 from sqlmodel import delete, select
 
 from server.db import session_scope
+from server.dispatch_queue import TRIGGER_SCHEDULES_TASK, make_celery
 from server.hooks import schedules
 from server.hooks.models import HookDelivery, ScheduleState, TriggerFiring
-from server.queue import TRIGGER_SCHEDULES_TASK, make_celery
 from server.runs.models import Run
 from tests.server.hooks.conftest import PROBE, unique
 

@@ -20,8 +20,8 @@ from server.app import create_app
 from server.audit.models import AuditEvent
 from server.auth.models import Role
 from server.db import session_scope
+from server.dispatch_queue import RUN_EXECUTE_TASK, send
 from server.models_base import utcnow
-from server.queue import RUN_EXECUTE_TASK, send
 from server.runs import sweeps
 from server.runs.models import Run, RunEvent, StepRun
 from tests.conftest import subprocess_env
@@ -212,7 +212,7 @@ def test_a_held_first_claim_writes_nothing_when_a_cancel_got_there_first(runs_se
         allowed_skip("first claims are held on PostgreSQL only; on SQLite the claim is written at once")
     from server.runbooks.validation import check_text
     from workers import claims
-    from workers.engine import TAKEN_OVER, Execution, RunAborted
+    from workers.journal import DbJournal, RunLost
 
     offline = runs_settings.model_copy(update={"redis_url": free_port_url("redis")})  # nothing is dispatched
     with serve(create_app(offline)) as url, http(url, make_token(Role.operator)) as client:
@@ -223,12 +223,11 @@ def test_a_held_first_claim_writes_nothing_when_a_cancel_got_there_first(runs_se
         # The claim's read took no lock, so the cancel does not wait for it: it finds the run still queued.
         cancelled = client.post(f"/api/v1/runs/{run['id']}/cancel", json={})
         assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
-    ex = Execution(runs_settings, engine, None, got.run, runbook, runs_settings.default_queue, held=got.held)
-    ex.deferred_events.append(got.started)
+    journal = DbJournal(runs_settings, engine, None, got)  # holds the claim and its run.started
     got.run.status = "succeeded"
-    with pytest.raises(RunAborted, match=TAKEN_OVER):
-        ex.save(run=True, event=("run.finished", {"status": "succeeded"}))
-    assert ex.held is None
+    with pytest.raises(RunLost):
+        journal.save(run=True, event=(None, "run.finished", {"status": "succeeded"}))
+    assert journal.held is None
     with session_scope(engine) as session:
         stored = session.get(Run, run["id"])
         assert stored.status == "cancelled" and stored.worker is None and stored.started_at is None
@@ -237,7 +236,7 @@ def test_a_held_first_claim_writes_nothing_when_a_cancel_got_there_first(runs_se
 
 
 def test_beat_runs_the_relay_and_the_reaper(runs_settings):
-    from server.queue import RUN_REAP_TASK, RUN_RELAY_TASK, make_celery
+    from server.dispatch_queue import RUN_REAP_TASK, RUN_RELAY_TASK, make_celery
 
     tasks = {entry["task"]: entry["schedule"].total_seconds()
              for entry in make_celery(runs_settings).conf.beat_schedule.values()}

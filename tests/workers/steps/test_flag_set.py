@@ -14,7 +14,8 @@ from server.app import create_app
 from server.auth.models import Actor, Role, Source
 from server.db import session_scope
 from server.flags import service
-from server.runbooks.kinds import CATALOG, FlagSetInputs
+from server.flags.steps import FlagSetInputs
+from server.runbooks.catalog import CATALOG
 from tests.conftest import subprocess_env
 from tests.server.flags.conftest import flag_body, new_key
 from tests.support import http, serve, wait_for

@@ -11,8 +11,9 @@ import redis
 from server.auth.models import Actor, Role, Source
 from server.db import session_scope
 from server.loglevels import service
+from server.loglevels.steps import LogLevelRaiseInputs
 from server.loglevels.sync import channel
-from server.runbooks.kinds import CATALOG, LogLevelRaiseInputs
+from server.runbooks.catalog import CATALOG
 from workers.steps.base import StepContext, StepFailed, load_step_kinds
 
 

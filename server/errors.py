@@ -129,7 +129,7 @@ class ErrorResponse(BaseModel):
 _DESCRIPTIONS = {400: "Bad request", 401: "Missing, unknown, expired or revoked token",
                  403: "The token's role does not allow this", 404: "No such resource", 409: "Conflict with the "
                  "current state", 412: "If-Match names a version that is no longer current",
-                 413: "Request body too large", 422: "Invalid input; details name each field",
+                 410: "The signed link has expired", 413: "Request body too large", 422: "Invalid input; details name each field",
                  429: "Too many requests (repeated bad tokens, or too many event streams)",
                  503: "A backing service (database, Redis) is unavailable"}
 
@@ -161,8 +161,10 @@ def _error_codes(route: Any) -> set[int]:
     codes = {400, 413, 422, 503}
     if _needs_token(route.dependant):
         codes |= {401, 403, 429}
-    if route.path_format.startswith("/chat/"):
-        codes |= {401, 403}  # signed (Slack) or token-carrying (Mattermost) requests, checked in the route
+    if route.path_format.startswith(("/chat/", "/hooks/")):
+        codes |= {401, 403}  # signed (Slack, generic hooks) or token-carrying requests, checked in the route
+    if route.path_format.startswith("/a/"):
+        codes |= {403, 410}  # signed artifact links: forged or altered, expired
     if route.dependant.path_params:
         codes.add(404)
     if route.methods & {"POST", "PUT", "PATCH", "DELETE"}:
@@ -179,13 +181,14 @@ def document_errors(app: FastAPI) -> None:
     answer 400, 413 (the body limit), 422 and 503 (a backing service down); routes behind a token 401, 403 and
     429; routes with path parameters, and writes, 404; writes 409; routes taking If-Match 412.
     """
-    from fastapi.openapi.utils import get_openapi
+    base = app.openapi  # FastAPI's own, or one already customised (the console adds security schemes)
+    documented: list[bool] = []
 
     def openapi() -> dict[str, Any]:
-        if app.openapi_schema:
-            return app.openapi_schema
-        document = get_openapi(title=app.title, version=app.version, description=app.description,
-                               routes=app.routes)
+        document: dict[str, Any] = base()  # built once and cached by FastAPI in app.openapi_schema
+        if documented:
+            return document
+        documented.append(True)
         schemas = document.setdefault("components", {}).setdefault("schemas", {})
         shape = ErrorResponse.model_json_schema(ref_template="#/components/schemas/{model}")
         schemas.update(shape.pop("$defs", {}))
@@ -207,7 +210,6 @@ def document_errors(app: FastAPI) -> None:
                     # OFREP's evaluation errors have the shape its providers read (the spec's, not ours).
                     shape = ofrep if route.path_format.startswith("/ofrep/") and code in (400, 404) else content
                     responses[str(code)] = {"description": _DESCRIPTIONS[code], "content": shape}
-        app.openapi_schema = document
         return document
 
     app.openapi = openapi  # type: ignore[method-assign]

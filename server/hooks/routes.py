@@ -23,6 +23,7 @@ from server.errors import InvalidInput, PayloadTooLarge, Unauthorized
 from server.hooks import payloads, security, service
 from server.hooks import rules as rules_mod
 from server.hooks.models import DeliveryPage, DeliveryPublic, TriggerTestRequest
+from server.ids import PathId
 from server.runbooks import service as runbooks
 from server.settings import Settings
 
@@ -120,7 +121,7 @@ def list_deliveries(session: SessionDep, _actor: Viewer,
 
 
 @router.get("/api/v1/hooks/deliveries/{delivery_id}", response_model=DeliveryPublic)
-def get_delivery(delivery_id: int, session: SessionDep, _actor: Viewer) -> DeliveryPublic:
+def get_delivery(delivery_id: PathId, session: SessionDep, _actor: Viewer) -> DeliveryPublic:
     return DeliveryPublic.model_validate(service.get_delivery(session, delivery_id=delivery_id),
                                          from_attributes=True)
 

@@ -221,7 +221,7 @@ def run_events(run_id: PathId, request: Request, settings: SettingsDep, session:
 
 
 @router.get("/{run_id}/artifacts", response_model=list[artifacts.ArtifactInfo])
-def list_artifacts(run_id: int, request: Request, session: SessionDep, _actor: Viewer
+def list_artifacts(run_id: PathId, request: Request, session: SessionDep, _actor: Viewer
                    ) -> list[artifacts.ArtifactInfo]:
     service.get_run(session, run_id=run_id)
     steps = [s.step_id for s in service.steps_of(session, run_id=run_id)]
@@ -237,11 +237,13 @@ def download_artifact(run_id: PathId, name: str, request: Request, session: Sess
 
 
 class LinkRequest(BaseModel):
+    model_config = {"extra": "forbid"}
+
     name: str | None = Field(default=None, max_length=200, description="one artifact; none: all of the run's")
 
 
 @router.post("/{run_id}/artifacts/link", response_model=artifacts.ArtifactLink)
-def link_artifacts(run_id: int, request: Request, session: SessionDep, actor: Viewer,
+def link_artifacts(run_id: PathId, request: Request, session: SessionDep, actor: Viewer,
                    body: LinkRequest | None = None) -> artifacts.ArtifactLink:
     """A short-lived signed link (RUNBOOKD_ARTIFACT_LINK_TTL) that opens without a bearer header."""
     name = body.name if body else None

@@ -20,6 +20,7 @@ from server.auth.models import Role, TokenCreate
 from server.db import SessionDep
 from server.debug import service as debug
 from server.errors import Conflict, InvalidInput, Unauthorized
+from server.ids import PathId
 from server.incidents import service as incidents
 from server.incidents.models import IncidentStatus
 from server.loglevels import service as loglevels
@@ -229,7 +230,7 @@ async def create_token(request: Request, session: SessionDep, actor: UiAdmin,
 
 
 @router.post("/tokens/{token_id}/revoke")
-def revoke_token(token_id: int, request: Request, session: SessionDep, actor: UiAdmin) -> Response:
+def revoke_token(token_id: PathId, request: Request, session: SessionDep, actor: UiAdmin) -> Response:
     state = request.app.state
     token = tokens_api.revoke_token(str(token_id), request, state.settings, state.redis, session, actor)
     return see_other("/ui/tokens", f"token {token.name} revoked")

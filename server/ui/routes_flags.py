@@ -21,6 +21,7 @@ from server.errors import InvalidInput, PreconditionFailed
 from server.flags import routes as flags_api
 from server.flags import service as flags
 from server.flags.models import ExpiryStatus, FlagExpiry, FlagRollback, FlagUpdate
+from server.ids import PathId
 from server.incidents import service as incidents
 from server.incidents.models import IncidentStatus
 from server.loglevels import routes as loglevels_api
@@ -250,7 +251,7 @@ def create_override(request: Request, session: SessionDep, actor: UiOperator,
 
 
 @router.post("/loglevels/{override_id}/end")
-def end_override(override_id: int, request: Request, session: SessionDep, actor: UiOperator,
+def end_override(override_id: PathId, request: Request, session: SessionDep, actor: UiOperator,
                  reason: Annotated[str, Form()] = "") -> Response:
     row = loglevels_api.end_override(override_id, request, session, actor, blank_to_none(reason))
     return see_other("/ui/loglevels", f"override {row.id} ended")

@@ -10,6 +10,7 @@ from starlette.responses import Response
 
 from server.db import SessionDep
 from server.hooks import routes as hooks_api
+from server.ids import PathId
 from server.ui.render import page
 from server.ui.session import UiViewer
 
@@ -26,5 +27,5 @@ def deliveries_page(request: Request, session: SessionDep, actor: UiViewer,
 
 
 @router.get("/hooks/{delivery_id}")
-def delivery_page(delivery_id: int, request: Request, session: SessionDep, actor: UiViewer) -> Response:
+def delivery_page(delivery_id: PathId, request: Request, session: SessionDep, actor: UiViewer) -> Response:
     return page(request, "hook.html", {"d": hooks_api.get_delivery(delivery_id, session, actor)})

@@ -17,6 +17,7 @@ from starlette.responses import Response
 
 from server.db import SessionDep
 from server.errors import DomainError, InvalidInput
+from server.ids import PathId
 from server.incidents import service as incidents
 from server.incidents.models import IncidentStatus
 from server.runbooks import routes as runbooks_api
@@ -138,18 +139,18 @@ def run_context(request: Request, session: Any, actor: Any, run_id: int) -> dict
 
 
 @router.get("/runs/{run_id}")
-def run_page(run_id: int, request: Request, session: SessionDep, actor: UiViewer) -> Response:
+def run_page(run_id: PathId, request: Request, session: SessionDep, actor: UiViewer) -> Response:
     return page(request, "run.html", run_context(request, session, actor, run_id))
 
 
 @router.get("/runs/{run_id}/fragment")
-def run_fragment(run_id: int, request: Request, session: SessionDep, actor: UiViewer) -> Response:
+def run_fragment(run_id: PathId, request: Request, session: SessionDep, actor: UiViewer) -> Response:
     """The run page's live part alone: the script swaps it in when the event stream says something changed."""
     return page(request, "run_live.html", run_context(request, session, actor, run_id))
 
 
 @router.get("/runs/{run_id}/events")
-def run_events(run_id: int, request: Request, session: SessionDep, actor: UiViewer,
+def run_events(run_id: PathId, request: Request, session: SessionDep, actor: UiViewer,
                last_event_id: Annotated[str | None, Header()] = None,
                after: Annotated[int, Query(ge=0)] = 0) -> EventSourceResponse:
     """The API's event stream with the console's cookie (EventSource cannot send a bearer token)."""
@@ -157,7 +158,7 @@ def run_events(run_id: int, request: Request, session: SessionDep, actor: UiView
 
 
 @router.get("/runs/{run_id}/artifacts/{name}")
-def run_artifact(run_id: int, name: str, request: Request, session: SessionDep, actor: UiViewer) -> Response:
+def run_artifact(run_id: PathId, name: str, request: Request, session: SessionDep, actor: UiViewer) -> Response:
     """The API's artifact download (its Content-Type and headers), for <img> and links with the cookie."""
     return runs_api.download_artifact(run_id, name, request, session, actor)
 
@@ -167,7 +168,7 @@ def _reason(value: str) -> str | None:
 
 
 @router.post("/runs/{run_id}/cancel")
-def cancel_run(run_id: int, request: Request, session: SessionDep, actor: UiOperator,
+def cancel_run(run_id: PathId, request: Request, session: SessionDep, actor: UiOperator,
                reason: Annotated[str, Form()] = "") -> Response:
     runs_api.cancel_run(run_id, request, request.app.state.redis, request.app.state.settings, session, actor,
                         CancelRequest(reason=_reason(reason)))
@@ -175,7 +176,7 @@ def cancel_run(run_id: int, request: Request, session: SessionDep, actor: UiOper
 
 
 @router.post("/runs/{run_id}/steps/{step_id}/{decision}")
-def decide(run_id: int, step_id: str, decision: str, request: Request, session: SessionDep, actor: UiOperator,
+def decide(run_id: PathId, step_id: str, decision: str, request: Request, session: SessionDep, actor: UiOperator,
            reason: Annotated[str, Form()] = "") -> Response:
     if decision not in ("approve", "reject"):
         raise InvalidInput(f"unknown decision {decision!r}; use approve or reject")
@@ -188,7 +189,7 @@ def decide(run_id: int, step_id: str, decision: str, request: Request, session: 
 
 
 @router.post("/runs/{run_id}/rerun")
-def rerun(run_id: int, request: Request, session: SessionDep, actor: UiOperator) -> Response:
+def rerun(run_id: PathId, request: Request, session: SessionDep, actor: UiOperator) -> Response:
     response = runs_api.rerun(run_id, request, request.app.state.settings, session, actor, RerunRequest())
     new_id = orjson.loads(bytes(response.body))["id"]
     return see_other(f"/ui/runs/{new_id}", f"rerun of run {run_id}")

@@ -8,7 +8,7 @@ import pytest
 from fastapi import FastAPI
 from fastapi.responses import RedirectResponse
 
-from server.runbooks.kinds import CATALOG
+from server.runbooks.catalog import CATALOG
 from server.settings import Settings
 from tests.support import serve
 from workers.steps import http_request

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from server.auth.models import Actor
-from server.runbooks.kinds import CATALOG
+from server.runbooks.catalog import CATALOG
 from server.settings import Settings
 from workers.steps.base import StepContext, load_step_kinds
 from workers.toolkit import proc

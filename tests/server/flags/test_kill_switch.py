@@ -15,7 +15,7 @@ from openfeature.evaluation_context import EvaluationContext
 from openfeature.flag_evaluation import Reason
 
 from server.auth.models import Actor, Role, Source
-from server.runbooks.kinds import FlagSetInputs
+from server.flags.steps import FlagSetInputs
 from tests.server.chat.conftest import Slack, chat_settings, chat_url  # noqa: F401 (fixtures)
 from tests.server.flags.conftest import new_key
 from tests.server.flags.test_cli import runbookd

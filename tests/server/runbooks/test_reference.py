@@ -6,7 +6,7 @@ import re
 
 import yaml
 
-from server.runbooks.kinds import CATALOG
+from server.runbooks.catalog import CATALOG
 from server.runbooks.reference import render
 from server.runbooks.validation import check_text
 from tests.support import REPO

@@ -129,7 +129,8 @@ class ErrorResponse(BaseModel):
 _DESCRIPTIONS = {400: "Bad request", 401: "Missing, unknown, expired or revoked token",
                  403: "The token's role does not allow this", 404: "No such resource", 409: "Conflict with the "
                  "current state", 412: "If-Match names a version that is no longer current",
-                 410: "The signed link has expired", 413: "Request body too large", 422: "Invalid input; details name each field",
+                 410: "The signed link has expired", 413: "Request body too large",
+                 422: "Invalid input; details name each field",
                  429: "Too many requests (repeated bad tokens, or too many event streams)",
                  503: "A backing service (database, Redis) is unavailable"}
 

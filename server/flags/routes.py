@@ -18,6 +18,7 @@ from server.flags.models import (
     EnvironmentPublic,
     Flag,
     FlagCreate,
+    FlagExpiry,
     FlagPublic,
     FlagRollback,
     FlagUpdate,
@@ -48,10 +49,12 @@ def parse_if_match(value: str | None) -> int | None:
     return int(text)
 
 
-def _public(session: Session, flag: Flag) -> FlagPublic:
+def _public(session: Session, flag: Flag, expiries: list[FlagExpiry] | None = None) -> FlagPublic:
+    """The flag as the API shows it; `expiries` are its pending timed changes when already read."""
+    if expiries is None:
+        expiries = service.pending_expiries(session, key=flag.key)
     pending = [{"version": e.version, "revert_to": e.revert_to, "expires_at": e.expires_at, "actor": e.actor,
-                "reason": e.reason, "incident_id": e.incident_id}
-               for e in service.pending_expiries(session, key=flag.key)]
+                "reason": e.reason, "incident_id": e.incident_id} for e in expiries]
     return FlagPublic(key=flag.key, version=flag.version, deleted=flag.deleted, created_at=flag.created_at,
                       updated_at=flag.updated_at, spec=flag.spec, pending_expiries=pending,
                       serving=service.serving(flag.spec))
@@ -73,7 +76,9 @@ def _changed(request: Request, session: Session, response: Response, version: Fl
 @router.get("", response_model=list[FlagPublic])
 def list_flags(session: SessionDep, _actor: Viewer, tag: str | None = None,
                include_deleted: bool = False) -> list[FlagPublic]:
-    return [_public(session, f) for f in service.list_flags(session, tag=tag, include_deleted=include_deleted)]
+    listed = service.list_flags(session, tag=tag, include_deleted=include_deleted)
+    pending = service.pending_by_flag(session)  # one query for every flag's timed changes, not one per flag
+    return [_public(session, f, pending.get(f.key, [])) for f in listed]
 
 
 @router.post("", status_code=201, response_model=FlagPublic)

@@ -91,9 +91,18 @@ def get_version(session: Session, *, key: str, version: int) -> FlagVersion:
 
 def pending_expiries(session: Session, *, key: str) -> list[FlagExpiry]:
     """Temporary changes of a flag that have yet to revert."""
-    return list(session.exec(select(FlagExpiry).where(FlagExpiry.flag_key == key,
-                                                      FlagExpiry.status == ExpiryStatus.pending.value)
-                             .order_by(col(FlagExpiry.expires_at))))
+    return pending_by_flag(session, keys=[key]).get(key, [])
+
+
+def pending_by_flag(session: Session, *, keys: list[str] | None = None) -> dict[str, list[FlagExpiry]]:
+    """Temporary changes yet to revert, soonest first, by flag key, in one query (all flags when keys is None)."""
+    stmt = select(FlagExpiry).where(FlagExpiry.status == ExpiryStatus.pending.value)
+    if keys is not None:
+        stmt = stmt.where(col(FlagExpiry.flag_key).in_(keys))
+    grouped: dict[str, list[FlagExpiry]] = {}
+    for expiry in session.exec(stmt.order_by(col(FlagExpiry.expires_at))):
+        grouped.setdefault(expiry.flag_key, []).append(expiry)
+    return grouped
 
 
 def serving(spec: dict[str, Any]) -> dict[str, dict[str, Any]]:

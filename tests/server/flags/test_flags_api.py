@@ -163,3 +163,15 @@ def test_viewers_read_and_clients_cannot(base_url, make_token, make_flag):
         assert viewer.patch(f"/api/v1/flags/{key}", json={"description": "x"}).status_code == 403
     with http(base_url, make_token(Role.client)) as client:
         assert client.get(f"/api/v1/flags/{key}").status_code == 403
+
+
+def test_the_list_shows_each_flags_own_pending_timed_changes(api, make_flag):
+    timed, plain = make_flag(enabled=True)["key"], make_flag(enabled=True)["key"]
+    killed = api.patch(f"/api/v1/flags/{timed}", json={"environments": {"production": {"enabled": False}},
+                                                       "for": "30m", "reason": "kill for a while"})
+    assert killed.status_code == 200, killed.text
+    listed = {f["key"]: f for f in api.get("/api/v1/flags").json()}
+    assert [(p["version"], p["revert_to"], p["reason"]) for p in listed[timed]["pending_expiries"]] == [
+        (2, 1, "kill for a while")]
+    assert listed[plain]["pending_expiries"] == []
+    assert listed[timed]["pending_expiries"] == api.get(f"/api/v1/flags/{timed}").json()["pending_expiries"]

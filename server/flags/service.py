@@ -94,13 +94,19 @@ def pending_expiries(session: Session, *, key: str) -> list[FlagExpiry]:
     return pending_by_flag(session, keys=[key]).get(key, [])
 
 
-def pending_by_flag(session: Session, *, keys: list[str] | None = None) -> dict[str, list[FlagExpiry]]:
-    """Temporary changes yet to revert, soonest first, by flag key, in one query (all flags when keys is None)."""
+def pending_changes(session: Session, *, keys: list[str] | None = None, limit: int | None = None) -> list[FlagExpiry]:
+    """Temporary changes yet to revert, soonest first, in one query (of every flag when keys is None)."""
     stmt = select(FlagExpiry).where(FlagExpiry.status == ExpiryStatus.pending.value)
     if keys is not None:
         stmt = stmt.where(col(FlagExpiry.flag_key).in_(keys))
+    return list(session.exec(stmt.order_by(col(FlagExpiry.expires_at)).limit(limit)))
+
+
+def pending_by_flag(session: Session, *, keys: list[str] | None = None,
+                    limit: int | None = None) -> dict[str, list[FlagExpiry]]:
+    """pending_changes() by flag key."""
     grouped: dict[str, list[FlagExpiry]] = {}
-    for expiry in session.exec(stmt.order_by(col(FlagExpiry.expires_at))):
+    for expiry in pending_changes(session, keys=keys, limit=limit):
         grouped.setdefault(expiry.flag_key, []).append(expiry)
     return grouped
 

@@ -20,6 +20,7 @@ from server.auth.models import Role, TokenCreate
 from server.db import SessionDep
 from server.debug import service as debug
 from server.errors import Conflict, InvalidInput, Unauthorized
+from server.flags import service as flags
 from server.ids import PathId
 from server.incidents import service as incidents
 from server.incidents.models import IncidentStatus
@@ -29,7 +30,6 @@ from server.runs import views as run_views
 from server.ui import session as ui_session
 from server.ui.common import blank_to_none, field_errors, invalid, see_other
 from server.ui.render import page
-from server.ui.routes_flags import pending_changes
 from server.ui.session import UiAdmin, UiViewer
 
 router = APIRouter(prefix="/ui", include_in_schema=False)
@@ -110,7 +110,7 @@ def overview(request: Request, session: SessionDep, actor: UiViewer) -> Response
     return page(request, "overview.html", {
         "runs": in_progress,
         "incidents": open_incidents,
-        "pending": pending_changes(session, limit=50),
+        "pending": flags.pending_changes(session, limit=50),
         "overrides": loglevels.list_overrides(session, active=True, limit=100),
         "health": _health(request, actor.role.allows(Role.admin)),
     })

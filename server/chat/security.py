@@ -5,17 +5,15 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-import time
 from dataclasses import dataclass
 
 import redis
-from slack_sdk.signature import SignatureVerifier
 
 from server.auth.models import Actor, Role, Source
 from server.errors import DomainError, Forbidden, Unauthorized
-from server.ids import is_id
 from server.redis_client import key
 from server.settings import Settings
+from server.signing import signature_problem
 
 log = logging.getLogger(__name__)
 SLACK_MAX_AGE_S = 5 * 60  # Slack's own replay window
@@ -55,11 +53,11 @@ def verify_slack(settings: Settings, client: redis.Redis, *, body: bytes, timest
         raise ChatNotConfigured("Slack is not configured: set RUNBOOKD_SLACK_SIGNING_SECRET")
     if not timestamp or not signature:
         raise _reject("slack", "missing X-Slack-Request-Timestamp or X-Slack-Signature", remote)
-    verifier = SignatureVerifier(settings.slack_signing_secret.get_secret_value())
-    current = now if now is not None else time.time()
-    if not is_id(timestamp) or abs(current - int(timestamp)) > SLACK_MAX_AGE_S:
+    problem = signature_problem(settings.slack_signing_secret.get_secret_value(), body=body, timestamp=timestamp,
+                                signature=signature, max_age=SLACK_MAX_AGE_S, now=now)
+    if problem == "stale":
         raise _reject("slack", "timestamp is more than 5 minutes away (stale or replayed)", remote)
-    if not verifier.is_valid(body=body, timestamp=timestamp, signature=signature):
+    if problem == "mismatch":
         raise _reject("slack", "signature does not match", remote)
     _refuse_replay(settings, client, "slack", signature, remote)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import time
 
 import redis
 from slack_sdk.signature import SignatureVerifier
@@ -13,6 +12,7 @@ from slack_sdk.signature import SignatureVerifier
 from server.errors import Unauthorized
 from server.redis_client import key
 from server.settings import Settings
+from server.signing import signature_problem
 
 log = logging.getLogger("runbookd.hooks")
 SIGNATURE_HEADER = "x-runbookd-signature"
@@ -37,12 +37,12 @@ def verify_signature(settings: Settings, client: redis.Redis | None, *, name: st
         raise _reject(name, "no such hook; an admin names it in RUNBOOKD_HOOK_SECRETS", remote)
     if not timestamp or not signature:
         raise _reject(name, "send both X-Runbookd-Timestamp and X-Runbookd-Signature", remote)
-    current = now if now is not None else time.time()
     window = settings.hook_signature_max_age
-    if not timestamp.isdigit() or abs(current - int(timestamp)) > window:
+    problem = signature_problem(secret.get_secret_value(), body=body, timestamp=timestamp, signature=signature,
+                                max_age=window, now=now)
+    if problem == "stale":
         raise _reject(name, f"timestamp is more than {window}s away (stale or replayed)", remote)
-    if not SignatureVerifier(secret.get_secret_value()).is_valid(body=body, timestamp=timestamp,
-                                                                 signature=signature):
+    if problem == "mismatch":
         raise _reject(name, "signature does not match", remote)
     if client is None:
         return  # without Redis a replay is still harmless: its firing keys exist, so it starts nothing again

@@ -143,7 +143,11 @@ def test_generic_hook_refuses_forged_stale_replayed_and_unknown(hooks, hooks_dir
     garbage = hooks.generic("ci", doc, signature="v0=00")
     unknown = hooks.generic("nope", doc)
     unsigned = httpx.post(f"{hooks.url}/hooks/generic/ci", json=doc, timeout=10)
+    superscript = httpx.post(f"{hooks.url}/hooks/generic/ci", content=b"{}", timeout=10,  # '²'.isdigit() is True
+                             headers={"X-Runbookd-Timestamp": "\u00b2".encode("latin-1"),
+                                      "X-Runbookd-Signature": "v0=00"})
     for response, why in [(forged, "signature does not match"), (stale, "stale"), (future, "stale"),
+                          (superscript, "stale"),
                           (garbage, "signature does not match"), (unknown, "no such hook"),
                           (unsigned, "X-Runbookd-Signature")]:
         assert response.status_code == 401, response.text

@@ -18,7 +18,7 @@ from urllib.parse import quote, quote_plus
 from server.redaction import MASK
 
 URL_LOGGERS = ("httpx", "httpcore", "urllib3", "requests", "kombu.connection")
-MIN_LENGTH = 4  # shorter values would mask half of every line; secrets that short are not worth the name
+MIN_LENGTH = 4  # shorter values would mask half of every line: secret params refuse them (runbooks/params.py)
 MAX_VALUES = 10_000
 
 _values: OrderedDict[str, None] = OrderedDict()

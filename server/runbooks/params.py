@@ -6,6 +6,7 @@ import re
 from typing import Any
 
 from server.durations import format_duration, parse_duration
+from server.logmask import MIN_LENGTH
 from server.redaction import MASK
 from server.runbooks.schema import ParamSpec, Runbook
 
@@ -65,6 +66,8 @@ def _coerce_one(name: str, spec: ParamSpec, value: Any) -> tuple[Any, str | None
             return None, f"{value} is below the minimum {spec.minimum:g}"
         if spec.maximum is not None and value > spec.maximum:
             return None, f"{value} is above the maximum {spec.maximum:g}"
+    if spec.secret and 0 < len(str(value)) < MIN_LENGTH:
+        return None, f"a secret must be at least {MIN_LENGTH} characters: a shorter one cannot be masked in logs"
     if spec.pattern:
         for item in value if isinstance(value, list) else [value]:
             if not isinstance(item, str) or not re.fullmatch(spec.pattern, item):

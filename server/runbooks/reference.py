@@ -47,7 +47,8 @@ Each param is `NAME: {type, description, required, default, pattern, minimum, ma
 - `pattern` must match the **whole** value (Python `re.fullmatch`): write `"https?://.+"`, not `"^https?://"`,
   which matches only the text `http://` itself.
 - `secret: true` masks the value as `***` wherever it could be shown or stored (run params, outputs,
-  errors, live lines, events, approvals); a rerun must be sent secrets again.
+  errors, live lines, events, approvals); a rerun must be sent secrets again. A non-empty secret shorter
+  than 4 characters is refused: it could not be masked in logs without garbling them.
 
 ## Steps
 

@@ -95,6 +95,16 @@ def test_a_bad_secret_is_never_echoed_in_the_422(operator):
     assert fields == {"params.pin", "params.zone"}
 
 
+def test_a_secret_too_short_to_mask_in_logs_is_refused_without_echo(operator):
+    answer = operator.post("/api/v1/runs", json={"runbook": "secret-pin", "params": {"pin": 731, "zone": "north"}})
+    assert answer.status_code == 422, answer.text
+    [detail] = answer.json()["error"]["details"]
+    assert detail["field"] == "params.pin" and "at least 4 characters" in detail["message"]
+    assert "731" not in answer.text
+    assert operator.post("/api/v1/runs", json={"runbook": "secret-pin",
+                                               "params": {"pin": 7310, "zone": "north"}}).status_code == 202
+
+
 def test_a_value_rendered_from_a_secret_is_masked_like_the_secret(operator, run_worker):
     password = "pw-" + str(time.time_ns())
     run = wait_run(operator, start(operator, "secret-filters", {"password": password})["id"])

@@ -95,3 +95,35 @@ def test_the_http_request_step_says_why(monkeypatch):
 def test_bad_networks_are_refused_at_startup():
     with pytest.raises(ValueError, match="not a network"):
         Settings(http_deny_cidrs=["169.254.0.0/99"])
+
+
+def test_a_proxy_in_the_workers_environment_does_not_bypass_the_rules(monkeypatch, target):
+    """httpx honours HTTP_PROXY only without an explicit transport; every http step passes netguard's."""
+    import socket
+    import threading
+
+    accepted: list[object] = []
+    with socket.socket() as proxy:
+        proxy.bind(("127.0.0.1", 0))
+        proxy.listen()
+        proxy.settimeout(3)
+        address = f"http://127.0.0.1:{proxy.getsockname()[1]}"
+        for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
+            monkeypatch.setenv(name, address)
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        monkeypatch.delenv("no_proxy", raising=False)
+
+        def watch() -> None:
+            try:
+                accepted.append(proxy.accept()[0])
+            except OSError:
+                pass
+
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        _use(monkeypatch)
+        with pytest.raises(Exception, match="blocked by RUNBOOKD_HTTP_DENY"):
+            _get("http://169.254.169.254/latest/meta-data/")
+        assert _get(f"{target}/ok")["json"] == {"status": "ok"}  # straight to the target, not through the proxy
+        watcher.join(timeout=4)
+        assert accepted == [], "an http step connected to the proxy from the environment"

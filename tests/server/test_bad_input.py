@@ -106,3 +106,19 @@ def test_every_request_body_in_the_openapi_document_forbids_unknown_fields(admin
                     if schemas[ref.rsplit("/", 1)[1]].get("additionalProperties") is not False:
                         open_bodies.append(f"{method.upper()} {path}: {ref}")
     assert not open_bodies
+
+
+@pytest.mark.parametrize("depth", [1_000, 100_000])
+@pytest.mark.parametrize(("path", "wrap"), [
+    ("/api/v1/runs", lambda deep: '{"runbook": "kill-switch", "params": {"flag": ' + deep + "}}"),
+    ("/api/v1/flags", lambda deep: '{"key": "deep", "variants": {"on": ' + deep + "}}"),
+    ("/ofrep/v1/evaluate/flags/deep", lambda deep: '{"context": {"targetingKey": "u", "x": ' + deep + "}}"),
+    ("/api/v1/runbooks/validate", lambda deep: '{"content": ' + deep + "}"),
+])
+def test_json_nested_deep_is_a_4xx_not_a_500(admin, path, wrap, depth):
+    deep = "[" * depth + "]" * depth
+    answer = admin.post(path, content=wrap(deep), headers={"content-type": "application/json"})
+    assert 400 <= answer.status_code < 500, (answer.status_code, answer.text[:300])
+    body = answer.json()
+    assert set(body.get("error", body)) & {"code", "errorCode"}, body  # OFREP answers in its own error shape
+    assert admin.get("/healthz").status_code == 200

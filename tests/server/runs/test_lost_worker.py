@@ -125,7 +125,7 @@ def test_a_run_whose_worker_was_killed_whole_resumes_on_another_worker(lost_sett
         assert history.count("event: run.finished") == 1
         with session_scope(engine) as session:
             run = session.get(Run, run_id)
-            assert (run.resumes, run.lost_workers, run.epoch) == (1, [lost], 2)
+            assert (run.resumes, run.lost_workers, run.epoch) == (1, [lost], 3)  # claim, reaper, claim
             resumed = session.exec(select(RunEvent).where(RunEvent.run_id == run_id,
                                                           RunEvent.type == "run.resumed")).one()
             assert resumed.data["previous_worker"] == lost and lost in resumed.data["reason"]

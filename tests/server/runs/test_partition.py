@@ -264,7 +264,7 @@ def test_a_worker_cut_off_mid_step_commits_nothing_once_its_run_resumed_elsewher
         wait_for(resumed, 60, "the reaper to re-queue the cut-off worker's run", interval=0.5)
         wait_for(lambda: _run_row(engine, run_id).status == "succeeded", 90, "the host worker to finish the run")
         # The cut-off worker's sleep has ended by now: it finished the step while cut off, and its save waits.
-        wait_for(lambda: open(marker).read().count("slow-end") == 2, 60, "the cut-off worker's step to end")
+        wait_for(lambda: marker.read_text().count("slow-end") == 2, 60, "the cut-off worker's step to end")
         link.restore()
         wait_for(lambda: worker_outcomes(cut_log, run_id), 240, f"the cut-off worker to let the run go: {cut_log}")
 
@@ -286,5 +286,5 @@ def test_a_worker_cut_off_mid_step_commits_nothing_once_its_run_resumed_elsewher
                 "first": ("succeeded", 1), "slow": ("succeeded", 2), "last": ("succeeded", 1)}
         # Outside the run: the first and last steps acted once. The slow step ran on both workers (the cut-off
         # one could not be told mid-step), which is what resuming an interrupted step means.
-        assert Counter(open(marker).read().splitlines()) == {"first": 1, "slow-start": 2, "slow-end": 2, "last": 1}
+        assert Counter(marker.read_text().splitlines()) == {"first": 1, "slow-start": 2, "slow-end": 2, "last": 1}
         assert "run lost" in cut_log.read_text()

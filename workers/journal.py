@@ -43,8 +43,8 @@ SAVE_STEP, SAVE_RUN = claims.row_update(StepRun, STEP_PROGRESS, STEP_KEY), claim
 _RUNS, _STEPS = claims._RUNS, claims._STEPS
 _MINE = (_RUNS.c.id == bindparam("fence_run")) & (_RUNS.c.epoch == bindparam("fence_epoch"))
 SAVE_RUN_FENCED = SAVE_RUN.where(_RUNS.c.epoch == bindparam("fence_epoch"))
-SAVE_STEP_FENCED = SAVE_STEP.where(exists(select(_RUNS.c.id).where(_MINE).with_for_update(read=True, key_share=True)))
-FENCE = select(_RUNS.c.id).where(_MINE).with_for_update(read=True, key_share=True)  # events alone (rare): lock and check
+FENCE = select(_RUNS.c.id).where(_MINE).with_for_update(read=True, key_share=True)  # alone: events only (rare)
+SAVE_STEP_FENCED = SAVE_STEP.where(exists(FENCE))
 UNDISPATCHED = update(_RUNS).where(_MINE, _RUNS.c.status == RunStatus.queued).values(dispatched_at=None)
 
 Event = tuple[str, dict[str, Any]]  # (type, data) of an event to store

@@ -15,9 +15,9 @@ from server.auth.models import Actor
 from server.db import session_scope
 from server.dispatch_queue import RUN_EXECUTE_TASK, send, sender
 from server.models_base import as_utc, utcnow
+from server.runbooks.validation import check_text
 from server.runs import events
 from server.runs.models import Run, RunStatus, StepRun, StepStatus
-from server.runbooks.validation import check_text
 from server.runs.service import finish_unstarted, mark_dispatched, mark_undispatched
 from server.settings import Settings
 

@@ -21,8 +21,8 @@ def upgrade() -> None:
     with op.batch_alter_table('runs') as batch_op:
         batch_op.add_column(sa.Column('epoch', sa.Integer(), nullable=False, server_default='0'))
         batch_op.add_column(sa.Column('resumes', sa.Integer(), nullable=False, server_default='0'))
-        batch_op.add_column(sa.Column('lost_workers', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'),
-                                      nullable=True))
+        json = sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql')
+        batch_op.add_column(sa.Column('lost_workers', json, nullable=True))
 
 
 def downgrade() -> None:

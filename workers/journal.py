@@ -40,7 +40,7 @@ SAVE_STEP, SAVE_RUN = claims.row_update(StepRun, STEP_PROGRESS, STEP_KEY), claim
 # Step rows saved without the run's row: `AND EXISTS (the run at my epoch, FOR KEY SHARE)`, which PostgreSQL
 # runs once per statement before touching a step row (an InitPlan, the run's row locked first as the reaper
 # and claims do), and which keeps the reaper or a claimer from moving the epoch on until this commit.
-_RUNS, _STEPS = claims._RUNS, claims._STEPS
+_RUNS = claims._RUNS
 _MINE = (_RUNS.c.id == bindparam("fence_run")) & (_RUNS.c.epoch == bindparam("fence_epoch"))
 SAVE_RUN_FENCED = SAVE_RUN.where(_RUNS.c.epoch == bindparam("fence_epoch"))
 FENCE = select(_RUNS.c.id).where(_MINE).with_for_update(read=True, key_share=True)  # alone: events only (rare)

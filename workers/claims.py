@@ -186,7 +186,7 @@ def _claim(conn: Connection, settings: Settings, run_id: int, definition: Defini
     run.epoch = (run.epoch or 0) + 1
     data: dict[str, Any] = {"worker": run.worker, "previous_worker": None if first else previous}
     if resumed:
-        data["reason"] = f"worker {previous} stopped heartbeating"
+        data["reason"] = f"worker {previous} gone: its task was redelivered"
     elif not first and previous is not None and previous in (run.lost_workers or []):  # the reaper re-sent it
         data["reason"] = f"worker {previous} lost"
         data["resumes"] = run.resumes

@@ -145,6 +145,33 @@ def test_a_run_whose_worker_was_killed_whole_resumes_on_another_worker(lost_sett
         assert lines(marker) == ["first", "slow-start", "slow-start", "slow-end", "last"]
 
 
+def test_a_run_whose_workers_keep_vanishing_fails_past_max_resumes_naming_each(lost_settings, lost_api, engine,
+                                                                                tmp_path):
+    once = lost_settings.model_copy(update={"max_resumes": 1})
+    marker, pid_file = tmp_path / "effects", tmp_path / "effects.pid"
+    with processes() as launch:
+        first = worker(launch, once, tmp_path / "first.log")
+        run_id = start(lost_api, "lost-worker", {"marker": str(marker)})["id"]
+        lost = [holder(lost_api, run_id, "slow")]
+        wait_for(lambda: lines(marker).count("slow-start") == 1 and lines(pid_file), 30, "the slow step to act")
+        kill_group(first, pid_file)
+        second = worker(launch, once, tmp_path / "second.log")
+        reap_until(engine, once, run_id, lambda run: run.resumes == 1)
+        wait_for(lambda: lines(marker).count("slow-start") == 2, 60, "the resumed slow step to act")
+        lost.append(holder(lost_api, run_id, "slow"))
+        assert lost[1] != lost[0]
+        kill_group(second, pid_file)
+        reap_until(engine, once, run_id, lambda run: run.status == "failed")
+    done = lost_api.get(f"/api/v1/runs/{run_id}").json()
+    assert all(name in done["error"] for name in lost), done["error"]
+    assert "RUNBOOKD_MAX_RESUMES=1" in done["error"]
+    assert {s["step_id"]: s["status"] for s in done["steps"]} == {"first": "succeeded", "slow": "failed",
+                                                                   "last": "cancelled"}
+    assert lines(marker) == ["first", "slow-start", "slow-start"]
+    history = lost_api.get(f"/api/v1/runs/{run_id}/events").text
+    assert history.count("event: run.worker_lost") == 1 and history.count("event: run.finished") == 1
+
+
 def _lost_run(engine: Engine, settings: Settings, runbook: str, *, resumes: int = 0,
               lost_workers: list[str] | None = None) -> int:
     """A run as a vanished worker leaves it: running, its heartbeat older than the grace, a step running."""

@@ -28,7 +28,8 @@ def make_celery(settings: Settings, *, include: list[str] | None = None) -> Cele
     app.conf.update(
         broker_transport="server.broker:Transport",  # kombu's Redis transport, one client per channel
         # Every broker key lives under our prefix, so runbookd can share a Redis and tests never collide.
-        broker_transport_options={"global_keyprefix": settings.redis_prefix, "visibility_timeout": 3600},
+        broker_transport_options={"global_keyprefix": settings.redis_prefix,
+                                  "visibility_timeout": settings.broker_visibility_timeout},
         broker_connection_retry_on_startup=True,
         task_default_queue=settings.default_queue,
         task_serializer="json",

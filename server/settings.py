@@ -135,6 +135,14 @@ class Settings(BaseSettings):
         default_factory=lambda: ["metadata.google.internal", "metadata"],
         description="Host names (or *.domain) http steps may never reach.")
 
+    # Lost workers (issue 15)
+    max_resumes: int = Field(
+        2, ge=0, description="How many times the reaper resumes a run whose worker was lost (re-sent to its queue, "
+        "continued at its first unfinished step) before it fails the run, naming every worker lost; 0 fails at once.")
+    broker_visibility_timeout: float = Field(
+        3600.0, gt=0, description="Seconds before Redis hands a run's message that was never acknowledged (its "
+        "worker vanished) to another worker; a run the reaper resumed meanwhile ignores it.")
+
     @field_validator("http_allow_cidrs", "http_deny_cidrs")
     @classmethod
     def _networks(cls, value: list[str]) -> list[str]:

@@ -98,7 +98,10 @@ def row_values(row: Run | StepRun, columns: tuple[str, ...], key: tuple[str, ...
     return {**{f"key_{k}": getattr(row, k) for k in key}, **{f"new_{c}": getattr(row, c) for c in columns}}
 
 
-CLAIMED = ("status", "worker", "heartbeat_at", "started_at", "deadline_at")
+# A claim writes the run's next epoch (claim generation): every later write of the run's progress by this
+# worker matches only that epoch (fenced), so once another worker or the reaper took the run over, a worker
+# that was cut off (a partition, a long pause) commits nothing more of it. See DbJournal.
+CLAIMED = ("status", "worker", "heartbeat_at", "started_at", "deadline_at", "epoch")
 _CLAIM = row_update(Run, CLAIMED)
 _RUNS, _STEPS = Run.__table__, StepRun.__table__  # type: ignore[attr-defined]
 # Core statements built once; the rows become detached Run/StepRun objects the journal writes back.
@@ -168,8 +171,8 @@ def _claim(conn: Connection, settings: Settings, run_id: int, definition: Defini
             utcnow() - as_utc(run.heartbeat_at) < timedelta(seconds=settings.run_reap_grace)
         if dead is False:
             return Claim(None, why=f"run is held by live process {run.worker}")
-        if dead is None and fresh:
-            return Claim(None, retry_in=settings.run_heartbeat_interval, why=f"run is held by {run.worker}")
+        if dead is None and fresh:  # a late or duplicate message: nothing to do (the reaper resumes lost runs)
+            return Claim(None, why=f"run is held by {run.worker}")
     elif concurrency is not None:
         running = conn.execute(select(func.count()).select_from(_RUNS).where(
             _RUNS.c.runbook_id == run.runbook_id, _RUNS.c.status == RunStatus.running)).scalar_one()
@@ -180,8 +183,14 @@ def _claim(conn: Connection, settings: Settings, run_id: int, definition: Defini
     run.status, run.worker, run.heartbeat_at = RunStatus.running, me(), now
     run.started_at = run.started_at or now
     run.deadline_at = run.deadline_at or as_utc(run.started_at) + timeout
-    started: events.Item = (None, "run.started" if first else "run.resumed",
-                            {"worker": run.worker, "previous_worker": None if first else previous})
+    run.epoch = (run.epoch or 0) + 1
+    data: dict[str, Any] = {"worker": run.worker, "previous_worker": None if first else previous}
+    if resumed:
+        data["reason"] = f"worker {previous} gone: its task was redelivered"
+    elif not first and previous is not None and previous in (run.lost_workers or []):  # the reaper re-sent it
+        data["reason"] = f"worker {previous} lost"
+        data["resumes"] = run.resumes
+    started: events.Item = (None, "run.started" if first else "run.resumed", data)
     if first and status == RunStatus.queued and runbook is not None:
         steps = pending_steps(run_id=run_id, runbook=runbook, incident_id=run.incident_id)
     else:
@@ -192,11 +201,12 @@ def _claim(conn: Connection, settings: Settings, run_id: int, definition: Defini
     return Claim(run, event=events.record_many(conn, run_id=run_id, items=[started])[0], steps=steps)
 
 
-def heartbeat(engine: Engine, run_id: int) -> tuple[bool, bool]:
-    """(still ours, cancel requested); a run taken over or ended by the reaper is no longer ours."""
+def heartbeat(engine: Engine, run_id: int, epoch: int) -> tuple[bool, bool]:
+    """(still ours, cancel requested); a run taken over or ended by the reaper is no longer ours: its epoch
+    moved on (fenced in the one UPDATE, no extra round trip)."""
     with session_scope(engine) as session:
         result = session.execute(update(Run).where(col(Run.id) == run_id, col(Run.worker) == me(),
-                                                   col(Run.status) == RunStatus.running)
+                                                   col(Run.epoch) == epoch, col(Run.status) == RunStatus.running)
                                  .values(heartbeat_at=utcnow()))
         if result.rowcount == 0:  # type: ignore[attr-defined]
             return False, False

@@ -19,12 +19,10 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import redis
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Connection, Engine, bindparam, exists, select, update
 
-from server.db import session_scope
 from server.runs import events
 from server.runs.models import Run, RunStatus, StepRun
-from server.runs.service import mark_undispatched
 from server.runs.sweeps import send_run
 from server.settings import Settings
 from workers import claims
@@ -37,6 +35,17 @@ RUN_PROGRESS = ("status", "queue", "worker", "dispatched_at", "finished_at", "er
 # Steps by (run, step id): a run's first claim builds its pending rows without reading their ids back.
 STEP_KEY = ("run_id", "step_id")
 SAVE_STEP, SAVE_RUN = claims.row_update(StepRun, STEP_PROGRESS, STEP_KEY), claims.row_update(Run, RUN_PROGRESS)
+# Fencing (claims.CLAIMED): every write of the run's progress matches only the epoch this worker claimed, in
+# the statement the save runs anyway (no extra round trip). The run's row: its UPDATE says `AND epoch = mine`.
+# Step rows saved without the run's row: `AND EXISTS (the run at my epoch, FOR KEY SHARE)`, which PostgreSQL
+# runs once per statement before touching a step row (an InitPlan, the run's row locked first as the reaper
+# and claims do), and which keeps the reaper or a claimer from moving the epoch on until this commit.
+_RUNS = claims._RUNS
+_MINE = (_RUNS.c.id == bindparam("fence_run")) & (_RUNS.c.epoch == bindparam("fence_epoch"))
+SAVE_RUN_FENCED = SAVE_RUN.where(_RUNS.c.epoch == bindparam("fence_epoch"))
+FENCE = select(_RUNS.c.id).where(_MINE).with_for_update(read=True, key_share=True)  # alone: events only (rare)
+SAVE_STEP_FENCED = SAVE_STEP.where(exists(FENCE))
+UNDISPATCHED = update(_RUNS).where(_MINE, _RUNS.c.status == RunStatus.queued).values(dispatched_at=None)
 
 Event = tuple[str, dict[str, Any]]  # (type, data) of an event to store
 Entry = events.Item | dict[str, Any]  # an event to store, or an output line (a message) to publish in its place
@@ -177,26 +186,47 @@ class DbJournal:
         entries, self.deferred_events = [*self.deferred_events, *entries], []
         items = [e for e in entries if isinstance(e, tuple)]
         stored: list[dict[str, Any]] = []
-        with self._transaction(run=run) as conn:
-            if rows:
-                conn.execute(SAVE_STEP, [claims.row_values(r, STEP_PROGRESS, STEP_KEY) for r in rows])
-            if items:
-                stored = events.record_many(conn, run_id=self.run_id, items=items)
+        try:
+            with self._transaction(run=run, steps=bool(rows)) as conn:
+                if rows:
+                    values = [claims.row_values(r, STEP_PROGRESS, STEP_KEY) for r in rows]
+                    if run:  # the run's row, written first, was fenced (and is locked) already
+                        conn.execute(SAVE_STEP, values)
+                    else:
+                        fence = self.fence()
+                        if conn.execute(SAVE_STEP_FENCED, [{**v, **fence} for v in values]).rowcount < len(rows):
+                            raise RunLost
+                if items:
+                    stored = events.record_many(conn, run_id=self.run_id, items=items)
+        except RunLost:
+            with self.lock:
+                self.unsaved = []
+            raise
         in_order = iter(stored)  # stored events replace their items; lines stay where they were printed
         messages = [next(in_order) if isinstance(e, tuple) else e for e in entries]
         with self.lock:
             late, self.unsaved = [e for e in self.unsaved[len(taken):] if isinstance(e, dict)], []  # lines only
             self._publish([*messages, *late])
 
+    def fence(self) -> dict[str, Any]:
+        """The parameters of a fenced statement: this run at the epoch this worker claimed."""
+        return {"fence_run": self.run_id, "fence_epoch": self.run.epoch}
+
     @contextlib.contextmanager
-    def _transaction(self, *, run: bool) -> Iterator[Connection]:
+    def _transaction(self, *, run: bool, steps: bool = False) -> Iterator[Connection]:
         """A save's transaction, the run's row written first when `run`: a new one, or the held first
-        claim's, the claim written first, with the run's row in the same statement (see claims.claim)."""
+        claim's, the claim written first, with the run's row in the same statement (see claims.claim).
+        Raises RunLost, nothing written, when the run's epoch is no longer this worker's (fencing)."""
         held, self.held = self.held, None
         if held is None:
-            with claims.progress_connection(self.engine, self.settings) as conn:
+            with claims.progress_connection(self.engine, self.settings) as conn:  # rolled back on RunLost
                 if run:
-                    conn.execute(SAVE_RUN, claims.row_values(self.run, RUN_PROGRESS))
+                    if not conn.execute(SAVE_RUN_FENCED, {**claims.row_values(self.run, RUN_PROGRESS),
+                                                          **self.fence()}).rowcount:
+                        self.deferred_rows, self.deferred_events = [], []
+                        raise RunLost
+                elif not steps and conn.execute(FENCE, self.fence()).first() is None:
+                    raise RunLost  # events alone (the step rows' statement is fenced by the caller)
                 yield conn
             return
         with held:  # closing it without the commit rolls back
@@ -218,7 +248,7 @@ class DbJournal:
     # -- the run's state outside its rows --------------------------------------------------------------
     def heartbeat(self) -> tuple[bool, bool]:
         self.write_claim()  # the heartbeat asks whether the run is ours: a claim not written yet is not
-        return claims.heartbeat(self.engine, self.run_id)
+        return claims.heartbeat(self.engine, self.run_id, self.run.epoch)
 
     def cancel_requested_by(self) -> str | None:
         if self.redis is None:
@@ -232,9 +262,9 @@ class DbJournal:
         return by.decode(errors="replace") if isinstance(by, bytes) else str(by)
 
     def hand_over(self, queue: str) -> None:
-        if not send_run(self.settings, self.run_id, queue):
-            with session_scope(self.engine) as session:
-                mark_undispatched(session, run_id=self.run_id)
+        if not send_run(self.settings, self.run_id, queue):  # leave it to the relay, unless claimed meanwhile
+            with claims.progress_connection(self.engine, self.settings) as conn:
+                conn.execute(UNDISPATCHED, self.fence())
 
     def ended(self, status: RunStatus) -> None:
         if status == RunStatus.cancelled and self.redis is not None:  # other cancel keys expire within a day

@@ -23,13 +23,14 @@ from server.models_base import as_utc, utcnow
 from server.runs.models import Run, RunStatus, StepRun
 from server.runs.service import pending_steps
 from server.settings import Settings
-from workers.journal import Claimed, Definition, Event, RunLost
+from workers.journal import RUN_PROGRESS, Claimed, Definition, Event, RunLost
 
 
 @dataclass
 class MemoryStore:
     """What the database and Redis hold for runs, in memory. Tests set `lost`, `cancel_in_db` and
-    `cancel_by` to play another worker, the reaper, or someone cancelling."""
+    `cancel_by` to play another worker, the reaper, or someone cancelling, and call take_over() to play the
+    reaper re-queueing a run whose worker was lost (its epoch moves on: the old journal is fenced)."""
 
     runs: dict[int, Run] = field(default_factory=dict)
     steps: dict[int, list[StepRun]] = field(default_factory=dict)
@@ -71,6 +72,14 @@ class MemoryStore:
     def published(self, run_id: int) -> list[dict[str, Any]]:
         return [m for batch in self.batches[run_id] for m in batch]
 
+    def take_over(self, run_id: int) -> None:
+        """What the reaper does to a run whose worker was lost: queue it again under a new epoch."""
+        with self.lock:
+            stored = self.runs[run_id]
+            stored.epoch, stored.status = stored.epoch + 1, RunStatus.queued
+            stored.resumes = stored.resumes + 1
+            stored.lost_workers = [*(stored.lost_workers or []), stored.worker or "unknown"]
+
     def approve(self, run_id: int, step_id: str, *, by: str = "approver", approve: bool = True,
                 reason: str | None = None) -> None:
         """What the approval route does: decide, and queue the run again."""
@@ -104,6 +113,7 @@ class MemoryJournal:
             timeout = (runbook.timeout if runbook is not None else None) or \
                 timedelta(seconds=settings.run_default_timeout)
             stored.status, stored.worker, stored.heartbeat_at = RunStatus.running, "memory:1", now
+            stored.epoch += 1  # claims.CLAIMED: the journal's writes match only this epoch
             stored.started_at = stored.started_at or now
             stored.deadline_at = stored.deadline_at or as_utc(stored.started_at) + timeout
             store.lost.discard(run_id)
@@ -136,11 +146,16 @@ class MemoryJournal:
         if self.unsaved:
             self.save(row)
 
+    def _ours(self) -> bool:
+        """The run is still this journal's: not lost, and at the epoch it claimed (fencing, as DbJournal)."""
+        return self.run_id not in self.store.lost and self.store.runs[self.run_id].epoch == self.run.epoch
+
     def save(self, row: StepRun | None = None, *, run: bool = False,
              event: tuple[str | None, str, dict[str, Any]] | None = None, defer: bool = False) -> None:
         # `defer` is a speed hint the fake does not need: everything is "committed" at once.
         with self.store.lock:
-            if self.run_id in self.store.lost:
+            if not self._ours():
+                self.unsaved = []
                 raise RunLost
             entries = [*(self.unsaved if row is not None else []), *([event] if event is not None else [])]
             if row is not None:
@@ -148,17 +163,21 @@ class MemoryJournal:
             if row is not None:
                 rows = self.store.steps[self.run_id]
                 rows[next(i for i, r in enumerate(rows) if r.step_id == row.step_id)] = copy.deepcopy(row)
-            if run:
-                self.store.runs[self.run_id] = copy.deepcopy(self.run)
+            if run:  # the columns the journal writes (RUN_PROGRESS), not the reaper's nor the claim's
+                stored_run = self.store.runs[self.run_id]
+                for name in RUN_PROGRESS:
+                    setattr(stored_run, name, copy.deepcopy(getattr(self.run, name)))
             stored = iter(_store(self.store, self.run_id, [e for e in entries if isinstance(e, tuple)]))
             self._publish([next(stored) if isinstance(e, tuple) else e for e in entries])
 
     def write_claim(self) -> None:
-        if self.run_id in self.store.lost:
+        if not self._ours():
             raise RunLost
 
     def heartbeat(self) -> tuple[bool, bool]:
-        return self.run_id not in self.store.lost, self.run_id in self.store.cancel_in_db
+        with self.store.lock:
+            ours = self._ours()
+        return ours, ours and self.run_id in self.store.cancel_in_db
 
     def cancel_requested_by(self) -> str | None:
         return self.store.cancel_by.get(self.run_id)

@@ -25,9 +25,15 @@ HEADER = """# Runbook reference
      (server/runbooks/kinds.py); tests/server/runbooks/test_reference.py fails when they disagree. -->
 
 A runbook is one YAML file: `id`, `title`, `description`, `tags`, `params`, `timeout`, `concurrency`,
-`on_failure` (`stop`, `rollback` or `continue`), `steps` and `outputs`. `runbookd runbooks validate FILE`
-checks it offline and reports every problem with file:line:column; `runbookd runbooks show ID` prints a
-loaded one's params and steps by phase.
+`on_failure` (`stop`, `rollback` or `continue`), `on_worker_lost` (`resume` or `fail`), `steps` and
+`outputs`. `runbookd runbooks validate FILE` checks it offline and reports every problem with
+file:line:column; `runbookd runbooks show ID` prints a loaded one's params and steps by phase.
+
+`on_worker_lost` says what happens when the run's worker vanishes mid-run (a node lost, a whole worker
+killed: no heartbeat for `RUNBOOKD_RUN_REAP_GRACE`). `resume` (the default): beat's reaper sends the run
+to its queue again and another worker continues it at its first unfinished step; the interrupted step
+runs again, at most `RUNBOOKD_MAX_RESUMES` times per run, after which the run fails naming every worker
+lost. `fail`: the run fails at once, for runbooks whose interrupted step must never run twice.
 
 ## Params
 

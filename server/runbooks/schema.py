@@ -108,6 +108,10 @@ class Runbook(_Strict):
     outputs: dict[str, Any] = Field(default_factory=dict)
     # Alert and schedule triggers that start this runbook: validated by server.hooks.rules, not here.
     triggers: list[Any] = Field(default_factory=list)
+    on_worker_lost: Literal["resume", "fail"] = Field(
+        "resume", description="When the run's worker is lost (no heartbeat for RUNBOOKD_RUN_REAP_GRACE): resume it "
+        "on another worker at its first unfinished step, which runs again (at most RUNBOOKD_MAX_RESUMES times), "
+        "or fail it.")
 
     def step(self, step_id: str) -> StepSpec:
         return next(s for s in self.steps if s.id == step_id)

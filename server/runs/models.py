@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 from pydantic import Field as PydanticField
-from sqlalchemy import Column, Index, Text, UniqueConstraint
+from sqlalchemy import Column, Index, Integer, Text, UniqueConstraint
 from sqlalchemy import Enum as SAEnum
 from sqlmodel import Field, SQLModel
 
@@ -88,6 +88,11 @@ class Run(SQLModel, table=True):
     outputs: dict[str, Any] | None = json_field()
     # W3C traceparent of the request that created the run (tracing on only): its worker spans join that trace.
     traceparent: str | None = Field(default=None, max_length=55)
+    # Claim generation (issue 15): every claim or take-over adds one; a worker's writes of the run's progress
+    # match only its own epoch, so a worker that was cut off and comes back commits nothing.
+    epoch: int = Field(default=0, sa_column=Column(Integer, nullable=False, server_default="0"))
+    resumes: int = Field(default=0, sa_column=Column(Integer, nullable=False, server_default="0"))  # by the reaper
+    lost_workers: list[str] | None = json_field()  # the workers the reaper found lost, in order
 
 
 class StepRun(SQLModel, table=True):

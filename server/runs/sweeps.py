@@ -1,4 +1,5 @@
-"""Beat's sweeps over runs: the relay (queued runs never sent) and the reaper (runs whose worker vanished)."""
+"""Beat's sweeps over runs: the relay (queued runs never sent) and the reaper (runs whose worker vanished:
+resumed elsewhere, or failed)."""
 
 from __future__ import annotations
 
@@ -7,16 +8,17 @@ from datetime import timedelta
 
 import redis
 from sqlalchemy import Engine, or_
-from sqlmodel import col, select
+from sqlmodel import Session, col, select
 
 from server.audit import service as audit
 from server.auth.models import Actor
 from server.db import session_scope
 from server.dispatch_queue import RUN_EXECUTE_TASK, send, sender
 from server.models_base import as_utc, utcnow
+from server.runbooks.validation import check_text
 from server.runs import events
 from server.runs.models import Run, RunStatus, StepRun, StepStatus
-from server.runs.service import finish_unstarted, mark_dispatched
+from server.runs.service import finish_unstarted, mark_dispatched, mark_undispatched
 from server.settings import Settings
 
 log = logging.getLogger("runbookd.runs")
@@ -69,7 +71,12 @@ def relay(engine: Engine, settings: Settings, *, limit: int = 500, min_age_s: fl
 
 
 def reap(engine: Engine, settings: Settings, client: redis.Redis | None = None) -> int:
-    """Fail running runs without a heartbeat for the grace period, time out runs past their deadline."""
+    """Running runs without a heartbeat for the grace period: resumed on another worker (re-sent to their
+    queue, at most RUNBOOKD_MAX_RESUMES times, unless the runbook says `on_worker_lost: fail`) or failed
+    naming every worker lost; runs past their deadline time out. Returns how many runs were resumed or ended.
+
+    Either way the run's epoch moves on (fencing, see workers/claims.py): a worker that was only cut off and
+    comes back commits nothing more of it."""
     now = utcnow()
     stale = now - timedelta(seconds=settings.run_reap_grace)
     ended = 0
@@ -80,17 +87,26 @@ def reap(engine: Engine, settings: Settings, client: redis.Redis | None = None) 
                 (col(Run.status).in_([RunStatus.waiting_approval, RunStatus.running]))
                 & (col(Run.deadline_at) < now - timedelta(seconds=settings.run_heartbeat_interval * 2)),
             )).with_for_update()).all()
-        finished_ids = []
+        touched: list[int] = []
+        resumed: list[tuple[int, str]] = []
         for run in candidates:
             assert run.id is not None
             before = run.status
             if run.deadline_at is not None and as_utc(run.deadline_at) < now:
                 status, why = RunStatus.timed_out, "the runbook's timeout passed"
             else:
+                lost = run.worker or "unknown"
                 last = as_utc(run.heartbeat_at).isoformat() if run.heartbeat_at else "never"
-                grace = f"{settings.run_reap_grace:g}s"
-                status, why = RunStatus.failed, (f"worker {run.worker} lost: no heartbeat since {last} "
-                                                 f"(grace {grace}) and the run was not redelivered")
+                why = f"worker {lost} lost: no heartbeat since {last} (grace {settings.run_reap_grace:g}s)"
+                refused = _no_resume(run, settings)
+                if refused is None:
+                    _resume(session, run, lost=lost, why=why, settings=settings)
+                    touched.append(run.id)
+                    resumed.append((run.id, run.queue))
+                    ended += 1
+                    continue
+                status, why = RunStatus.failed, f"{why}; {refused}"
+            run.epoch = (run.epoch or 0) + 1  # the lost worker, should it come back, writes nothing more
             for step in session.exec(select(StepRun).where(StepRun.run_id == run.id,
                                                            StepRun.status == StepStatus.running)):
                 step.status = StepStatus.timed_out if status == RunStatus.timed_out else StepStatus.failed
@@ -100,12 +116,50 @@ def reap(engine: Engine, settings: Settings, client: redis.Redis | None = None) 
             audit.record(session, actor=Actor.system(), action="run.reap", target_type="run", target_id=run.id,
                          before={"status": before}, after={"status": status}, reason=why,
                          incident_id=run.incident_id)
-            finished_ids.append(run.id)
+            touched.append(run.id)
             ended += 1
-    for run_id in finished_ids:
+    for run_id, queue in resumed:
+        if not send_run(settings, run_id, queue):  # the relay sends it once the broker is back
+            with session_scope(engine) as session:
+                mark_undispatched(session, run_id=run_id)
+    for run_id in touched:
         with session_scope(engine) as session:
             latest = events.history(session, run_id=run_id)[-1:]
         events.publish(client, settings, run_id, [events.as_message(e) for e in latest])
     if ended:
-        log.warning("reaped runs", extra={"count": ended})
+        log.warning("reaped runs", extra={"count": ended, "resumed": len(resumed)})
     return ended
+
+
+def _no_resume(run: Run, settings: Settings) -> str | None:
+    """Why a run whose worker was lost must fail rather than resume; None when it may resume."""
+    checked = check_text(run.definition, f"{run.runbook_id}.yaml")
+    if checked.runbook is None:
+        return "the run was not resumed: its stored definition no longer validates"
+    if checked.runbook.on_worker_lost == "fail":
+        return "the run was not resumed: the runbook says on_worker_lost: fail"
+    if (run.resumes or 0) >= settings.max_resumes:
+        workers = ", ".join([*(run.lost_workers or []), run.worker or "unknown"])
+        return (f"the run was not resumed again: resumed {run.resumes or 0} time(s) already "
+                f"(RUNBOOKD_MAX_RESUMES={settings.max_resumes}); workers lost: {workers}")
+    return None
+
+
+def _resume(session: Session, run: Run, *, lost: str, why: str, settings: Settings) -> None:
+    """Queue the run again for another worker, which continues it at its first unfinished step (the step
+    the lost worker was running runs again). The caller sends it after the commit."""
+    assert run.id is not None
+    before = {"status": run.status, "worker": lost, "epoch": run.epoch}
+    run.resumes = (run.resumes or 0) + 1
+    run.lost_workers = [*(run.lost_workers or []), lost]
+    run.epoch = (run.epoch or 0) + 1
+    # Queued again, already dispatched (the send follows the commit; mark_undispatched if it fails, so the
+    # relay does not send it twice). The worker stays, as the one the next claim takes the run over from.
+    run.status, run.dispatched_at = RunStatus.queued, utcnow()
+    session.add(run)
+    reason = f"{why}; resumed on another worker ({run.resumes} of at most {settings.max_resumes})"
+    events.record(session, run_id=run.id, type="run.worker_lost",
+                  data={"worker": lost, "reason": reason, "resumes": run.resumes, "max_resumes": settings.max_resumes})
+    audit.record(session, actor=Actor.system(), action="run.resume", target_type="run", target_id=run.id,
+                 before=before, after={"status": run.status, "epoch": run.epoch, "resumes": run.resumes},
+                 reason=reason, incident_id=run.incident_id)

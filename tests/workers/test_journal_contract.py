@@ -18,13 +18,15 @@ from sqlmodel import Session, select
 
 from server.auth.models import Actor, Role, Source
 from server.db import session_scope
+from server.models_base import utcnow
+from server.runbooks.schema import Runbook
 from server.runbooks.validation import check_text
 from server.runs import events
 from server.runs.models import Run, RunEvent, RunStatus, StepRun, StepStatus
 from server.runs.service import create_run
 from server.settings import Settings
 from workers.engine import execute_with
-from workers.journal import DbJournal
+from workers.journal import DbJournal, Journal, RunLost
 from workers.journal_memory import MemoryStore
 
 ACTOR = Actor(name="contract", role=Role.operator, source=Source.system)
@@ -41,6 +43,10 @@ outputs: {greeting: "{{ steps.hello.outputs.message }}", n: "{{ params.n }}"}
 SLOW = "title: Slow\nsteps:\n  - {id: slow, uses: wait, with: {duration: 30s}}\n"
 
 
+def _definition(run: Run) -> Runbook | None:
+    return check_text(run.definition, f"{run.runbook_id}.yaml").runbook
+
+
 class Subject:
     """One journal implementation behind the few operations the contract needs."""
 
@@ -51,6 +57,8 @@ class Subject:
     def execute(self, run_id: int) -> str: ...
     def approve(self, run_id: int, step_id: str) -> None: ...
     def lose(self, run_id: int) -> None: ...
+    def claim(self, run_id: int) -> Journal: ...
+    def take_over(self, run_id: int) -> None: ...
     def run(self, run_id: int) -> Run: ...
     def steps(self, run_id: int) -> dict[str, StepRun]: ...
     def stored(self, run_id: int) -> list[tuple[str, str | None]]: ...
@@ -74,6 +82,14 @@ class Memory(Subject):
 
     def lose(self, run_id: int) -> None:
         self.store.lost.add(run_id)
+
+    def claim(self, run_id: int) -> Journal:
+        got = self.store.claimer(self.settings)(run_id, _definition)
+        assert got.journal is not None, got.why
+        return got.journal
+
+    def take_over(self, run_id: int) -> None:
+        self.store.take_over(run_id)
 
     def run(self, run_id: int) -> Run:
         return self.store.run(run_id)
@@ -118,6 +134,15 @@ class Database(Subject):
     def lose(self, run_id: int) -> None:
         with session_scope(self.engine) as session:
             session.execute(update(Run).where(Run.id == run_id).values(worker="elsewhere:1"))
+
+    def claim(self, run_id: int) -> Journal:
+        got = DbJournal.claim(self.settings, self.engine, self.client, run_id, definition=_definition)
+        assert got.journal is not None, got.why
+        return got.journal
+
+    def take_over(self, run_id: int) -> None:  # what the reaper does to a run whose worker was lost
+        with session_scope(self.engine) as session:
+            session.execute(update(Run).where(Run.id == run_id).values(epoch=Run.epoch + 1, status="queued"))
 
     def run(self, run_id: int) -> Run:
         with Session(self.engine) as session:
@@ -199,3 +224,37 @@ def test_a_finished_run_is_not_claimed_again(subject: Subject):
     run_id = subject.add(SLOW.replace("wait, with: {duration: 30s}", "log, with: {message: quick}"))
     assert subject.execute(run_id) == "succeeded"
     assert subject.execute(run_id) == "run is succeeded"
+
+
+def test_a_run_taken_over_fences_every_write_of_its_old_journal(subject: Subject):
+    """Fencing by epoch: once the reaper re-queued the run and another worker claimed it, the old journal
+    (a worker that was cut off, now back) commits nothing: not a step, not an event, not the run's end."""
+    run_id = subject.add(SLOW)
+    old = subject.claim(run_id)
+    old.write_claim()
+    subject.take_over(run_id)
+    new = subject.claim(run_id)
+    stale, fresh = old.steps[0], new.steps[0]
+    stale.status, stale.started_at, stale.attempts = StepStatus.running, utcnow(), 1
+    old.step_started(stale, ("step.started", {"uses": "wait"}))
+    with pytest.raises(RunLost):
+        old.save(stale)
+    assert old.heartbeat() == (False, False)
+    with pytest.raises(RunLost):
+        old.save(event=(None, "run.note", {"from": "the stale worker"}))
+    old.run.status, old.run.finished_at, old.run.error = RunStatus.failed, utcnow(), "stale"
+    with pytest.raises(RunLost):
+        old.save(run=True, event=(None, "run.finished", {"status": "failed"}))
+    old.release()
+
+    assert new.heartbeat() == (True, False)
+    fresh.status, fresh.started_at, fresh.finished_at, fresh.attempts = StepStatus.succeeded, utcnow(), utcnow(), 1
+    new.save(fresh, event=("slow", "step.finished", {"status": "succeeded"}))
+    new.run.status, new.run.finished_at = RunStatus.succeeded, utcnow()
+    new.save(run=True, event=(None, "run.finished", {"status": "succeeded"}))
+    new.release()
+    assert subject.stored(run_id) == [("run.started", None), ("run.resumed", None), ("step.finished", "slow"),
+                                      ("run.finished", None)]
+    run = subject.run(run_id)
+    assert run.status == "succeeded" and run.error is None and run.epoch == 3  # claim, take-over, claim
+    assert subject.steps(run_id)["slow"].status == "succeeded"

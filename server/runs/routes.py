@@ -242,9 +242,14 @@ def list_artifacts(run_id: PathId, request: Request, session: SessionDep, _actor
     return artifacts.list_artifacts(session, _settings(request), run_id)
 
 
-@router.get("/{run_id}/artifacts/{name}", response_class=Response,
-            responses={200: {"description": "the artifact's bytes, streamed from the database",
-                             "content": {"application/octet-stream": {}}}})
+ARTIFACT_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"description": "The artifact's bytes, streamed from the database, with the Content-Type of its name "
+                         "(text/plain, image/svg+xml, application/json...) and its SHA-256 as ETag",
+          "content": {"*/*": {}}},
+    304: {"description": "Not modified: If-None-Match named the artifact's ETag"}}
+
+
+@router.get("/{run_id}/artifacts/{name}", response_class=Response, responses=ARTIFACT_RESPONSES)
 def download_artifact(run_id: PathId, name: str, request: Request, session: SessionDep, _actor: Viewer
                       ) -> Response:
     service.get_run(session, run_id=run_id)
@@ -310,6 +315,7 @@ def open_link(token: str, request: Request, session: SessionDep) -> Response:
     return _open_link(request, session, token, None)
 
 
-@links_router.get("/a/{token}/{name}", summary="One artifact through a run's signed link")
+@links_router.get("/a/{token}/{name}", summary="One artifact through a run's signed link", response_class=Response,
+                  responses=ARTIFACT_RESPONSES)
 def open_link_artifact(token: str, name: str, request: Request, session: SessionDep) -> Response:
     return _open_link(request, session, token, name)

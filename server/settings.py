@@ -139,7 +139,7 @@ class Settings(BaseSettings):
     # Artifacts in the database (issue 15: artifacts that outlive their node)
     artifacts_max_run_bytes: int = Field(
         64 * 1024 * 1024, ge=0, description="Most bytes of artifacts one run may store in the database (default "
-        "64 MiB); an artifact that would pass it is not stored and its step's outputs say so.")
+        "64 MiB); an artifact that would pass it is not stored and its step's outputs say so. 0 stores none.")
     artifacts_retention: Duration = Field(
         timedelta(days=30), description="Artifacts older than this are deleted by beat's sweep (default 30d).")
 

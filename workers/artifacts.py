@@ -54,26 +54,31 @@ def cap_outputs(outputs: dict[str, Any], *, step_id: str, attempt: int, cap: int
     if len(orjson.dumps(outputs)) <= cap:
         return outputs
     refs: dict[str, Any] = {}
+    refused: dict[str, str] = dict(outputs.get(NOT_STORED) or {})
     for field in sorted((k for k, v in outputs.items() if isinstance(v, str)), key=lambda k: -len(outputs[k])):
         if len(orjson.dumps(outputs)) <= cap:
             break
         name = f"{_safe(step_id)}.{attempt}.{_safe(field)}.txt"
         data = outputs[field].encode()
-        refused = put(name, data)
+        why = put(name, data)
         outputs[field] = outputs[field][:HEAD_CHARS]
         refs[field] = {"artifact": name, "size": len(data), "head_chars": HEAD_CHARS}
-        if refused:
-            refs[field].update(stored=False, error=refused)
+        if why:
+            refs[field].update(stored=False, error=why)
+            refused[name] = why
     if len(orjson.dumps(outputs)) > cap:
         # Still too big (a huge JSON body, many headers): keep the whole thing as one JSON artifact.
         name = f"{_safe(step_id)}.{attempt}.outputs.json"
         data = orjson.dumps(outputs)
-        refused = put(name, data)
+        why = put(name, data)
         outputs = {"truncated": True}
         refs["*"] = {"artifact": name, "size": len(data)}
-        if refused:
-            refs["*"].update(stored=False, error=refused)
+        if why:
+            refs["*"].update(stored=False, error=why)
+            refused[name] = why
     outputs["artifacts"] = refs
+    if refused:
+        outputs[NOT_STORED] = refused
     return outputs
 
 

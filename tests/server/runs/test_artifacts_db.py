@@ -46,7 +46,9 @@ steps:
     with: {pid: "{{ params.pid }}", window: 1s, interval: 200ms}
 """,
     "overcap": """
-title: The second large output passes the run's artifact cap
+title: The second large output, and a toolkit file, pass the run's artifact cap
+params:
+  log: {type: string}
 steps:
   - id: first
     uses: shell
@@ -54,6 +56,9 @@ steps:
   - id: second
     uses: shell
     with: {argv: [python3, -c, "print('b' * 700000)"]}
+  - id: search
+    uses: logs.search
+    with: {paths: ["{{ params.log }}"], text: login, limit: 1}
 """,
     "masked": """
 title: A secret param in a large output and in a toolkit file
@@ -208,14 +213,23 @@ def _outlive(settings, operator, make_token, engine, sleeper, home: Path) -> Non
     assert operator.get(f"/api/v1/runs/{run_id}/artifacts/nope.txt").status_code == 404
 
 
-def test_an_artifact_over_the_runs_cap_is_refused_whole_and_the_step_says_so(operator, capped_worker, engine):
-    done = wait_run(operator, start(operator, "overcap")["id"], timeout=120)
+def test_an_artifact_over_the_runs_cap_is_refused_whole_and_the_step_says_so(operator, capped_worker, engine,
+                                                                            tmp_path):
+    log = tmp_path / "app.log"
+    log.write_text("".join(json.dumps({"level": "info", "msg": f"login {i} " + "x" * 1000}) + "\n"
+                           for i in range(500)))  # ~500 KB of matches: more than the 300 KB left
+    done = wait_run(operator, start(operator, "overcap", {"log": str(log)})["id"], timeout=120)
     assert done["status"] == "succeeded", (done["error"], [(s["step_id"], s["error"]) for s in done["steps"]])
     first, second = steps(done)["first"]["outputs"], steps(done)["second"]["outputs"]
     assert "stored" not in first["artifacts"]["stdout"]
     refused = second["artifacts"]["stdout"]
     assert refused["stored"] is False and refused["artifact"] == "second.1.stdout.txt"
     assert "RUNBOOKD_ARTIFACTS_MAX_RUN_BYTES" in refused["error"] and "not stored" in refused["error"]
+    assert second["artifacts_not_stored"] == {"second.1.stdout.txt": refused["error"]}
+    assert "artifacts_not_stored" not in first
+    search = steps(done)["search"]["outputs"]  # a file the step wrote: its reference says so too
+    assert search["files"]["matches"]["stored"] is False and search["matched"] == 500
+    assert "RUNBOOKD_ARTIFACTS_MAX_RUN_BYTES" in search["artifacts_not_stored"]["search.1.matches.jsonl"]
     assert len(second["stdout"]) == 4096, "the head is kept in the step's row all the same"
     run_id = done["id"]
     assert [a["name"] for a in operator.get(f"/api/v1/runs/{run_id}/artifacts").json()] == ["first.1.stdout.txt"]

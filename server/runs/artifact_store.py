@@ -145,13 +145,16 @@ def find(conn: Connection | Session, run_id: int, name: str) -> Stored | None:
 def chunks(engine: Engine, artifact: Stored) -> Iterator[bytes]:
     """An artifact's bytes in order, READ_BATCH chunks per query, each query on a connection of its own: a
     slow client holds no transaction (on SQLite, no lock) while it reads. Ends early if the artifact was
-    replaced meanwhile (the response then falls short of its Content-Length, which clients notice)."""
+    replaced meanwhile (the response then falls short of its Content-Length, which clients notice): each
+    query reads chunks only while the row still has the SHA-256 the reader started with (SQLite may give a
+    replacement the same id)."""
     seq, sent = 0, 0
     while sent < artifact.size:
         with engine.connect() as conn:
             rows = conn.execute(select(_CHUNK.c.seq, _CHUNK.c.data)
-                                .where(and_(_CHUNK.c.artifact_id == artifact.id, _CHUNK.c.seq >= seq,
-                                            _CHUNK.c.seq < seq + READ_BATCH))
+                                .join(_ART, _ART.c.id == _CHUNK.c.artifact_id)
+                                .where(and_(_CHUNK.c.artifact_id == artifact.id, _ART.c.sha256 == artifact.sha256,
+                                            _CHUNK.c.seq >= seq, _CHUNK.c.seq < seq + READ_BATCH))
                                 .order_by(_CHUNK.c.seq)).all()
             conn.rollback()
         if not rows:

@@ -282,3 +282,27 @@ def test_the_retention_sweep_deletes_expired_artifacts_in_bounded_batches(operat
     wait_for(lambda: left() == {"young.txt"}, 60, "the retention task to delete the last expired artifact")
     with session_scope(engine) as session:
         assert artifact_store.read_all(session, young.id) == b"y" * 10
+
+
+def test_an_artifact_is_written_whole_or_not_at_all_and_a_rewrite_replaces_it(operator, engine, tmp_path):
+    run_id = start(operator, "tiny")["id"]  # a run row to hang artifacts on; no worker needs to run it
+    first = artifact_store.store_all(engine, run_id=run_id, max_run_bytes=10**6,
+                                     items=[("x.txt", "s", "text/plain", b"1" * 300_000)])[0]
+    again = artifact_store.store_all(engine, run_id=run_id, max_run_bytes=10**6,
+                                     items=[("x.txt", "s", "text/plain", b"2" * 5)])[0]
+    with engine.connect() as conn:
+        assert [a.name for a in artifact_store.of_run(conn, run_id)] == ["x.txt"]
+        assert artifact_store.read_all(conn, again.id) == b"22222" and again.sha256 != first.sha256
+    assert b"".join(artifact_store.chunks(engine, first)) == b"", "a reader of the old one stops, mixes nothing"
+    assert b"".join(artifact_store.chunks(engine, again)) == b"22222"
+    # A file that grows past the cap while it is read (a tool still writing): chunks already inserted are
+    # rolled back with the row; the run keeps what it had.
+    growing = tmp_path / "growing.bin"
+    growing.write_bytes(b"g" * 3 * 1024 * 1024)
+    with pytest.raises(artifact_store.OverCap), engine.begin() as conn:
+        artifact_store.store(conn, run_id=run_id, name="growing.bin", step_id="s", content_type="x", source=growing,
+                             size=10, max_run_bytes=2 * 1024 * 1024)
+    with engine.connect() as conn:
+        assert [a.name for a in artifact_store.of_run(conn, run_id)] == ["x.txt"]
+        assert conn.execute(select(func.count()).select_from(CHUNKS).join(ARTIFACTS).where(
+            ARTIFACTS.c.run_id == run_id)).scalar_one() == 1

@@ -21,6 +21,7 @@ RUN_EXECUTE_TASK = "runbookd.runs.execute"
 RUN_RELAY_TASK = "runbookd.runs.relay"
 RUN_REAP_TASK = "runbookd.runs.reap"
 TRIGGER_SCHEDULES_TASK = "runbookd.triggers.schedules"
+ARTIFACT_RETENTION_TASK = "runbookd.runs.artifact_retention"
 
 
 def make_celery(settings: Settings, *, include: list[str] | None = None) -> Celery:
@@ -62,6 +63,9 @@ def make_celery(settings: Settings, *, include: list[str] | None = None) -> Cele
             # starts nothing twice; a tick that waited past `expires` is dropped, the next one does its work.
             "trigger-schedules": {"task": TRIGGER_SCHEDULES_TASK, "schedule": timedelta(seconds=1),
                                   "options": {"expires": 5}},
+            # Artifacts older than RUNBOOKD_ARTIFACTS_RETENTION, in bounded batches; the next sweep carries on.
+            "artifact-retention": {"task": ARTIFACT_RETENTION_TASK, "schedule": timedelta(minutes=10),
+                                   "options": {"expires": 300}},
         },
     )
     return app

@@ -8,6 +8,7 @@ from server.hooks.models import HookDelivery, ScheduleState, TriggerFiring, Trig
 from server.incidents.models import Incident
 from server.loglevels.models import LogLevelOverride
 from server.runbooks.models import UploadedRunbook
+from server.runs.artifact_models import RunArtifact, RunArtifactChunk
 from server.runs.models import Run, RunEvent, StepRun
 
 __all__ = [
@@ -23,6 +24,8 @@ __all__ = [
            "Incident",
            "LogLevelOverride",
            "Run",
+           "RunArtifact",
+           "RunArtifactChunk",
            "RunEvent",
            "ScheduleState",
            "StepRun",

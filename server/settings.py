@@ -40,7 +40,8 @@ class Settings(BaseSettings):
         1024 * 1024, ge=1024, description="Largest accepted request body, in bytes (default 1 MiB)."
     )
     runbooks_dir: Path = Field(SHIPPED_RUNBOOKS_DIR, description="Directory of *.yaml runbooks.")
-    artifacts_dir: Path | None = Field(None, description="Large step outputs; default $RUNBOOKD_HOME/artifacts.")
+    artifacts_dir: Path | None = Field(None, description="Worker scratch for files steps write until the run ends "
+                                      "(they are stored in the database); default $RUNBOOKD_HOME/artifacts.")
     worker_concurrency: int = Field(2, ge=1, description="Processes per `runbookd worker`.")
     default_queue: str = Field("runbookd", description="Celery queue that steps without `on:` run on.")
     run_heartbeat_interval: float = Field(5.0, gt=0, description="Seconds between a running run's heartbeats.")
@@ -142,6 +143,13 @@ class Settings(BaseSettings):
     broker_visibility_timeout: float = Field(
         3600.0, gt=0, description="Seconds before Redis hands a run's message that was never acknowledged (its "
         "worker vanished) to another worker; a run the reaper resumed meanwhile ignores it.")
+
+    # Artifacts in the database (issue 15: artifacts that outlive their node)
+    artifacts_max_run_bytes: int = Field(
+        64 * 1024 * 1024, ge=0, description="Most bytes of artifacts one run may store in the database (default "
+        "64 MiB); an artifact that would pass it is not stored and its step's outputs say so. 0 stores none.")
+    artifacts_retention: Duration = Field(
+        timedelta(days=30), description="Artifacts older than this are deleted by beat's sweep (default 30d).")
 
     @field_validator("http_allow_cidrs", "http_deny_cidrs")
     @classmethod

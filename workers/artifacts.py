@@ -1,14 +1,37 @@
-"""Keep step outputs small in the database: anything over the cap goes to a file, the row keeps a head."""
+"""A step's artifacts go to the database (server/runs/artifact_store.py), never only to this worker's disk.
+
+Two kinds: step outputs over RUNBOOKD_STEP_OUTPUT_CAP (the row keeps a head, the whole value becomes an
+artifact), and files a toolkit step wrote to its scratch path (workers/toolkit/artifacts.py). After each
+attempt the engine stores both, each artifact in one transaction. What would take the run over
+RUNBOOKD_ARTIFACTS_MAX_RUN_BYTES is not stored, and the step's outputs say so (`artifacts_not_stored`). The
+scratch directory of a run is removed when the run ends on this worker (a later step may still read a file:
+a core dump gdb opens)."""
 
 from __future__ import annotations
 
+import logging
 import re
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import orjson
+from sqlalchemy import Engine
+
+from server.runs import artifact_store
+from server.runs.artifacts import content_type
 
 HEAD_CHARS = 4096
+# Kinds of file that are text and get the run's secret values masked, as outputs do; binary files (a core
+# dump) are stored as they are.
+TEXT_TYPES = ("text/", "application/json", "application/x-ndjson", "image/svg+xml")
+NOT_STORED = "artifacts_not_stored"  # outputs key: {name: why}
+
+log = logging.getLogger("runbookd.engine")
+
+Put = Callable[[str, "bytes | Path"], "str | None"]  # store an artifact; the reason it was not stored, or None
 
 
 def to_json(value: Any) -> Any:
@@ -17,6 +40,7 @@ def to_json(value: Any) -> Any:
 
 
 def artifact_path(directory: Path, run_id: int, name: str) -> Path:
+    """A file's scratch path on this worker: where a tool writes it before it is stored."""
     return directory / f"run-{run_id}" / name
 
 
@@ -24,31 +48,103 @@ def _safe(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text)[:80]
 
 
-def cap_outputs(outputs: dict[str, Any], *, run_id: int, step_id: str, attempt: int, cap: int,
-                directory: Path) -> dict[str, Any]:
-    """Move the largest string outputs to artifact files until the rest fits in cap bytes."""
+def cap_outputs(outputs: dict[str, Any], *, step_id: str, attempt: int, cap: int, put: Put) -> dict[str, Any]:
+    """Move the largest string outputs to artifacts until the rest fits in cap bytes."""
     outputs = to_json(outputs)
     if len(orjson.dumps(outputs)) <= cap:
         return outputs
     refs: dict[str, Any] = {}
+    refused: dict[str, str] = dict(outputs.get(NOT_STORED) or {})
     for field in sorted((k for k, v in outputs.items() if isinstance(v, str)), key=lambda k: -len(outputs[k])):
         if len(orjson.dumps(outputs)) <= cap:
             break
         name = f"{_safe(step_id)}.{attempt}.{_safe(field)}.txt"
         data = outputs[field].encode()
-        path = artifact_path(directory, run_id, name)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
+        why = put(name, data)
         outputs[field] = outputs[field][:HEAD_CHARS]
         refs[field] = {"artifact": name, "size": len(data), "head_chars": HEAD_CHARS}
+        if why:
+            refs[field].update(stored=False, error=why)
+            refused[name] = why
     if len(orjson.dumps(outputs)) > cap:
         # Still too big (a huge JSON body, many headers): keep the whole thing as one JSON artifact.
         name = f"{_safe(step_id)}.{attempt}.outputs.json"
         data = orjson.dumps(outputs)
-        path = artifact_path(directory, run_id, name)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
+        why = put(name, data)
         outputs = {"truncated": True}
         refs["*"] = {"artifact": name, "size": len(data)}
+        if why:
+            refs["*"].update(stored=False, error=why)
+            refused[name] = why
     outputs["artifacts"] = refs
+    if refused:
+        outputs[NOT_STORED] = refused
     return outputs
+
+
+@dataclass
+class StepArtifacts:
+    """One step attempt's artifacts, stored in the run's database as the engine finishes the attempt."""
+
+    engine: Engine
+    directory: Path  # the worker's scratch (RUNBOOKD_ARTIFACTS_DIR)
+    run_id: int
+    step_id: str
+    attempt: int
+    max_run_bytes: int
+    scrub: Callable[[str], str] | None = None  # the run's secret masking, for text artifacts; None: no secrets
+    before_write: Callable[[], None] = lambda: None  # the journal's write_claim: only a run we hold writes
+
+    def put(self, name: str, source: bytes | Path) -> str | None:
+        """Store one artifact (its bytes, or a scratch file) in a transaction of its own; the reason when it
+        was not stored (over the run's cap), else None."""
+        kind = content_type(name)
+        size = len(source) if isinstance(source, bytes) else source.stat().st_size
+        if self.scrub is not None and kind.startswith(TEXT_TYPES) and size <= self.max_run_bytes:
+            raw = source if isinstance(source, bytes) else source.read_bytes()
+            try:
+                source = self.scrub(raw.decode()).encode()
+            except UnicodeDecodeError:
+                source = raw  # not text after all: stored as it is
+            size = len(source)
+        self.before_write()
+        try:
+            with self.engine.begin() as conn:
+                artifact_store.store(conn, run_id=self.run_id, name=name, step_id=self.step_id, content_type=kind,
+                                     source=source, size=size, max_run_bytes=self.max_run_bytes)
+        except artifact_store.OverCap as exc:
+            log.warning("artifact not stored", extra={"run_id": self.run_id, "step_id": self.step_id,
+                                                      "artifact": name, "reason": str(exc)})
+            return str(exc)
+        return None
+
+    def scratch_files(self) -> list[Path]:
+        """The files this attempt wrote to its scratch paths (`<step>.<attempt>.<file>`)."""
+        directory = self.directory / f"run-{self.run_id}"
+        if not directory.is_dir():
+            return []
+        prefix = f"{_safe(self.step_id)}.{self.attempt}."
+        return sorted(p for p in directory.iterdir() if p.name.startswith(prefix) and p.is_file())
+
+    def collect(self, outputs: dict[str, Any]) -> dict[str, Any]:
+        """Store the attempt's scratch files; outputs gain `artifacts_not_stored` {name: why} for any refused,
+        and a refused file's ref in `files` says `stored: false`."""
+        refused = {}
+        for path in self.scratch_files():
+            why = self.put(path.name, path)
+            if why:
+                refused[path.name] = why
+        if not refused:
+            return outputs
+        files = outputs.get("files")
+        if isinstance(files, dict):
+            for ref in files.values():
+                if isinstance(ref, dict) and ref.get("artifact") in refused:
+                    ref.update(stored=False, error=refused[ref["artifact"]])
+        return {**outputs, NOT_STORED: {**(outputs.get(NOT_STORED) or {}), **refused}}
+
+
+def discard_scratch(directory: Path | None, run_id: int) -> None:
+    """The run's scratch files on this worker, once the run has ended (everything kept is in the database)."""
+    if directory is not None:
+        shutil.rmtree(directory / f"run-{run_id}", ignore_errors=True)

@@ -29,7 +29,7 @@ from server.runs.models import FINISHED_STEP, Run, RunStatus, StepRun, StepStatu
 from server.runs.sweeps import send_run
 from server.settings import Settings
 from workers import preview
-from workers.artifacts import to_json
+from workers.artifacts import discard_scratch, to_json
 from workers.journal import DEFER_WINDOW_S, TAKEN_OVER, Claimed, DbJournal, Definition, Journal, RunLost
 from workers.stepexec import roll_back, run_step
 from workers.steps.base import StepFailed, StepInterrupted, load_step_kinds
@@ -327,6 +327,7 @@ def _finish(ex: Execution, status: RunStatus, error: str | None) -> None:
     ex.run.secrets = None  # secret values live only as long as the run needs them
     ex.save(run=True, event=("run.finished", {"status": status, "error": ex.run.error}))
     ex.journal.ended(status)
+    discard_scratch(ex.settings.artifacts_dir, ex.run_id)  # what the run kept is in the database
 
 
 __all__ = ["CATALOG", "TAKEN_OVER", "Definition", "Execution", "RunAborted", "RunLost", "StepFailed",

@@ -16,7 +16,7 @@ from server.runbooks import expressions
 from server.runbooks.catalog import CATALOG
 from server.runbooks.schema import StepSpec
 from server.runs.models import StepRun, StepStatus
-from workers.artifacts import cap_outputs
+from workers.artifacts import StepArtifacts, cap_outputs
 from workers.steps.base import REGISTRY, StepContext, StepFailed, StepInterrupted, StepTimedOut, load_step_kinds
 
 if TYPE_CHECKING:
@@ -41,11 +41,17 @@ def _render_inputs(ex: Execution, spec: StepSpec) -> Any:
 
 
 def _finish_outputs(ex: Execution, spec: StepSpec, row: StepRun, outputs: Any) -> dict[str, Any]:
+    """The attempt's outputs as stored: its scratch files and any output over the cap stored as artifacts in
+    the database (workers/artifacts.py), secrets masked."""
     if not isinstance(outputs, dict):
         outputs = {"value": outputs}
     assert ex.settings.artifacts_dir is not None
-    return cap_outputs(ex.scrub(outputs), run_id=ex.run_id, step_id=spec.id, attempt=row.attempts,
-                       cap=ex.settings.step_output_cap, directory=ex.settings.artifacts_dir)
+    store = StepArtifacts(ex.engine, ex.settings.artifacts_dir, ex.run_id, spec.id, row.attempts,
+                          ex.settings.artifacts_max_run_bytes, scrub=ex.scrub if ex.secrets else None,
+                          before_write=ex.journal.write_claim)
+    outputs = store.collect(outputs)
+    return cap_outputs(ex.scrub(outputs), step_id=spec.id, attempt=row.attempts, cap=ex.settings.step_output_cap,
+                       put=store.put)
 
 
 def _attempt(ex: Execution, spec: StepSpec, row: StepRun) -> Outcome:

@@ -14,6 +14,7 @@ from sqlalchemy import Engine
 
 from server.db import get_engine, make_engine
 from server.dispatch_queue import (
+    ARTIFACT_RETENTION_TASK,
     AUDIT_RETENTION_TASK,
     CHAT_FOLLOWUPS_TASK,
     HEARTBEAT_TASK,
@@ -140,3 +141,14 @@ def trigger_schedules() -> int:
 
 # Every step kind imported before the pool forks: the children share it, and no run pays for the import.
 load_step_kinds()
+
+
+@app.task(name=ARTIFACT_RETENTION_TASK)
+def artifact_retention() -> int:
+    """Delete run artifacts older than RUNBOOKD_ARTIFACTS_RETENTION (server.runs.artifact_store); how many."""
+    from server.runs.artifact_store import sweep_expired
+
+    removed = sweep_expired(get_engine(), older_than=settings.artifacts_retention)
+    if removed:
+        log.info("expired artifacts deleted", extra={"removed": removed})
+    return removed

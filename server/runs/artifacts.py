@@ -1,6 +1,6 @@
-"""A run's artifact files as people open them: listed with sizes, served with their real Content-Type under a
-CSP that runs no script (an SVG plot is an image, never a page), and short-lived signed links that open in a
-browser without a bearer header.
+"""A run's artifacts as people open them: listed with sizes, streamed from the database (artifact_store) with
+their real Content-Type under a CSP that runs no script (an SVG plot is an image, never a page), and
+short-lived signed links that open in a browser without a bearer header.
 
 A link is an itsdangerous URLSafeTimedSerializer token over {run, name, by}: `name` null signs the whole run
 (an index page whose entries are links of their own). The key is RUNBOOKD_ARTIFACT_LINK_SECRET when set,
@@ -18,15 +18,20 @@ from pathlib import Path
 from typing import Any
 
 import redis
+from fastapi.responses import Response, StreamingResponse
 from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
 from pydantic import BaseModel
+from sqlalchemy import Engine
+from sqlmodel import Session
 
 from server.errors import DomainError, Forbidden, NotFound
 from server.models_base import UTCDateTime, utcnow
 from server.redis_client import key as redis_key
+from server.runs import artifact_store
 from server.settings import Settings
 
 ARTIFACT_NAME = re.compile(r"^[A-Za-z0-9._-]+$")
+NAME_MAX = 200
 SALT = "runbookd.artifact-link"
 # Nothing inside an artifact may run: no script, no plugin, no form, no fetch; inline styles are allowed
 # so an SVG plot still looks right. `sandbox` makes a document opened directly a unique opaque origin.
@@ -48,6 +53,7 @@ class ArtifactInfo(BaseModel):
     size: int
     content_type: str
     step_id: str | None
+    sha256: str | None = None  # of the bytes; also the download's ETag
     url: str  # needs the bearer token; `runbookd runs artifacts RUN NAME` downloads it
 
 
@@ -78,38 +84,36 @@ def headers_for(name: str) -> dict[str, str]:
             "Referrer-Policy": "no-referrer"}
 
 
-def run_dir(settings: Settings, run_id: int) -> Path:
-    assert settings.artifacts_dir is not None
-    return settings.artifacts_dir / f"run-{run_id}"
+def _info(settings: Settings, run_id: int, stored: artifact_store.Stored) -> ArtifactInfo:
+    return ArtifactInfo(name=stored.name, size=stored.size, content_type=content_type(stored.name),
+                        step_id=stored.step_id, sha256=stored.sha256,
+                        url=f"{settings.effective_public_url}/api/v1/runs/{run_id}/artifacts/{stored.name}")
 
 
-def path_of(settings: Settings, run_id: int, name: str) -> Path:
-    """The file of a run's artifact, or NotFound; a name can never leave the run's directory."""
-    path = run_dir(settings, run_id) / name
-    if not ARTIFACT_NAME.match(name) or name.startswith(".") or not path.is_file():
+def list_artifacts(session: Session, settings: Settings, run_id: int) -> list[ArtifactInfo]:
+    """Every artifact of a run, by name, with the step that wrote it (names are `<step>.<attempt>.<file>`)."""
+    return [_info(settings, run_id, s) for s in artifact_store.of_run(session, run_id)]
+
+
+def find(session: Session, run_id: int, name: str) -> artifact_store.Stored:
+    """A run's artifact (its row, not its bytes), or NotFound."""
+    found = None
+    if ARTIFACT_NAME.match(name) and not name.startswith(".") and len(name) <= NAME_MAX:
+        found = artifact_store.find(session, run_id, name)
+    if found is None:
         raise NotFound(f"run {run_id} has no artifact {name!r}")
-    return path
+    return found
 
 
-def list_artifacts(settings: Settings, run_id: int, step_ids: list[str] | None = None) -> list[ArtifactInfo]:
-    """Every file of a run, by name, with the step that wrote it (names are `<step>.<attempt>.<file>`)."""
-    directory = run_dir(settings, run_id)
-    if not directory.is_dir():
-        return []
-    known = sorted(step_ids or [], key=len, reverse=True)
-    items = []
-    for path in sorted(directory.iterdir()):
-        if not path.is_file() or not ARTIFACT_NAME.match(path.name):
-            continue
-        step = next((s for s in known if path.name.startswith(f"{_safe(s)}.")), None)
-        items.append(ArtifactInfo(name=path.name, size=path.stat().st_size, content_type=content_type(path.name),
-                                  step_id=step,
-                                  url=f"{settings.effective_public_url}/api/v1/runs/{run_id}/artifacts/{path.name}"))
-    return items
-
-
-def _safe(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", text)[:80]
+def respond(engine: Engine, stored: artifact_store.Stored, if_none_match: str | None) -> Response:
+    """The artifact streamed from the database chunk by chunk, with its headers; its ETag is its SHA-256, so
+    a browser that has it gets 304."""
+    etag = f'"{stored.sha256}"'
+    headers = {**headers_for(stored.name), "ETag": etag}  # the type from the name, as today's rules say
+    if if_none_match is not None and etag in {t.strip().removeprefix("W/") for t in if_none_match.split(",")}:
+        return Response(status_code=304, headers={k: v for k, v in headers.items() if k != "Content-Type"})
+    headers["Content-Length"] = str(stored.size)
+    return StreamingResponse(artifact_store.chunks(engine, stored), headers=headers)
 
 
 # -- signed links ----------------------------------------------------------------------------------

@@ -5,8 +5,9 @@ from typing import Annotated, Any
 
 import redis
 from fastapi import APIRouter, Header, Query, Request
-from fastapi.responses import FileResponse, Response
+from fastapi.responses import Response
 from pydantic import BaseModel, Field
+from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 from sse_starlette.sse import EventSourceResponse
@@ -66,8 +67,16 @@ def _response(request: Request, session: SessionDep, run: Run, status_code: int,
     assert run.id is not None
     if steps is None:
         steps = service.steps_of(session, run_id=run.id)
-    body = views.public(run, steps, _settings(request))
+    body = views.public(run, steps, _settings(request), _artifact_list(request, session, run, steps))
     return Response(body.model_dump_json(), status_code=status_code, media_type="application/json")
+
+
+def _artifact_list(request: Request, session: SessionDep, run: Run, steps: list[StepRun]
+                   ) -> list[artifacts.ArtifactInfo]:
+    """A run no step of which has started has no artifacts: a new run's 202 costs no query for them."""
+    if run.id is None or all(s.started_at is None for s in steps):
+        return []
+    return artifacts.list_artifacts(session, _settings(request), run.id)
 
 
 def _without_secrets(body: RunCreate, session: SessionDep, request: Request) -> dict[str, Any]:
@@ -148,7 +157,8 @@ def list_runs(
 @router.get("/{run_id}", response_model=RunPublic)
 def get_run(run_id: PathId, request: Request, session: SessionDep, _actor: Viewer) -> RunPublic:
     run = service.get_run(session, run_id=run_id)
-    return views.public(run, service.steps_of(session, run_id=run_id), _settings(request))
+    return views.public(run, service.steps_of(session, run_id=run_id), _settings(request),
+                        artifacts.list_artifacts(session, _settings(request), run_id))
 
 
 @router.post("/{run_id}/cancel", response_model=RunPublic)
@@ -201,6 +211,11 @@ def rerun(run_id: PathId, request: Request, settings: SettingsDep, session: Sess
     return _response(request, session, run, 202)
 
 
+def _engine_of(session: Session) -> Engine:
+    bind = session.get_bind()
+    return bind if isinstance(bind, Engine) else bind.engine
+
+
 def _check_exists(session: Session, run_id: int) -> None:
     service.get_run(session, run_id=run_id)
     # The request's session (shared with the auth dependency) would stay open, and on SQLite keep the
@@ -224,16 +239,25 @@ def run_events(run_id: PathId, request: Request, settings: SettingsDep, session:
 def list_artifacts(run_id: PathId, request: Request, session: SessionDep, _actor: Viewer
                    ) -> list[artifacts.ArtifactInfo]:
     service.get_run(session, run_id=run_id)
-    steps = [s.step_id for s in service.steps_of(session, run_id=run_id)]
-    return artifacts.list_artifacts(_settings(request), run_id, steps)
+    return artifacts.list_artifacts(session, _settings(request), run_id)
 
 
-@router.get("/{run_id}/artifacts/{name}")
+ARTIFACT_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"description": "The artifact's bytes, streamed from the database, with the Content-Type of its name "
+                         "(text/plain, image/svg+xml, application/json...) and its SHA-256 as ETag",
+          "content": {"*/*": {}}},
+    304: {"description": "Not modified: If-None-Match named the artifact's ETag"}}
+
+
+@router.get("/{run_id}/artifacts/{name}", response_class=Response, responses=ARTIFACT_RESPONSES)
 def download_artifact(run_id: PathId, name: str, request: Request, session: SessionDep, _actor: Viewer
-                      ) -> FileResponse:
-    _check_exists(session, run_id)
-    path = artifacts.path_of(_settings(request), run_id, name)
-    return FileResponse(path, headers=artifacts.headers_for(name))
+                      ) -> Response:
+    service.get_run(session, run_id=run_id)
+    found = artifacts.find(session, run_id, name)
+    engine = _engine_of(session)
+    # The request's session would stay open (on SQLite, holding the write lock) while the bytes stream: end it.
+    session.close()
+    return artifacts.respond(engine, found, request.headers.get("if-none-match"))
 
 
 class LinkRequest(BaseModel):
@@ -250,7 +274,7 @@ def link_artifacts(run_id: PathId, request: Request, session: SessionDep, actor:
     settings = _settings(request)
     service.get_run(session, run_id=run_id)
     if name is not None:
-        artifacts.path_of(settings, run_id, name)
+        artifacts.find(session, run_id, name)
     link = artifacts.sign(settings, request.app.state.redis, run_id=run_id, name=name, by=actor.name,
                           base_url=str(request.base_url))
     audit.record(session, actor=actor, action="artifact.link", target_type="run", target_id=run_id,
@@ -268,7 +292,7 @@ def _open_link(request: Request, session: Session, token: str, name: str | None)
     name = name or signed_name
     who = Actor(name=f"link from {by}"[:200], role=Role.viewer, source=Source.api)
     if name is None:
-        items = artifacts.list_artifacts(settings, run_id)
+        items = artifacts.list_artifacts(session, settings, run_id)
         audit.record(session, actor=who, action="artifact.open", target_type="run", target_id=run_id,
                      after={"artifact": "*"})
         session.commit()
@@ -277,11 +301,13 @@ def _open_link(request: Request, session: Session, token: str, name: str | None)
         return Response(page, media_type="text/html; charset=utf-8",
                         headers={k: v for k, v in artifacts.headers_for("index.txt").items()
                                  if k not in ("Content-Type", "Content-Disposition")})
-    path = artifacts.path_of(settings, run_id, name)
+    found = artifacts.find(session, run_id, name)
     audit.record(session, actor=who, action="artifact.open", target_type="run", target_id=run_id,
-                 after={"artifact": name, "size": path.stat().st_size})
+                 after={"artifact": name, "size": found.size})
     session.commit()
-    return FileResponse(path, headers=artifacts.headers_for(name))
+    engine = _engine_of(session)
+    session.close()
+    return artifacts.respond(engine, found, request.headers.get("if-none-match"))
 
 
 @links_router.get("/a/{token}", summary="Open a signed artifact link (no token needed until it expires)")
@@ -289,6 +315,7 @@ def open_link(token: str, request: Request, session: SessionDep) -> Response:
     return _open_link(request, session, token, None)
 
 
-@links_router.get("/a/{token}/{name}", summary="One artifact through a run's signed link")
+@links_router.get("/a/{token}/{name}", summary="One artifact through a run's signed link", response_class=Response,
+                  responses=ARTIFACT_RESPONSES)
 def open_link_artifact(token: str, name: str, request: Request, session: SessionDep) -> Response:
     return _open_link(request, session, token, name)

@@ -29,7 +29,8 @@ def step_public(step: StepRun) -> StepRunPublic:
                          problem_found=findings.problem_found(step.outputs))
 
 
-def public(run: Run, steps: list[StepRun], settings: Settings) -> RunPublic:
+def public(run: Run, steps: list[StepRun], settings: Settings, artifact_list: list[artifacts.ArtifactInfo]
+           ) -> RunPublic:
     return RunPublic(**summary(run).model_dump(), runbook_hash=run.runbook_hash, params=run.params,
                      rerun_of=run.rerun_of, deadline_at=run.deadline_at, heartbeat_at=run.heartbeat_at,
                      worker=run.worker, cancel_requested_at=run.cancel_requested_at, outputs=run.outputs,
@@ -38,5 +39,4 @@ def public(run: Run, steps: list[StepRun], settings: Settings) -> RunPublic:
                      trace_id=tracing.trace_id_of(run.traceparent),
                      findings=[f.model_dump() for f in findings.of_run(run.outputs,
                                                                        [(s.step_id, s.outputs) for s in steps])],
-                     artifacts=[a.model_dump() for a in artifacts.list_artifacts(settings, run.id or 0,
-                                                                                  [s.step_id for s in steps])])
+                     artifacts=[a.model_dump() for a in artifact_list])

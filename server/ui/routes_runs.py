@@ -21,7 +21,6 @@ from server.ids import PathId
 from server.incidents import service as incidents
 from server.incidents.models import IncidentStatus
 from server.runbooks import routes as runbooks_api
-from server.runs import artifacts
 from server.runs import routes as runs_api
 from server.runs import service as runs
 from server.runs.models import CancelRequest, DecisionRequest, RerunRequest, RunCreate, RunStatus
@@ -127,15 +126,15 @@ def runs_page(request: Request, session: SessionDep, actor: UiViewer, cursor: st
     }, status_code=422 if errors else 200)
 
 
-def _artifacts(request: Request, run_id: int) -> list[dict[str, Any]]:
-    """The run's artifact files (large step outputs, profiles, plots); pictures are shown inline."""
-    return [{"name": a.name, "size": a.size, "picture": a.content_type.startswith("image/")}
-            for a in artifacts.list_artifacts(request.app.state.settings, run_id)]
+def _artifacts(listed: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The run's artifacts (large step outputs, profiles, plots; the API's list); pictures are shown inline."""
+    return [{"name": a["name"], "size": a["size"], "picture": a["content_type"].startswith("image/")}
+            for a in listed]
 
 
 def run_context(request: Request, session: Any, actor: Any, run_id: int) -> dict[str, Any]:
     run = runs_api.get_run(run_id, request, session, actor)
-    return {"run": run, "artifacts": _artifacts(request, run_id), "finished": run.status.finished}
+    return {"run": run, "artifacts": _artifacts(run.artifacts), "finished": run.status.finished}
 
 
 @router.get("/runs/{run_id}")

@@ -10,6 +10,8 @@ import httpx
 import pytest
 
 from server.auth.models import Role
+from server.db import make_engine
+from server.runs import artifact_store
 
 
 @contextmanager
@@ -197,10 +199,13 @@ def test_run_page_shows_picture_artifacts_inline_and_streams_events_with_the_coo
     operator = ui_token(Role.operator)
     with httpx.Client(base_url=ui_url, headers={"Authorization": f"Bearer {operator}"}, timeout=30) as api:
         run = api.post("/api/v1/runs", json={"runbook": "gated-fix", "params": {"api_key": "k-SECRET"}}).json()
-    folder = ui_settings.artifacts_dir / f"run-{run['id']}"
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "flame.svg").write_text('<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"/>')
-    (folder / "top.txt").write_text("hot functions")
+    engine = make_engine(ui_settings.effective_database_url)  # artifacts live in the database
+    try:
+        artifact_store.store_all(engine, run_id=run["id"], max_run_bytes=10**6, items=[
+            ("flame.svg", None, "image/svg+xml", b'<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"/>'),
+            ("top.txt", None, "text/plain", b"hot functions")])
+    finally:
+        engine.dispose()
     with signed_in(ui_url, ui_token(Role.viewer)) as client:
         page = client.get(f"/ui/runs/{run['id']}").text
         assert f'<img src="/ui/runs/{run["id"]}/artifacts/flame.svg"' in page

@@ -1,6 +1,8 @@
-"""A step's files, in the engine's layout (workers/artifacts.py): $RUNBOOKD_ARTIFACTS_DIR/run-<id>/<name>, so
-GET /api/v1/runs/<id>/artifacts/<name> serves them. Names are `<step>.<attempt>.<file>`; outputs list them
-under `files` (the engine's own `artifacts` key is for outputs it had to move out of the database)."""
+"""A step's files, in the engine's layout (workers/artifacts.py): written to this worker's scratch,
+$RUNBOOKD_ARTIFACTS_DIR/run-<id>/<name>, then stored in the database by the engine when the attempt ends, so
+GET /api/v1/runs/<id>/artifacts/<name> serves them from any api replica. Names are `<step>.<attempt>.<file>`;
+outputs list them under `files` (the engine's own `artifacts` key is for outputs it had to move out of the
+outputs' row). The scratch copy stays until the run ends on this worker, for a later step that reads it."""
 
 from __future__ import annotations
 
@@ -22,7 +24,8 @@ def artifact(ctx: StepContext, name: str) -> Path:
 
 
 def ref(path: Path) -> dict[str, Any]:
-    """How outputs point at a file: its artifact name (for the API), size, and path on the worker."""
+    """How outputs point at a file: its artifact name (for the API), size, and scratch path on the worker (gone
+    once the run ends)."""
     return {"artifact": path.name, "size": path.stat().st_size, "path": str(path)}
 
 

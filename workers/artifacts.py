@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 
 from server.runs import artifact_store
 from server.runs.artifacts import content_type
@@ -93,7 +93,7 @@ class StepArtifacts:
     attempt: int
     max_run_bytes: int
     scrub: Callable[[str], str] | None = None  # the run's secret masking, for text artifacts; None: no secrets
-    before_write: Callable[[], None] = lambda: None  # the journal's write_claim: only a run we hold writes
+    fence: Callable[[Connection], None] = lambda conn: None  # the journal's: only a run still ours writes
 
     def put(self, name: str, source: bytes | Path) -> str | None:
         """Store one artifact (its bytes, or a scratch file) in a transaction of its own; the reason when it
@@ -107,9 +107,9 @@ class StepArtifacts:
             except UnicodeDecodeError:
                 source = raw  # not text after all: stored as it is
             size = len(source)
-        self.before_write()
         try:
             with self.engine.begin() as conn:
+                self.fence(conn)  # RunLost, nothing written, when the run was taken over meanwhile
                 artifact_store.store(conn, run_id=self.run_id, name=name, step_id=self.step_id, content_type=kind,
                                      source=source, size=size, max_run_bytes=self.max_run_bytes)
         except artifact_store.OverCap as exc:

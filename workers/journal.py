@@ -85,6 +85,9 @@ class Journal(Protocol):
         """Before a step acts outside the run: make sure the claim is written (a redelivered twin then
         cannot act too)."""
 
+    def fenced(self, conn: Connection) -> None:
+        """Inside a write's own transaction (an artifact's): raise RunLost unless the run is still ours."""
+
     def heartbeat(self) -> tuple[bool, bool]:
         """(still ours, cancel requested in the database)."""
 
@@ -239,6 +242,12 @@ class DbJournal:
     def write_claim(self) -> None:
         if self.held is not None:
             self.save()
+
+    def fenced(self, conn: Connection) -> None:
+        """The run's row is key-share locked at this worker's epoch until `conn` commits: no take-over in between."""
+        self.write_claim()
+        if conn.execute(FENCE, self.fence()).first() is None:
+            raise RunLost
 
     def release(self) -> None:
         if self.held is not None:

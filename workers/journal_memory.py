@@ -174,6 +174,9 @@ class MemoryJournal:
         if not self._ours():
             raise RunLost
 
+    def fenced(self, conn: Any) -> None:
+        self.write_claim()
+
     def heartbeat(self) -> tuple[bool, bool]:
         with self.store.lock:
             ours = self._ours()

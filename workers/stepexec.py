@@ -48,7 +48,7 @@ def _finish_outputs(ex: Execution, spec: StepSpec, row: StepRun, outputs: Any) -
     assert ex.settings.artifacts_dir is not None
     store = StepArtifacts(ex.engine, ex.settings.artifacts_dir, ex.run_id, spec.id, row.attempts,
                           ex.settings.artifacts_max_run_bytes, scrub=ex.scrub if ex.secrets else None,
-                          before_write=ex.journal.write_claim)
+                          fence=ex.journal.fenced)
     outputs = store.collect(outputs)
     return cap_outputs(ex.scrub(outputs), step_id=spec.id, attempt=row.attempts, cap=ex.settings.step_output_cap,
                        put=store.put)

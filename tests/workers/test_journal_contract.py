@@ -245,6 +245,8 @@ def test_a_run_taken_over_fences_every_write_of_its_old_journal(subject: Subject
     old.run.status, old.run.finished_at, old.run.error = RunStatus.failed, utcnow(), "stale"
     with pytest.raises(RunLost):
         old.save(run=True, event=(None, "run.finished", {"status": "failed"}))
+    with subject.engine.begin() as conn, pytest.raises(RunLost):
+        old.fenced(conn)  # an artifact's own transaction: nothing of it is written
     old.release()
 
     assert new.heartbeat() == (True, False)

@@ -14,11 +14,12 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
-from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError
+from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from server.context import request_id_var
+from server.db import unreachable
 
 log = logging.getLogger("runbookd.errors")
 
@@ -118,7 +119,7 @@ UNAVAILABLE_RETRY_AFTER_S = 5
 async def _backing_service_down(_request: Request, exc: Exception) -> JSONResponse:
     """The database (or Redis) cannot be reached: a 503 in the error shape, which a client may retry, rather
     than a 500. The cause is logged here, once, without the statement's parameters; the client gets no trace."""
-    if isinstance(exc, DBAPIError) and not _is_unreachable(exc):
+    if isinstance(exc, DBAPIError) and not unreachable(exc):
         raise exc  # a real database error (a constraint, bad SQL): the 500 it is
     service = "redis" if type(exc).__module__.startswith("redis") else "database"
     cause = str(getattr(exc, "orig", None) or exc).strip().split("\n", 1)[0][:200]
@@ -127,19 +128,13 @@ async def _backing_service_down(_request: Request, exc: Exception) -> JSONRespon
                           {"service": service}, headers={"Retry-After": str(UNAVAILABLE_RETRY_AFTER_S)})
 
 
-def _is_unreachable(exc: Exception) -> bool:
-    """An OperationalError (connection refused, server shut down, SQLite busy) or a connection the pool
-    found dead; not IntegrityError or ProgrammingError, which are bugs or conflicts."""
-    return isinstance(exc, OperationalError) or (isinstance(exc, DBAPIError) and exc.connection_invalidated)
-
-
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(DomainError, _domain_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     # A backing service restarting or unreachable: 503 + Retry-After (DBAPIError: only when unreachable).
-    for unreachable in (DBAPIError, DisconnectionError, PoolTimeout, redis.ConnectionError, redis.TimeoutError):
-        app.add_exception_handler(unreachable, _backing_service_down)
+    for down in (DBAPIError, DisconnectionError, PoolTimeout, redis.ConnectionError, redis.TimeoutError):
+        app.add_exception_handler(down, _backing_service_down)
 
 
 # -- the error shape in the OpenAPI document ---------------------------------------------------------

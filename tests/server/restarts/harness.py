@@ -275,8 +275,8 @@ class Stack:
         except httpx.HTTPError:
             return None
 
-    def client(self, token: str, **kwargs: Any) -> httpx.Client:
-        return httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {token}"}, timeout=30, **kwargs)
+    def client(self, token: str, timeout: float = 30) -> httpx.Client:
+        return httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {token}"}, timeout=timeout)
 
     def token(self, role: str) -> str:
         """A token of that role, made straight in the database (a CLI process would cost seconds)."""

@@ -190,6 +190,11 @@ def test_postgresql_restart_with_runs_in_flight(cluster, tmp_path):
         with rb.client(operator) as api:
             started = _start_runs(api, effects, 20)
             ids = [run_id for run_id, _tag in started]
+            # Followers of some runs: their streams break while the history cannot be read, and they come back
+            # with Last-Event-ID, as an EventSource does.
+            followers = [Follower(rb.url, operator, run_id) for run_id in ids[::4]]
+            for follower in followers:
+                follower.start()
             wait_for(lambda: sum(1 for _i, t in started if _effects(effects, t)) >= 4, 60, "runs to be under way")
             in_flight = sum(1 for run_id in ids if (get_run(api, run_id) or {}).get("status") not in FINISHED)
             cluster.stop("fast")
@@ -209,16 +214,23 @@ def test_postgresql_restart_with_runs_in_flight(cluster, tmp_path):
             wait_for(lambda: rb.readyz() == 200, 30, "/readyz to say 200 again")
             done = wait_all_finished(api, ids, 120)
             recovered_s = time.monotonic() - up_at
+            for follower in followers:
+                follower.join(timeout=30)
+                follower.stop()
             for name in ("api", "worker", "beat"):
                 assert rb.procs[name].poll() is None, f"{name} died: " + rb.log(name).read_text()[-3000:]
 
         lost = [run_id for run_id in ids if run_id not in done or done[run_id]["status"] != "succeeded"]
         dup = _duplicated(effects, [tag for _i, tag in started])
+        for follower in followers:  # every stored event exactly once, in order, across the reconnects
+            assert follower.finished and follower.events == run_event_ids(database_url, follower.run_id), (
+                follower.run_id, follower.connections, follower.events)
         bad = [(r.request.method, r.request.url.path, r.status_code, r.text[:300]) for r in answers
                if not _error_shaped_503(r)]
         figures("restart-postgresql", in_flight=in_flight, lost=len(lost), dup=dup,
                 outage_s=round(up_at - down_at, 1), recover_s=round(recovered_s, 1),
-                outage_answers=len(answers), outage_non_503=len(bad))
+                outage_answers=len(answers), outage_non_503=len(bad),
+                sse_reconnects=sum(f.connections - 1 for f in followers))
         assert not bad, bad
         assert not lost, {run_id: (done.get(run_id) or {}).get("status") for run_id in lost}
         assert dup == 0, {tag: _effects(effects, tag) for _i, tag in started if len(_effects(effects, tag)) > 2}

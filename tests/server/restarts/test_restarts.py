@@ -232,6 +232,7 @@ def test_postgresql_restart_with_runs_in_flight(cluster, tmp_path):
                 outage_answers=len(answers), outage_non_503=len(bad),
                 sse_reconnects=sum(f.connections - 1 for f in followers))
         assert not bad, bad
+        assert b'"unhandled error"' not in rb.log("api").read_bytes(), "the api logged a 500's trace"
         assert not lost, {run_id: (done.get(run_id) or {}).get("status") for run_id in lost}
         assert dup == 0, {tag: _effects(effects, tag) for _i, tag in started if len(_effects(effects, tag)) > 2}
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import select
 import time
 import weakref
 from collections.abc import AsyncIterator, Iterator
@@ -22,11 +24,13 @@ from server.settings import get_settings
 _ASYNC_COMMIT: weakref.WeakSet[Engine] = weakref.WeakSet()
 
 
-def make_engine(url: str, *, synchronous_commit: bool = True, **kwargs: Any) -> Engine:
+def make_engine(url: str, *, synchronous_commit: bool = True, connect_wait: float = 0.0, **kwargs: Any) -> Engine:
     """Create an engine; SQLite gets WAL, a busy timeout and write-locking transactions.
 
     synchronous_commit=False (PostgreSQL only) sets it off for every connection of the engine: a commit
     returns before its WAL reaches the disk. Workers use it for run progress (see claims.progress_connection).
+    connect_wait (PostgreSQL only): a new connection the server refuses (down, starting up, shutting down) is
+    retried for up to this many seconds instead of failing at once: a run's worker rides out a restart.
     """
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
@@ -34,6 +38,8 @@ def make_engine(url: str, *, synchronous_commit: bool = True, **kwargs: Any) -> 
             kwargs["connect_args"] = {**kwargs.get("connect_args", {}), "options": "-c synchronous_commit=off"}
         engine = tracing.traced_engine(create_engine(url, pool_size=10, max_overflow=20, **kwargs))
         _ping_after_idle(engine)
+        if connect_wait > 0:
+            _wait_to_connect(engine, connect_wait)
         if not synchronous_commit:
             _ASYNC_COMMIT.add(engine)
         return engine
@@ -84,7 +90,8 @@ def _ping_after_idle(engine: Engine) -> None:
 
     @event.listens_for(engine, "checkout")
     def _ping(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
-        if time.monotonic() - record.info.get("idle_since", 0.0) < PING_AFTER_IDLE_S:
+        recent = time.monotonic() - record.info.get("idle_since", 0.0) < PING_AFTER_IDLE_S
+        if recent and not _closed_by_server(dbapi_connection):
             return
         try:
             engine.dialect.do_ping(dbapi_connection)
@@ -92,6 +99,51 @@ def _ping_after_idle(engine: Engine) -> None:
             if engine.dialect.is_disconnect(exc, dbapi_connection, None):
                 raise sa_exc.InvalidatePoolError(str(exc)) from exc
             raise
+
+
+def _closed_by_server(dbapi_connection: Any) -> bool:
+    """Whether an idle connection has something to read: the server sent its termination notice (a restart,
+    `pg_ctl stop -m fast`) or closed the socket. An idle connection is otherwise silent, so this poll, with no
+    round trip, catches a connection a restart killed even if it was used a moment ago; the ping then fails
+    and the pool is invalidated."""
+    fileno = getattr(dbapi_connection, "fileno", None)
+    if fileno is None:
+        return False
+    try:
+        poller = select.poll()
+        poller.register(fileno(), select.POLLIN)
+        return bool(poller.poll(0))
+    except Exception:  # psycopg raises its own error for a closed connection: dead either way
+        return True
+
+
+CONNECT_RETRY_S = 0.5
+
+
+def _wait_to_connect(engine: Engine, wait: float) -> None:
+    """Retry refused connections for up to `wait` seconds (the documented do_connect hook: returning a
+    connection replaces the dialect's own attempt)."""
+    log = logging.getLogger("runbookd.db")
+
+    @event.listens_for(engine, "do_connect")
+    def _connect(dialect: Any, _record: Any, cargs: Any, cparams: Any) -> Any:
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                return dialect.connect(*cargs, **cparams)
+            except dialect.loaded_dbapi.OperationalError as exc:
+                if time.monotonic() >= deadline:
+                    raise
+                log.warning("database unreachable; retrying", extra={"error": str(exc).strip()[:200]})
+                time.sleep(CONNECT_RETRY_S)
+
+
+def unreachable(exc: BaseException) -> bool:
+    """The database could not be reached (refused, shut down, a connection the pool found dead, SQLite busy):
+    worth retrying; not an IntegrityError or ProgrammingError, which are conflicts or bugs."""
+    if isinstance(exc, sa_exc.DBAPIError):
+        return isinstance(exc, sa_exc.OperationalError) or exc.connection_invalidated
+    return isinstance(exc, sa_exc.DisconnectionError | sa_exc.TimeoutError)
 
 
 def is_postgres(engine: Engine) -> bool:

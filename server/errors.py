@@ -5,16 +5,23 @@ Services raise these; routes never build HTTPException themselves.
 
 from __future__ import annotations
 
+import logging
 from http import HTTPStatus
 from typing import Any
 
+import redis
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
+from sqlalchemy.exc import DBAPIError, DisconnectionError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from server.context import request_id_var
+from server.db import unreachable
+
+log = logging.getLogger("runbookd.errors")
 
 
 class DomainError(Exception):
@@ -106,10 +113,28 @@ async def _http_error(_request: Request, exc: Exception) -> JSONResponse:
     return error_response(exc.status_code, code, message, headers=getattr(exc, "headers", None))
 
 
+UNAVAILABLE_RETRY_AFTER_S = 5
+
+
+async def _backing_service_down(_request: Request, exc: Exception) -> JSONResponse:
+    """The database (or Redis) cannot be reached: a 503 in the error shape, which a client may retry, rather
+    than a 500. The cause is logged here, once, without the statement's parameters; the client gets no trace."""
+    if isinstance(exc, DBAPIError) and not unreachable(exc):
+        raise exc  # a real database error (a constraint, bad SQL): the 500 it is
+    service = "redis" if type(exc).__module__.startswith("redis") else "database"
+    cause = str(getattr(exc, "orig", None) or exc).strip().split("\n", 1)[0][:200]
+    log.warning("backing service unavailable", extra={"service": service, "error": f"{type(exc).__name__}: {cause}"})
+    return error_response(503, "unavailable", f"the {service} is unavailable; retry shortly",
+                          {"service": service}, headers={"Retry-After": str(UNAVAILABLE_RETRY_AFTER_S)})
+
+
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(DomainError, _domain_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    # A backing service restarting or unreachable: 503 + Retry-After (DBAPIError: only when unreachable).
+    for down in (DBAPIError, DisconnectionError, PoolTimeout, redis.ConnectionError, redis.TimeoutError):
+        app.add_exception_handler(down, _backing_service_down)
 
 
 # -- the error shape in the OpenAPI document ---------------------------------------------------------

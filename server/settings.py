@@ -57,6 +57,10 @@ class Settings(BaseSettings):
         "before the next step. Off: a crash of the database server, not of a worker, can lose the last fraction "
         "of a second of a run's progress, which the resumed run then repeats.",
     )
+    run_db_wait: float = Field(
+        60.0, ge=0, description="Seconds a worker's run waits for an unreachable database (a restart, a failover) "
+        "before its next write fails; steps in flight finish and are recorded once the database is back.",
+    )
     audit_retention_days: int | None = Field(
         None, ge=1, description="Archive (JSONL) and remove audit events older than this; unset keeps them all."
     )

@@ -19,6 +19,7 @@ import redis
 from sqlalchemy import Engine
 
 from server import logmask, tracing
+from server.db import unreachable
 from server.models_base import as_utc, utcnow
 from server.redaction import MASK
 from server.runbooks import expressions
@@ -110,7 +111,15 @@ class Execution:
         now = time.monotonic()
         if now >= self.next_heartbeat:
             self.next_heartbeat = now + self.settings.run_heartbeat_interval
-            ours, cancel = self.journal.heartbeat()
+            try:
+                ours, cancel = self.journal.heartbeat()
+            except Exception as exc:
+                if not unreachable(exc):
+                    raise
+                # The database is restarting: a missed heartbeat is harmless (the reaper's grace is far longer),
+                # whereas raising would kill the step in flight. The step's own save waits for the database.
+                log.warning("heartbeat skipped: database unreachable", extra={"run_id": self.run_id})
+                ours, cancel = True, False
             if not ours:
                 raise RunLost
             if cancel:

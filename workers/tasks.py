@@ -85,7 +85,8 @@ def _run_engine() -> Engine:
     """The engine runs execute on: unless RUNBOOKD_RUN_PROGRESS_FSYNC, its commits do not wait for the
     disk flush (see claims.progress_connection); steps' own writes share it, so a database crash loses
     a step's effect and its recorded result together, and the resumed run repeats both."""
-    return make_engine(settings.effective_database_url, synchronous_commit=settings.run_progress_fsync)
+    return make_engine(settings.effective_database_url, synchronous_commit=settings.run_progress_fsync,
+                       connect_wait=settings.run_db_wait)
 
 
 @app.task(name=RUN_EXECUTE_TASK)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -12,11 +13,13 @@ from fastapi import Request
 from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
 
+from server.db import unreachable
 from server.runs import events
 from server.runs.feed import Batch, RunFeed
 from server.runs.models import Run
 from server.settings import Settings
 
+log = logging.getLogger("runbookd.runs")
 RESYNC_S = 2.0  # re-read the stored history this often, so a missed publish only delays an event
 
 
@@ -89,7 +92,15 @@ async def follow(request: Request, settings: Settings, run_id: int, after_id: in
         while True:
             batches: list[list[dict[str, Any]]] = []
             if time.monotonic() >= next_sync:
-                stored, finished = await run_in_threadpool(_stored, request, run_id, last_id)
+                try:
+                    stored, finished = await run_in_threadpool(_stored, request, run_id, last_id)
+                except Exception as exc:
+                    if not unreachable(exc):
+                        raise
+                    # The database is restarting: end the stream cleanly; the client reconnects with
+                    # Last-Event-ID (503 until the database is back) and misses nothing.
+                    log.warning("run event stream ended: database unreachable", extra={"run_id": run_id})
+                    return
                 while pubsub is not None:  # published around the read: these lines follow events just read
                     got = await _next_batch(pubsub, 0.0)
                     if got is None:

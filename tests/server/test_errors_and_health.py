@@ -115,3 +115,25 @@ def test_readyz_is_503_until_the_database_is_migrated(settings: Settings, tmp_pa
     error = _assert_error_shape(response, 503, "not_ready")
     assert "runbookd migrate" in error["details"]["database"]
     assert error["details"]["redis"] == "ok"
+
+
+def test_an_unreachable_database_is_503_with_retry_after_not_a_500(settings: Settings):
+    from server.stack import free_port
+
+    down = settings.model_copy(update={"database_url": f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/x"})
+    app: FastAPI = create_app(down)
+
+    @app.get("/duplicate")
+    def duplicate() -> None:  # a real database error, not an outage: still the 500 it is
+        from sqlalchemy.exc import IntegrityError
+
+        raise IntegrityError("INSERT", {}, Exception("duplicate key"))
+
+    with serve(app) as url, http(url, "rbd_" + "x" * 40) as client:
+        response = client.get("/api/v1/runs")
+        duplicate_response = client.get("/duplicate")
+    error = _assert_error_shape(response, 503, "unavailable")
+    assert response.headers["retry-after"].isdigit()
+    assert error["details"] == {"service": "database"}
+    assert "Traceback" not in response.text and "127.0.0.1" not in response.text
+    _assert_error_shape(duplicate_response, 500, "internal_error")

@@ -77,7 +77,8 @@ def _incident_page(request: Request, session: Session, actor: Any, ref: str, *,
     return page(request, "incident.html", {
         "incident": incident, "preview": preview,
         "timeline": [(e, _loglevel_row(e)) for e in sorted(timeline, key=lambda e: e.ts)],
-        "result": result, "report": report, "report_html": to_html(report), "resolved": incident.status == "resolved",
+        "result": result, "report": report, "report_html": to_html(report),
+        "summary_html": to_html(incident.summary or ""), "resolved": incident.status == "resolved",
     })
 
 

@@ -75,7 +75,9 @@ def flags_page(request: Request, session: SessionDep, actor: UiViewer, q: str = 
     environments = _environments(session)
     rows = {f.key: _row(f.key, f.version, f.spec, environments) for f in listed
             if not needle or needle in f"{f.key} {f.spec.get('description', '')}".lower()}
-    pending = flags.pending_by_flag(session, keys=list(rows) if len(rows) < 1000 else None, limit=5000)
+    # Filtered: only the shown flags' changes; unfiltered, every flag is shown and no IN list is needed.
+    filtered = bool(needle or tag) and len(rows) < 1000
+    pending = flags.pending_by_flag(session, keys=list(rows) if filtered else None, limit=5000)
     for key, row in rows.items():
         row.pending_expiries = pending.get(key, [])
     tags = sorted({t for f in listed for t in f.spec.get("tags", [])})

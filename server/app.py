@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from server import health, tracing
+from server import health, heap, tracing
 from server.audit.routes import router as audit_router
 from server.auth.routes import router as tokens_router
 from server.auth.token_cache import RevocationFollower, TokenCache
@@ -61,6 +61,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             # Tokens revoked through another api process are forgotten here too (server.auth.token_cache).
             bus.add(RevocationFollower(settings, app.state.token_cache))
             bus.start()
+        heap.settle()  # the start-up heap out of every later full collection (server/heap.py)
         try:
             yield
         finally:

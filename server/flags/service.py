@@ -74,6 +74,13 @@ def list_flags(session: Session, *, tag: str | None = None, include_deleted: boo
     return [f for f in flags if tag in f.spec.get("tags", [])] if tag else flags
 
 
+def list_flag_rows(session: Session, *, tag: str | None = None) -> list[tuple[str, int, dict[str, Any]]]:
+    """list_flags() (not deleted) as (key, version, spec) rows: no ORM objects, for lists of many flags."""
+    stmt = select(Flag.key, Flag.version, Flag.spec).where(col(Flag.deleted).is_(False)).order_by(col(Flag.key))
+    rows = [(key, version, spec) for key, version, spec in session.exec(stmt)]
+    return [r for r in rows if tag in r[2].get("tags", [])] if tag else rows
+
+
 def list_versions(session: Session, *, key: str) -> list[FlagVersion]:
     """Every version of a flag, newest first."""
     get_flag(session, key=key, include_deleted=True)

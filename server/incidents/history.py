@@ -38,7 +38,8 @@ def _audit_entries(session: Session, key: str) -> list[TimelineEntry]:
         reason = f" ({event.reason})" if event.reason else ""
         out.append(TimelineEntry(ts=event.ts, kind=kind, actor=event.actor, action=event.action, target=target,
                                  summary=f"{event.action} {target}{reason}",
-                                 details={"before": event.before, "after": event.after, "audit_id": event.id}))
+                                 details={"before": event.before, "after": event.after, "audit_id": event.id,
+                                          "reason": event.reason}))
     return out
 
 

@@ -51,9 +51,9 @@ def _open_incidents(session: Any) -> list[Any]:
 def _runbook_page(request: Request, session: Any, actor: Any, runbook_id: str, *, values: dict[str, Any] | None = None,
                   errors: dict[str, str] | None = None, message: str | None = None, status_code: int = 200) -> Response:
     detail = runbooks_api.get_runbook(runbook_id, request, session, actor)
-    phases: dict[str, list[Any]] = {}
+    phases: dict[str, list[Any]] = {}  # "" holds the phase-less steps: one group, under no heading of its own
     for step in detail.steps:
-        phases.setdefault(step.phase or "steps", []).append(step)
+        phases.setdefault(step.phase or "", []).append(step)
     return page(request, "runbook.html", {
         "rb": detail, "phases": phases, "values": values or {}, "errors": errors or {}, "message": message,
         "incidents": _open_incidents(session),

@@ -12,6 +12,7 @@ import pytest
 from server.auth.models import Role
 from server.db import make_engine
 from server.runs import artifact_store
+from tests.support import wait_for
 
 
 @contextmanager
@@ -219,3 +220,95 @@ def test_run_page_shows_picture_artifacts_inline_and_streams_events_with_the_coo
             assert first == "event: run.queued"
     with httpx.Client(base_url=ui_url, timeout=30) as anon:  # no cookie, no stream
         assert anon.get(f"/ui/runs/{run['id']}/events").status_code == 401
+
+
+def test_phase_less_steps_are_one_group_without_a_second_steps_heading(ui_url, ui_token):
+    with signed_in(ui_url, ui_token(Role.viewer)) as client:
+        page = client.get("/ui/runbooks/plain-steps").text
+        steps = page[page.index('id="h-steps"'):page.index('id="h-run"')]
+        assert "<h3" not in steps, steps  # no heading "steps" under the "Steps" heading
+        assert steps.count("<ol") == 1 and "first" in steps and "second" in steps
+        phased = client.get("/ui/runbooks/gated-fix").text
+        assert {"observe", "fix", "verify"} <= set(re.findall(r"<h3>([^<]+)</h3>", phased))
+
+
+def test_a_waiting_steps_inputs_are_shown_beside_its_approve_and_reject_buttons(ui_url, ui_token, ui_worker):
+    operator = ui_token(Role.operator)
+    with httpx.Client(base_url=ui_url, headers={"Authorization": f"Bearer {operator}"}, timeout=30) as api:
+        run = api.post("/api/v1/runs", json={"runbook": "gated-fix", "params": {"note": "n"}}).json()
+        wait_for(lambda: api.get(f"/api/v1/runs/{run['id']}").json()["status"] == "waiting_approval", 60,
+                 "the run to reach its gate")
+    with signed_in(ui_url, operator) as client:
+        page = client.get(f"/ui/runs/{run['id']}").text
+        row = re.search(r'<tr class="approval-row" id="approval-fix">(.*?)</tr>', page, re.S)
+        assert row, page
+        block = row.group(1)
+        assert "approved by a human" in block  # the step's rendered input, not inside a collapsed <details>
+        assert "<details" not in block
+        assert ">Approve</button>" in block and ">Reject</button>" in block
+        assert f'formaction="/ui/runs/{run["id"]}/steps/fix/reject"' in block
+        response = client.post(f"/ui/runs/{run['id']}/steps/fix/reject",
+                               data={"csrf": csrf_of(client, f"/ui/runs/{run['id']}"), "reason": "not today"})
+        assert response.status_code == 303
+    with httpx.Client(base_url=ui_url, headers={"Authorization": f"Bearer {operator}"}, timeout=30) as api:
+        step = next(s for s in api.get(f"/api/v1/runs/{run['id']}").json()["steps"] if s["step_id"] == "fix")
+        assert step["approval"] == "rejected" and step["approval_reason"] == "not today"
+
+
+def test_incident_timeline_shows_log_level_changes_in_words(ui_url, ui_token):
+    operator = ui_token(Role.operator)
+    with httpx.Client(base_url=ui_url, headers={"Authorization": f"Bearer {operator}"}, timeout=30) as api:
+        incident = api.post("/api/v1/incidents", json={"title": "log levels"}).json()["id"]
+        created = api.post("/api/v1/loglevels", json={"service": "checkout", "logger": "payments.db", "level": "DEBUG",
+                                                       "for": "15m", "reason": "see the slow queries",
+                                                       "incident_id": incident})
+        assert created.status_code == 201, created.text
+    with signed_in(ui_url, ui_token(Role.viewer)) as client:
+        page = client.get(f"/ui/incidents/{incident}").text
+        timeline = page[page.index('<ol class="timeline">'):page.index("</ol>", page.index('<ol class="timeline">'))]
+        assert "<strong>loglevel.raise</strong>" not in timeline
+        row = re.search(r'<dl class="kv loglevel-row">(.*?)</dl>', timeline, re.S).group(1)
+        words = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", row))
+        for expected in ("Service checkout", "Logger payments.db", "Level DEBUG", "Who ", "Why see the slow queries"):
+            assert expected in words, words
+        assert re.search(r"Until \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC", words), words
+
+
+def test_incident_report_is_rendered_as_html_with_the_source_html_escaped(ui_url, ui_token):
+    operator = ui_token(Role.operator)
+    summary = ("<script>alert(1)</script> <img src=x onerror=alert(2)> "
+               "[bad](javascript:alert(3)) [good](https://status.example/x)")
+    with httpx.Client(base_url=ui_url, headers={"Authorization": f"Bearer {operator}"}, timeout=30) as api:
+        incident = api.post("/api/v1/incidents", json={"title": "words", "summary": summary}).json()["id"]
+    with signed_in(ui_url, ui_token(Role.viewer)) as client:
+        page = client.get(f"/ui/incidents/{incident}").text
+        report = page[page.index('<article class="report"'):page.index("</article>")]
+        assert "<h1>" in report and "<table>" in report  # rendered, not the Markdown source in a <pre>
+        assert "<script>" not in report and "<img" not in report and "&lt;script&gt;" in report
+        assert "javascript:" not in re.sub(r"&[a-z]+;", "", " ".join(re.findall(r'href="([^"]*)"', report)))
+        assert 'href="https://status.example/x" rel="noopener noreferrer nofollow"' in report
+        download = client.get(f"/ui/incidents/{incident}/report.md")
+        assert download.status_code == 200 and download.text.startswith(f"# {incident}: words")
+
+
+def test_pages_leave_no_reference_cycle_holding_their_data(ui_url, ui_token):
+    """A page's whole context (the flags list: every flag and its spec) must be freed when the response is sent.
+    Macros imported `with context` tied Jinja's render context into a reference cycle, so every page's data
+    waited for a full garbage collection: one every few flags pages, pausing every request (bench/ui_pages.py).
+    The api runs in this process (tests/support.py serve), so its garbage is visible here."""
+    import gc
+
+    with signed_in(ui_url, ui_token(Role.operator)) as client:
+        client.get("/ui/flags")  # warm: templates compiled, caches filled
+        gc.collect()
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        try:
+            for path in ["/ui/flags", "/ui", "/ui/runbooks/gated-fix", "/ui/loglevels", "/ui/incidents"]:
+                assert client.get(path).status_code == 200
+            gc.collect()
+            leaked = [o for o in gc.garbage if type(o).__module__.startswith(("jinja2", "server."))]
+        finally:
+            gc.set_debug(0)
+            gc.garbage.clear()
+        assert not leaked, {type(o).__qualname__ for o in leaked}
+    assert gc.get_freeze_count() > 0  # server/heap.py: the start-up heap is out of every full collection

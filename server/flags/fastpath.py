@@ -19,6 +19,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server.context import accept_request_id, request_id_var
+from server.deps import flag_cache_of, settings_of
 from server.errors import DomainError, PayloadTooLarge, error_response
 from server.flags import ofrep
 from server.middleware import HTTP_LATENCY, HTTP_REQUESTS
@@ -57,8 +58,9 @@ class OfrepFastPath:
                                           f"{self.max_body_bytes} bytes (RUNBOOKD_MAX_BODY_BYTES)")
             else:
                 request = Request(scope, _replay(body))
-                response = (await ofrep.evaluate_flag(key, request) if key is not None
-                            else await ofrep.evaluate_all(request))
+                cache, settings = flag_cache_of(request), settings_of(request)
+                response = (await ofrep.evaluate_flag(key, request, cache, settings) if key is not None
+                            else await ofrep.evaluate_all(request, cache, settings))
         except DomainError as exc:
             response = error_response(exc.status_code, exc.code, exc.message, exc.details, exc.headers)
         except Exception:

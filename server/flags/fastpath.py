@@ -1,13 +1,5 @@
-"""The OFREP evaluation hot path as the outermost ASGI layer, in front of FastAPI's routing and middleware.
-
-Evaluations are the one request type clients send at thousands per second. Through the full stack (route
-matching over every router, dependency solving, one JSON access-log line each) a request cost ~3.5x the
-bare ASGI ceiling; answering it here costs close to the ceiling. What the stack would give is kept: the
-X-Request-ID header and contextvar, the body limit, the one error shape for 401/403/413/500, and the
-runbookd_http_requests_total / latency metrics. The access line is logged at DEBUG only: at INFO, one line
-per evaluation would drown every other line. Everything else (and the same handlers, for OpenAPI) stays
-in server/flags/ofrep.py's FastAPI routes.
-"""
+"""OFREP evaluations answered as the outermost ASGI layer, before routing (why: docs/architecture.md,
+"Measurements"), keeping the request id, body limit, error shape and metrics; access lines at DEBUG only."""
 
 from __future__ import annotations
 

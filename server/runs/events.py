@@ -44,11 +44,8 @@ Item = tuple[str | None, str, dict[str, Any] | None]  # (step id or None, type, 
 
 
 def record_many(session: Session | Connection, *, run_id: int, items: Sequence[Item]) -> list[dict[str, Any]]:
-    """Store several events of one run in one statement, in order; returns their messages.
-
-    A Core insert rather than ORM objects: every step of every run passes here, and the unit of work
-    cost more than the statement itself. The run's row must already be in the database (flushed).
-    """
+    """Store several events of one run in one Core statement, in order; returns their messages. The run's row
+    must already be in the database (flushed)."""
     now = utcnow()
     rows = [{"run_id": run_id, "ts": now, "type": t, "step_id": s, "data": d} for s, t, d in items]
     conn = session.connection() if isinstance(session, Session) else session  # Core: skip the ORM's execute path

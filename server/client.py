@@ -6,7 +6,9 @@ environment variables win. Errors come back as ClientError with a message that s
 
 from __future__ import annotations
 
+import functools
 import os
+import ssl
 import tomllib
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -64,11 +66,18 @@ def _error(response: httpx.Response, config: ClientConfig) -> ClientError:
     return ClientError(message, response.status_code, error.get("details"))
 
 
+@functools.cache
+def tls_context() -> ssl.SSLContext:
+    """httpx's verifying TLS context, made once per process: loading the CA bundle for every client cost more
+    than the request of a quick command (tests and the console make many clients in one process)."""
+    return httpx.create_ssl_context()
+
+
 class Client:
     def __init__(self, config: ClientConfig | None = None, timeout: float = 30.0) -> None:
         self.config = config or load_config()
         headers = {"Authorization": f"Bearer {self.config.token}"} if self.config.token else {}
-        self.http = httpx.Client(base_url=self.config.url, headers=headers, timeout=timeout)
+        self.http = httpx.Client(base_url=self.config.url, headers=headers, timeout=timeout, verify=tls_context())
 
     def __enter__(self) -> Client:
         return self

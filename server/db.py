@@ -74,14 +74,8 @@ PING_AFTER_IDLE_S = 1.0
 
 
 def _ping_after_idle(engine: Engine) -> None:
-    """SQLAlchemy's pool_pre_ping, for connections idle longer than PING_AFTER_IDLE_S only.
-
-    pool_pre_ping costs a round trip at every checkout, three per quick run (the api's request, the
-    worker's claim and end). A connection used a moment ago is as good as a ping; one that sat idle may
-    have been dropped (a database restart, an idle timeout), and a failed ping invalidates the pool, as
-    pool_pre_ping does, so the checkout gets a fresh connection instead of an error. Uses the pool's
-    documented checkout-event hook (DisconnectionError), not a fork of the pool.
-    """
+    """SQLAlchemy's pool_pre_ping, for connections idle longer than PING_AFTER_IDLE_S only (why:
+    docs/architecture.md, "Measurements"); a failed ping invalidates the pool, as pool_pre_ping does."""
 
     @event.listens_for(engine, "connect")
     @event.listens_for(engine, "checkin")
@@ -173,9 +167,8 @@ def session_scope(engine: Engine | None = None) -> Iterator[Session]:
 
 
 async def _request_session(request: Request) -> AsyncIterator[Session]:
-    """The request's session. An async dependency: a sync one costs two thread-pool hops per request (in
-    and out), and opening a Session does no I/O. Closing one does when a transaction is still open (a
-    rollback), so that goes to the thread pool; after a commit it is free."""
+    """The request's session; async, as opening one does no I/O. Closing one with a transaction still open
+    (a rollback) does, so that goes to the thread pool."""
     session = Session(request.app.state.engine, expire_on_commit=False)
     try:
         yield session

@@ -8,25 +8,97 @@ from typing import Annotated
 
 import redis
 from fastapi import Depends, Request
+from sqlalchemy import Engine
 
 from server.auth.models import Actor, Role
+from server.auth.token_cache import TokenCache
 from server.errors import Forbidden, Unauthorized
+from server.flags.cache import FlagCache
+from server.loglevels.sync import OwnLoggerSync
 from server.settings import Settings
-from server.throttle import auth_throttle
+from server.throttle import StreamSlots, auth_throttle, stream_slots
 
 
-async def _settings(request: Request) -> Settings:  # async: no thread-pool hop for a read
+# The process's long-lived parts, set on app.state by server/app.py, are read here and nowhere else at
+# request time: routes take them as the dependencies below; code that has only the request (the OFREP fast
+# path, helpers shared with the console, which calls route functions directly) uses the *_of accessors.
+def settings_of(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-async def _redis(request: Request) -> redis.Redis | None:
+def redis_of(request: Request) -> redis.Redis | None:
     client: redis.Redis | None = request.app.state.redis
     return client
 
 
+def engine_of(request: Request) -> Engine:
+    engine: Engine = request.app.state.engine
+    return engine
+
+
+def flag_cache_of(request: Request) -> FlagCache:
+    cache: FlagCache = request.app.state.flag_cache  # started by the lifespan, with the engine
+    return cache
+
+
+def loglevel_sync_of(request: Request) -> OwnLoggerSync | None:
+    """The process's own-logger sync; None when it runs without Redis."""
+    sync: OwnLoggerSync | None = getattr(request.app.state, "loglevel_sync", None)
+    return sync
+
+
+def token_cache_of(request: Request) -> TokenCache:
+    cache: TokenCache = request.app.state.token_cache
+    return cache
+
+
+def slots_of(request: Request) -> StreamSlots:
+    return stream_slots(request.app.state)
+
+
+# async: no thread-pool hop for a read.
+async def _settings(request: Request) -> Settings:
+    return settings_of(request)
+
+
+async def _redis(request: Request) -> redis.Redis | None:
+    return redis_of(request)
+
+
+async def _engine(request: Request) -> Engine:
+    return engine_of(request)
+
+
+async def _flag_cache(request: Request) -> FlagCache:
+    return flag_cache_of(request)
+
+
+async def _loglevel_sync(request: Request) -> OwnLoggerSync | None:
+    return loglevel_sync_of(request)
+
+
+async def _token_cache(request: Request) -> TokenCache:
+    return token_cache_of(request)
+
+
+async def _slots(request: Request) -> StreamSlots:
+    return slots_of(request)
+
+
+async def _migration_heads(request: Request) -> frozenset[str]:
+    heads: frozenset[str] = request.app.state.migration_heads  # the code's, computed when the app was built
+    return heads
+
+
 SettingsDep = Annotated[Settings, Depends(_settings)]
 RedisDep = Annotated[redis.Redis | None, Depends(_redis)]  # None when the process runs without Redis
+EngineDep = Annotated[Engine, Depends(_engine)]  # for work outside the request's session (threads, streams)
+FlagCacheDep = Annotated[FlagCache, Depends(_flag_cache)]
+LogLevelSyncDep = Annotated[OwnLoggerSync | None, Depends(_loglevel_sync)]
+TokenCacheDep = Annotated[TokenCache, Depends(_token_cache)]
+StreamSlotsDep = Annotated[StreamSlots, Depends(_slots)]  # how many event streams each token holds
+MigrationHeadsDep = Annotated[frozenset[str], Depends(_migration_heads)]
 
 
 def _presented_token(request: Request) -> str:

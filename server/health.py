@@ -5,11 +5,14 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from fastapi import APIRouter, Request, Response
+import redis
+from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy import Engine
 from starlette.concurrency import run_in_threadpool
 
+from server.deps import EngineDep, MigrationHeadsDep, RedisDep
 from server.errors import error_response
 from server.migrate import pending_migrations
 
@@ -22,17 +25,16 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-def _check_database(request: Request) -> str | None:
+def _check_database(engine: Engine, heads: frozenset[str]) -> str | None:
     # Ready means migrated too: a pod that answers before `runbookd migrate` ran would fail every request.
     try:
-        with request.app.state.engine.connect() as conn:
-            return pending_migrations(conn, request.app.state.migration_heads)
+        with engine.connect() as conn:
+            return pending_migrations(conn, heads)
     except Exception as exc:
         return f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
 
 
-def _check_redis(request: Request) -> str | None:
-    client = request.app.state.redis
+def _check_redis(client: redis.Redis | None) -> str | None:
     if client is None:
         return "RUNBOOKD_REDIS_URL is not set"
     try:
@@ -43,10 +45,10 @@ def _check_redis(request: Request) -> str | None:
 
 
 @router.get("/readyz")
-async def readyz(request: Request) -> JSONResponse:
+async def readyz(engine: EngineDep, client: RedisDep, heads: MigrationHeadsDep) -> JSONResponse:
     checks: dict[str, Any] = {
-        "database": await run_in_threadpool(_check_database, request),
-        "redis": await run_in_threadpool(_check_redis, request),
+        "database": await run_in_threadpool(_check_database, engine, heads),
+        "redis": await run_in_threadpool(_check_redis, client),
     }
     failing = {name: problem for name, problem in checks.items() if problem}
     if failing:

@@ -45,6 +45,7 @@ class NoticeBus:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._ready = threading.Event()
+        self._tried = threading.Event()  # the first connection attempt has ended, either way
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self.reconnects = 0
 
@@ -59,10 +60,11 @@ class NoticeBus:
                     group.remove(follower)
 
     def start(self, wait: float = 10.0) -> NoticeBus:
-        """Start the thread, and wait (up to `wait` s) until every follower added so far is connected."""
+        """Start the thread, and wait (up to `wait` s) until every follower added so far is connected, or the
+        first attempt failed (Redis refused): a process starts at once then, and the bus keeps trying."""
         self._thread.start()
-        if wait and not self._ready.wait(wait):
-            log.warning("notice bus did not reach Redis in %gs; it keeps trying in the background", wait)
+        if wait and not (self._tried.wait(wait) and self._ready.is_set()):
+            log.warning("notice bus did not reach Redis; it keeps trying in the background")
         return self
 
     def stop(self) -> None:
@@ -82,9 +84,11 @@ class NoticeBus:
                     followers = list(self._followers)
                 self._subscribe(pubsub, client, followers)
                 self._ready.set()
+                self._tried.set()
                 self._follow(pubsub, client, followers)
             except (redis.RedisError, OSError) as exc:
                 self.reconnects += 1
+                self._tried.set()
                 log.warning("notice bus lost Redis; reconnecting", extra={"error": str(exc)})
                 for follower in self._snapshot():
                     self._call(getattr(follower, "disconnected", None))

@@ -6,7 +6,7 @@ from server.auth import service
 from server.auth.models import TokenCreate, TokenCreated, TokenPublic
 from server.auth.token_cache import announce_revocation
 from server.db import SessionDep
-from server.deps import Admin, RedisDep, SettingsDep
+from server.deps import Admin, RedisDep, SettingsDep, token_cache_of
 
 router = APIRouter(prefix="/api/v1/tokens", tags=["tokens"])
 
@@ -29,6 +29,6 @@ def list_tokens(session: SessionDep, _actor: Admin, include_revoked: bool = Fals
 def revoke_token(ref: str, request: Request, settings: SettingsDep, client: RedisDep, session: SessionDep,
                  actor: Admin) -> TokenPublic:
     token = service.revoke_token(session, ref=ref, actor=actor)
-    announce_revocation(session, settings, client, token.token_hash, cache=request.app.state.token_cache)
+    announce_revocation(session, settings, client, token.token_hash, cache=token_cache_of(request))
     session.commit()
     return TokenPublic.model_validate(token, from_attributes=True)

@@ -7,19 +7,23 @@ chat message (HTTP 200), mistakes included, because chat clients show any other 
 from __future__ import annotations
 
 import logging
-from typing import Any
+from dataclasses import dataclass
+from typing import Annotated, Any
 from urllib.parse import parse_qs
 
 import orjson
-from fastapi import APIRouter, Request
+import redis
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
+from sqlalchemy import Engine
 from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
 
 from server.chat import grammar as g
 from server.chat.dispatch import ChatContext, execute
 from server.chat.replies import Reply
-from server.chat.security import ChatUser, authorize, verify_mattermost, verify_slack
+from server.chat.security import ChatNotConfigured, ChatUser, authorize, verify_mattermost, verify_slack
+from server.deps import EngineDep, RedisDep, SettingsDep
 from server.errors import DomainError, InvalidInput
 from server.runbooks import service as runbooks
 from server.settings import Settings
@@ -39,17 +43,33 @@ def _remote(request: Request) -> str | None:
     return request.client.host if request.client else None
 
 
-def _answer(request: Request, user: ChatUser, command: g.Command | str, response_url: str | None) -> dict[str, Any]:
+@dataclass(frozen=True)
+class _Parts:
+    """What answering a chat request needs of the process."""
+
+    settings: Settings
+    client: redis.Redis | None
+    engine: Engine
+
+
+async def _parts(settings: SettingsDep, client: RedisDep, engine: EngineDep) -> _Parts:
+    return _Parts(settings, client, engine)
+
+
+Parts = Annotated[_Parts, Depends(_parts)]
+
+
+def _answer(parts: _Parts, user: ChatUser, command: g.Command | str, response_url: str | None) -> dict[str, Any]:
     """Parse, authorise, execute and commit (then enqueue), turning every expected failure into a chat reply."""
-    settings: Settings = request.app.state.settings
-    with Session(request.app.state.engine, expire_on_commit=False) as session:
+    settings, engine = parts.settings, parts.engine
+    with Session(engine, expire_on_commit=False) as session:
         try:
             if isinstance(command, str):
                 command = g.parse(command)
             actor = authorize(settings, user)
-            ctx = ChatContext(session=session, engine=request.app.state.engine, settings=settings,
+            ctx = ChatContext(session=session, engine=engine, settings=settings,
                               runbooks=runbooks.store_for(settings.runbooks_dir), actor=actor, user=user,
-                              response_url=response_url, redis=request.app.state.redis)
+                              response_url=response_url, redis=parts.client)
             reply = execute(command, ctx)
             session.commit()
         except g.UsageError as exc:
@@ -62,26 +82,28 @@ def _answer(request: Request, user: ChatUser, command: g.Command | str, response
     return reply.body()
 
 
-async def _verified_slack_form(request: Request) -> dict[str, str]:
+async def _verified_slack_form(request: Request, parts: _Parts) -> dict[str, str]:
     body = await request.body()
-    verify_slack(request.app.state.settings, request.app.state.redis, body=body,
+    if parts.client is None:
+        raise ChatNotConfigured("Slack needs Redis to refuse replayed requests: set RUNBOOKD_REDIS_URL")
+    verify_slack(parts.settings, parts.client, body=body,
                  timestamp=request.headers.get("x-slack-request-timestamp"),
                  signature=request.headers.get("x-slack-signature"), remote=_remote(request))
     return _form(body)
 
 
 @router.post("/slack/commands")
-async def slack_command(request: Request) -> JSONResponse:
-    form = await _verified_slack_form(request)
+async def slack_command(request: Request, parts: Parts) -> JSONResponse:
+    form = await _verified_slack_form(request, parts)
     user = ChatUser("slack", form.get("team_id", ""), form.get("user_id", ""), form.get("channel_id", ""))
-    reply = await run_in_threadpool(_answer, request, user, form.get("text", ""), form.get("response_url"))
+    reply = await run_in_threadpool(_answer, parts, user, form.get("text", ""), form.get("response_url"))
     return JSONResponse(reply)
 
 
 @router.post("/slack/actions")
-async def slack_action(request: Request) -> JSONResponse:
+async def slack_action(request: Request, parts: Parts) -> JSONResponse:
     """Approve / Reject buttons on steps waiting for approval."""
-    form = await _verified_slack_form(request)
+    form = await _verified_slack_form(request, parts)
     try:
         payload = orjson.loads(form.get("payload", ""))
         action = payload["actions"][0]
@@ -93,15 +115,15 @@ async def slack_action(request: Request) -> JSONResponse:
                                                None if approve else "rejected with the Slack button")
     except (orjson.JSONDecodeError, KeyError, IndexError, TypeError, ValueError) as exc:
         raise InvalidInput(f"not a Slack block_actions payload runbookd sent: {type(exc).__name__}") from None
-    reply = await run_in_threadpool(_answer, request, user, command, payload.get("response_url"))
+    reply = await run_in_threadpool(_answer, parts, user, command, payload.get("response_url"))
     return JSONResponse(reply)
 
 
 @router.post("/mattermost/commands")
-async def mattermost_command(request: Request) -> JSONResponse:
+async def mattermost_command(request: Request, parts: Parts) -> JSONResponse:
     body = await request.body()
     form = _form(body)
-    verify_mattermost(request.app.state.settings, token=form.get("token"), remote=_remote(request))
+    verify_mattermost(parts.settings, token=form.get("token"), remote=_remote(request))
     user = ChatUser("mattermost", form.get("team_id", ""), form.get("user_id", ""), form.get("channel_id", ""))
-    reply = await run_in_threadpool(_answer, request, user, form.get("text", ""), form.get("response_url"))
+    reply = await run_in_threadpool(_answer, parts, user, form.get("text", ""), form.get("response_url"))
     return JSONResponse(reply)

@@ -7,17 +7,16 @@ import socket
 from typing import Any
 
 import redis
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 
 from server.debug import service
-from server.deps import Admin, RedisDep, SettingsDep
+from server.deps import Admin, EngineDep, FlagCacheDep, LogLevelSyncDep, RedisDep, SettingsDep
 
 router = APIRouter(prefix="/debug", tags=["debug"])
 
 
-def _flag_cache(request: Request) -> dict[str, Any]:
+def _flag_cache(cache: Any) -> dict[str, Any]:
     # The flags domain owns its evaluation cache; it is read only through its own stats(), when present.
-    cache = getattr(request.app.state, "flag_cache", None)
     stats = getattr(cache, "stats", None)
     if not callable(stats):
         return {"available": False, "detail": "flags: not available"}
@@ -25,7 +24,8 @@ def _flag_cache(request: Request) -> dict[str, Any]:
 
 
 @router.get("/state")
-def debug_state(request: Request, settings: SettingsDep, client: RedisDep, _actor: Admin) -> dict[str, Any]:
+def debug_state(settings: SettingsDep, client: RedisDep, engine: EngineDep, cache: FlagCacheDep,
+                sync: LogLevelSyncDep, _actor: Admin) -> dict[str, Any]:
     redis_part: dict[str, Any]
     if client is None:
         redis_part = {"error": "RUNBOOKD_REDIS_URL is not set"}
@@ -36,15 +36,14 @@ def debug_state(request: Request, settings: SettingsDep, client: RedisDep, _acto
                           "beat": service.beat_status(client, settings)}
         except redis.RedisError as exc:
             redis_part = {"error": f"{type(exc).__name__}: {str(exc)[:200]}"}
-    sync = getattr(request.app.state, "loglevel_sync", None)
     return {
         "process": {"hostname": socket.gethostname(), "pid": os.getpid()},
         "queues": redis_part.get("queues"),
         "workers": redis_part.get("workers"),
         "beat": redis_part.get("beat"),
         "redis_error": redis_part.get("error"),
-        "database": service.pool_status(request.app.state.engine),
-        "flags_cache": _flag_cache(request),
+        "database": service.pool_status(engine),
+        "flags_cache": _flag_cache(cache),
         "own_log_levels": dict(sync.applied) if sync is not None else {},
         "config": service.config_summary(settings),
     }

@@ -1,13 +1,5 @@
-"""The OFREP evaluation hot path as the outermost ASGI layer, in front of FastAPI's routing and middleware.
-
-Evaluations are the one request type clients send at thousands per second. Through the full stack (route
-matching over every router, dependency solving, one JSON access-log line each) a request cost ~3.5x the
-bare ASGI ceiling; answering it here costs close to the ceiling. What the stack would give is kept: the
-X-Request-ID header and contextvar, the body limit, the one error shape for 401/403/413/500, and the
-runbookd_http_requests_total / latency metrics. The access line is logged at DEBUG only: at INFO, one line
-per evaluation would drown every other line. Everything else (and the same handlers, for OpenAPI) stays
-in server/flags/ofrep.py's FastAPI routes.
-"""
+"""OFREP evaluations answered as the outermost ASGI layer, before routing (why: docs/architecture.md,
+"Measurements"), keeping the request id, body limit, error shape and metrics; access lines at DEBUG only."""
 
 from __future__ import annotations
 
@@ -19,6 +11,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server.context import accept_request_id, request_id_var
+from server.deps import flag_cache_of, settings_of
 from server.errors import DomainError, PayloadTooLarge, error_response
 from server.flags import ofrep
 from server.middleware import HTTP_LATENCY, HTTP_REQUESTS
@@ -57,8 +50,9 @@ class OfrepFastPath:
                                           f"{self.max_body_bytes} bytes (RUNBOOKD_MAX_BODY_BYTES)")
             else:
                 request = Request(scope, _replay(body))
-                response = (await ofrep.evaluate_flag(key, request) if key is not None
-                            else await ofrep.evaluate_all(request))
+                cache, settings = flag_cache_of(request), settings_of(request)
+                response = (await ofrep.evaluate_flag(key, request, cache, settings) if key is not None
+                            else await ofrep.evaluate_all(request, cache, settings))
         except DomainError as exc:
             response = error_response(exc.status_code, exc.code, exc.message, exc.details, exc.headers)
         except Exception:

@@ -16,11 +16,11 @@ from fastapi import APIRouter, Request, Response
 from sse_starlette.sse import EventSourceResponse, ServerSentEvent
 
 from server.auth.models import Actor
-from server.deps import current_actor
+from server.deps import FlagCacheDep, SettingsDep, StreamSlotsDep, current_actor
 from server.errors import Forbidden
 from server.flags.cache import FlagCache
 from server.flags.evaluation import EvaluationError, check_context, resolution
-from server.throttle import stream_slots
+from server.settings import Settings
 
 router = APIRouter(prefix="/ofrep/v1", tags=["ofrep"])
 JSON = "application/json"
@@ -61,12 +61,12 @@ def environment_of(actor: Actor, context: dict[str, Any], cache: FlagCache, defa
 
 
 @router.post("/evaluate/flags/{key}", summary="OFREP single flag evaluation")
-async def evaluate_flag(key: str, request: Request) -> Response:
+async def evaluate_flag(key: str, request: Request, cache: FlagCacheDep, settings: SettingsDep) -> Response:
+    # Answered by server/flags/fastpath.py, which passes cache and settings itself (no dependency solving).
     actor = await current_actor(request)
-    cache: FlagCache = request.app.state.flag_cache
     try:
         context = await _parse(request)
-        environment = environment_of(actor, context, cache, request.app.state.settings.flag_environment)
+        environment = environment_of(actor, context, cache, settings.flag_environment)
         flag = cache.flags.get(key)
         if flag is None:
             cache.misses += 1
@@ -94,19 +94,19 @@ def _matches(if_none_match: str | None, etag: str) -> bool:
     return etag in candidates or "*" in candidates
 
 
-def _events_url(request: Request) -> str:
-    public = request.app.state.settings.public_url
+def _events_url(request: Request, settings: Settings) -> str:
+    public = settings.public_url
     base = public.rstrip("/") if public else str(request.base_url).rstrip("/")
     return f"{base}/ofrep/v1/events"
 
 
 @router.post("/evaluate/flags", summary="OFREP bulk evaluation")
-async def evaluate_all(request: Request) -> Response:
+async def evaluate_all(request: Request, cache: FlagCacheDep, settings: SettingsDep) -> Response:
+    # Answered by server/flags/fastpath.py, like evaluate_flag.
     actor = await current_actor(request)
-    cache: FlagCache = request.app.state.flag_cache
     try:
         context = await _parse(request)
-        environment = environment_of(actor, context, cache, request.app.state.settings.flag_environment)
+        environment = environment_of(actor, context, cache, settings.flag_environment)
     except EvaluationError as exc:
         return _failure(400, {"errorCode": exc.code, "errorDetails": exc.details})
     etag = _etag(cache, environment, context, request)
@@ -121,16 +121,14 @@ async def evaluate_all(request: Request) -> Response:
     cache.hits += len(results)
     body = {"flags": results,
             "metadata": {"environment": environment, "configVersion": cache.config_digest},
-            "eventStreams": [{"type": "sse", "url": _events_url(request), "inactivityDelaySec": 120}]}
+            "eventStreams": [{"type": "sse", "url": _events_url(request, settings), "inactivityDelaySec": 120}]}
     return Response(orjson.dumps(body), media_type=JSON, headers={"ETag": etag})
 
 
 @router.get("/events", summary="SSE stream of flag change notices (OFREP refetchEvaluation events)")
-async def events(request: Request) -> EventSourceResponse:
+async def events(request: Request, cache: FlagCacheDep, slots: StreamSlotsDep) -> EventSourceResponse:
     actor = await current_actor(request)
-    slots = stream_slots(request.app.state)
     holder = slots.take(actor)
-    cache: FlagCache = request.app.state.flag_cache
     listener = cache.subscribe()
 
     async def stream() -> AsyncIterator[ServerSentEvent]:

@@ -9,7 +9,17 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlmodel import Session
 
 from server.db import SessionDep
-from server.deps import Admin, Operator, Viewer
+from server.deps import (
+    Admin,
+    FlagCacheDep,
+    Operator,
+    RedisDep,
+    SettingsDep,
+    Viewer,
+    flag_cache_of,
+    redis_of,
+    settings_of,
+)
 from server.errors import InvalidInput
 from server.flags import service
 from server.flags.cache import announce_change
@@ -62,12 +72,11 @@ def _public(session: Session, flag: Flag, expiries: list[FlagExpiry] | None = No
 
 def _changed(request: Request, session: Session, response: Response, version: FlagVersion) -> FlagPublic:
     """Commit, tell every api process, and answer with the flag and its new ETag."""
-    announce_change(session, request.app.state.settings, request.app.state.redis, key=version.flag_key,
+    # The console calls the routes with their arguments, so the process's parts come from the request here.
+    announce_change(session, settings_of(request), redis_of(request), key=version.flag_key,
                     version=version.version)
     session.commit()
-    cache = getattr(request.app.state, "flag_cache", None)
-    if cache is not None:
-        cache.load_one(version.flag_key)  # this process need not wait for its own notice
+    flag_cache_of(request).load_one(version.flag_key)  # this process need not wait for its own notice
     flag = service.get_flag(session, key=version.flag_key, include_deleted=True)
     response.headers["ETag"] = f'"{flag.version}"'
     return _public(session, flag)
@@ -148,13 +157,11 @@ def list_environments(session: SessionDep, _actor: Viewer) -> list[EnvironmentPu
 
 
 @environments_router.post("", status_code=201, response_model=EnvironmentPublic)
-def create_environment(body: EnvironmentCreate, request: Request, session: SessionDep,
-                       actor: Admin) -> EnvironmentPublic:
+def create_environment(body: EnvironmentCreate, settings: SettingsDep, client: RedisDep, cache: FlagCacheDep,
+                       session: SessionDep, actor: Admin) -> EnvironmentPublic:
     env = service.create_environment(session, name=body.name, description=body.description, actor=actor)
-    announce_change(session, request.app.state.settings, request.app.state.redis, key=None, version=0)
+    announce_change(session, settings, client, key=None, version=0)
     session.commit()
-    cache = getattr(request.app.state, "flag_cache", None)
-    if cache is not None:
-        cache.load_all()
+    cache.load_all()
     return EnvironmentPublic.model_validate(env, from_attributes=True)
 

@@ -18,7 +18,7 @@ from starlette.concurrency import run_in_threadpool
 from server.auth.models import Actor
 from server.context import request_id_var
 from server.db import SessionDep
-from server.deps import Operator, Viewer, hook_actor
+from server.deps import EngineDep, Operator, RedisDep, SettingsDep, Viewer, hook_actor, settings_of
 from server.errors import InvalidInput, PayloadTooLarge, Unauthorized
 from server.hooks import payloads, security, service
 from server.hooks import rules as rules_mod
@@ -31,13 +31,8 @@ router = APIRouter(tags=["hooks"])
 log = logging.getLogger("runbookd.hooks")
 
 
-def _settings(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
-    return settings
-
-
-async def _body(request: Request) -> bytes:
-    limit = _settings(request).hook_max_body_bytes
+async def _body(request: Request, settings: Settings) -> bytes:
+    limit = settings.hook_max_body_bytes
     length = request.headers.get("content-length")
     if length and length.isdigit() and int(length) > limit:
         raise PayloadTooLarge(f"delivery is {length} bytes; hooks accept at most {limit} "
@@ -69,27 +64,28 @@ def _remote(request: Request) -> str | None:
 
 
 @router.post("/hooks/alertmanager")
-async def alertmanager(request: Request, actor: Annotated[Actor, Depends(hook_actor)]) -> JSONResponse:
+async def alertmanager(request: Request, settings: SettingsDep, engine: EngineDep,
+                       actor: Annotated[Actor, Depends(hook_actor)]) -> JSONResponse:
     """Prometheus Alertmanager's webhook (version 4), authenticated by a bearer token of the hook role (or
     operator, admin): `http_config: {authorization: {credentials: TOKEN}}` in the receiver."""
-    body = await _body(request)
+    body = await _body(request, settings)
     delivery = payloads.alertmanager(body)
-    result = await run_in_threadpool(deliver, request.app.state.engine, _settings(request), delivery,
+    result = await run_in_threadpool(deliver, engine, settings, delivery,
                                      token=actor.name, request_id=request_id_var.get())
     return JSONResponse(result)
 
 
 @router.post("/hooks/generic/{name}")
-async def generic(name: str, request: Request) -> JSONResponse:
+async def generic(name: str, request: Request, settings: SettingsDep, client: RedisDep, engine: EngineDep
+                  ) -> JSONResponse:
     """Any JSON document. Signed (X-Runbookd-Timestamp, X-Runbookd-Signature: v0=HMAC-SHA256 of
     `v0:TIMESTAMP:BODY` with the hook's secret), or with a bearer token of the hook role."""
-    settings = _settings(request)
     signature = request.headers.get(security.SIGNATURE_HEADER)
     timestamp = request.headers.get(security.TIMESTAMP_HEADER)
     token = None
     if signature or timestamp or not (request.headers.get("authorization") or request.headers.get("x-api-key")):
-        body = await _body(request)
-        security.verify_signature(settings, request.app.state.redis, name=name, body=body, timestamp=timestamp,
+        body = await _body(request, settings)
+        security.verify_signature(settings, client, name=name, body=body, timestamp=timestamp,
                                   signature=signature, remote=_remote(request))
     else:
         actor = await hook_actor(request)
@@ -98,9 +94,9 @@ async def generic(name: str, request: Request) -> JSONResponse:
             raise Unauthorized(f"no hook {name!r}: no trigger rule has source: generic:{name} and "
                                "RUNBOOKD_HOOK_SECRETS does not name it")
         token = actor.name
-        body = await _body(request)
+        body = await _body(request, settings)
     delivery = payloads.generic(name, body, delivery_id=request.headers.get("idempotency-key"))
-    result = await run_in_threadpool(deliver, request.app.state.engine, settings, delivery, token=token,
+    result = await run_in_threadpool(deliver, engine, settings, delivery, token=token,
                                      request_id=request_id_var.get())
     return JSONResponse(result)
 
@@ -129,16 +125,16 @@ def get_delivery(delivery_id: PathId, session: SessionDep, _actor: Viewer) -> De
 @router.get("/api/v1/triggers")
 def list_triggers(request: Request, _actor: Viewer) -> dict[str, Any]:
     """The loaded trigger rules and the problems of those that were skipped."""
-    rules, _snapshot = _rules(_settings(request))
+    # request, not SettingsDep: the console calls this function with its own arguments.
+    rules, _snapshot = _rules(settings_of(request))
     return {"rules": [r.describe() | {"status": r.spec.status, "schedule": r.spec.schedule.model_dump()
                                       if r.spec.schedule else None} for r in rules.rules],
             "problems": [p.as_dict() for p in rules.problems]}
 
 
 @router.post("/api/v1/triggers/test")
-def test_triggers(body: TriggerTestRequest, request: Request, _actor: Operator) -> dict[str, Any]:
+def test_triggers(body: TriggerTestRequest, settings: SettingsDep, _actor: Operator) -> dict[str, Any]:
     """Which rules a sample payload matches and which runs would start, with their params; creates nothing."""
-    settings = _settings(request)
     loaded, snapshot = _rules(settings)
     if body.rules is not None:
         loaded = rules_mod.check_rules(body.rules, "rules.yaml", runbooks=snapshot.runbooks)

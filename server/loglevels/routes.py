@@ -17,7 +17,19 @@ from starlette.concurrency import run_in_threadpool
 from server.aftercommit import on_commit
 from server.auth.models import Actor, Role
 from server.db import SessionDep
-from server.deps import Admin, Operator, SettingsDep, Viewer, require_role
+from server.deps import (
+    Admin,
+    EngineDep,
+    LogLevelSyncDep,
+    Operator,
+    SettingsDep,
+    StreamSlotsDep,
+    Viewer,
+    loglevel_sync_of,
+    redis_of,
+    require_role,
+    settings_of,
+)
 from server.errors import DomainError
 from server.ids import PathId
 from server.loglevels import service as svc
@@ -31,8 +43,7 @@ from server.loglevels.models import (
     OverridePublic,
     ServiceLevels,
 )
-from server.loglevels.sync import announce
-from server.throttle import stream_slots
+from server.loglevels.sync import OwnLoggerSync, announce
 
 router = APIRouter(prefix="/api/v1/loglevels", tags=["loglevels"])
 debug_router = APIRouter(prefix="/debug/loggers", tags=["debug"])
@@ -47,9 +58,9 @@ class EventsUnavailable(DomainError):
 
 def _commit(request: Request, session: Session, services: set[str]) -> None:
     """Commit, announcing the change to every process; this one applies its own loggers' change at once."""
-    state = request.app.state
-    announce(session, state.redis, state.settings, services)
-    sync = getattr(request.app.state, "loglevel_sync", None)
+    # The console calls the routes with their arguments, so the process's parts come from the request here.
+    announce(session, redis_of(request), settings_of(request), services)
+    sync = loglevel_sync_of(request)
     if sync is not None and SERVER_SERVICE in services:
         on_commit(session, sync.safe_refresh)  # this process answers with the new level at once
     session.commit()
@@ -70,14 +81,14 @@ def _read_levels(engine: Engine, service_name: str) -> ServiceLevels:
         return svc.effective_levels(session, service=service_name)
 
 
-async def _level_events(request: Request, service_name: str, keepalive: float) -> AsyncIterator[ServerSentEvent]:
-    sync = request.app.state.loglevel_sync
+async def _level_events(sync: OwnLoggerSync, engine: Engine, service_name: str, keepalive: float
+                        ) -> AsyncIterator[ServerSentEvent]:
     queue = sync.watch()
     loop = asyncio.get_running_loop()
     last = None
     try:
         while True:
-            levels = await run_in_threadpool(_read_levels, request.app.state.engine, service_name)
+            levels = await run_in_threadpool(_read_levels, engine, service_name)
             etag = svc.levels_etag(levels)
             if etag != last:
                 last = etag
@@ -96,17 +107,17 @@ async def _level_events(request: Request, service_name: str, keepalive: float) -
 
 
 @router.get("/{service_name}/events")
-async def service_level_events(service_name: Annotated[str, Path(pattern=SERVICE_PATTERN)], request: Request,
-                               _actor: Client, keepalive: Annotated[float, Query(ge=1, le=60)] = 15) -> Response:
+async def service_level_events(service_name: Annotated[str, Path(pattern=SERVICE_PATTERN)], sync: LogLevelSyncDep,
+                               engine: EngineDep, slots: StreamSlotsDep, _actor: Client,
+                               keepalive: Annotated[float, Query(ge=1, le=60)] = 15) -> Response:
     """Server-Sent Events: the levels of GET /api/v1/loglevels/{service} now and after every change."""
-    if getattr(request.app.state, "loglevel_sync", None) is None:
+    if sync is None:
         raise EventsUnavailable("log-level events need Redis (RUNBOOKD_REDIS_URL); poll "
                                 "GET /api/v1/loglevels/{service} instead")
     # sse-starlette sends the keepalive pings (so the agent tells a quiet server from a dead one) and ends
     # the stream when the server shuts down.
-    slots = stream_slots(request.app.state)
     holder = slots.take(_actor)
-    return EventSourceResponse(slots.hold(holder, _level_events(request, service_name, keepalive)), ping=keepalive,
+    return EventSourceResponse(slots.hold(holder, _level_events(sync, engine, service_name, keepalive)), ping=keepalive,
                                headers={"X-Accel-Buffering": "no"})
 
 

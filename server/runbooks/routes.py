@@ -3,7 +3,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 
 from server.db import SessionDep
-from server.deps import Admin, Viewer
+from server.deps import Admin, SettingsDep, Viewer, settings_of
 from server.runbooks import service
 from server.runbooks.models import (
     ProblemPublic,
@@ -15,12 +15,13 @@ from server.runbooks.models import (
 )
 from server.runbooks.store import RunbookStore
 from server.runbooks.validation import Problem, check_text
+from server.settings import Settings
 
 router = APIRouter(prefix="/api/v1/runbooks", tags=["runbooks"])
 
 
-def _store(request: Request) -> RunbookStore:
-    return service.store_for(request.app.state.settings.runbooks_dir)
+def _store(settings: Settings) -> RunbookStore:
+    return service.store_for(settings.runbooks_dir)
 
 
 def _problems(items: list[Problem]) -> list[ProblemPublic]:
@@ -29,7 +30,8 @@ def _problems(items: list[Problem]) -> list[ProblemPublic]:
 
 @router.get("", response_model=RunbookList)
 def list_runbooks(request: Request, session: SessionDep, _actor: Viewer) -> RunbookList:
-    entries, problems = service.list_runbooks(session, store=_store(request))
+    # request, not SettingsDep: the console calls this function with its own arguments.
+    entries, problems = service.list_runbooks(session, store=_store(settings_of(request)))
     return RunbookList(items=[service.summary(e) for e in entries], problems=_problems(problems))
 
 
@@ -41,19 +43,20 @@ def validate_runbook(body: ValidateRequest, _actor: Viewer) -> ValidateResult:
 
 
 @router.post("/reload", response_model=RunbookList)
-def reload_runbooks(request: Request, session: SessionDep, _actor: Admin) -> RunbookList:
-    service.reload(store=_store(request))
-    entries, problems = service.list_runbooks(session, store=_store(request))
+def reload_runbooks(settings: SettingsDep, session: SessionDep, _actor: Admin) -> RunbookList:
+    service.reload(store=_store(settings))
+    entries, problems = service.list_runbooks(session, store=_store(settings))
     return RunbookList(items=[service.summary(e) for e in entries], problems=_problems(problems))
 
 
 @router.post("", status_code=201, response_model=RunbookDetail)
-def upload_runbook(body: RunbookUpload, request: Request, session: SessionDep, actor: Admin) -> RunbookDetail:
-    entry = service.upload(session, store=_store(request), content=body.content, actor=actor)
+def upload_runbook(body: RunbookUpload, settings: SettingsDep, session: SessionDep, actor: Admin) -> RunbookDetail:
+    entry = service.upload(session, store=_store(settings), content=body.content, actor=actor)
     session.commit()
     return service.detail(entry)
 
 
 @router.get("/{runbook_id}", response_model=RunbookDetail)
 def get_runbook(runbook_id: str, request: Request, session: SessionDep, _actor: Viewer) -> RunbookDetail:
-    return service.detail(service.get_runbook(session, store=_store(request), runbook_id=runbook_id))
+    # request, not SettingsDep: the console calls this function with its own arguments.
+    return service.detail(service.get_runbook(session, store=_store(settings_of(request)), runbook_id=runbook_id))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import orjson
@@ -11,6 +12,7 @@ import redis
 from sqlalchemy import Connection, func, insert
 from sqlmodel import Session, col, select
 
+from server.aftercommit import on_commit
 from server.models_base import as_utc, utcnow
 from server.redis_client import key
 from server.runs.models import RunEvent
@@ -42,11 +44,8 @@ Item = tuple[str | None, str, dict[str, Any] | None]  # (step id or None, type, 
 
 
 def record_many(session: Session | Connection, *, run_id: int, items: Sequence[Item]) -> list[dict[str, Any]]:
-    """Store several events of one run in one statement, in order; returns their messages.
-
-    A Core insert rather than ORM objects: every step of every run passes here, and the unit of work
-    cost more than the statement itself. The run's row must already be in the database (flushed).
-    """
+    """Store several events of one run in one Core statement, in order; returns their messages. The run's row
+    must already be in the database (flushed)."""
     now = utcnow()
     rows = [{"run_id": run_id, "ts": now, "type": t, "step_id": s, "data": d} for s, t, d in items]
     conn = session.connection() if isinstance(session, Session) else session  # Core: skip the ORM's execute path
@@ -74,6 +73,18 @@ def publish(client: redis.Redis | None, settings: Settings, run_id: int, message
         client.publish(channel(settings, run_id), orjson.dumps(messages))
     except redis.RedisError as exc:
         log.warning("run event not published", extra={"run_id": run_id, "error": str(exc)})
+
+
+def publish_on_commit(session: Session, client: redis.Redis | None, settings: Settings, *, run_id: int,
+                      after_id: int) -> None:
+    """Publish the run's events stored after after_id (this transaction's) once the session commits; never
+    on a rollback (server/aftercommit.py)."""
+    if client is None:
+        return
+    session.flush()
+    messages = [as_message(e) for e in history(session, run_id=run_id, after_id=after_id)]
+    if messages:
+        on_commit(session, partial(publish, client, settings, run_id, messages))
 
 
 def history(session: Session, *, run_id: int, after_id: int = 0, limit: int = 1000) -> list[RunEvent]:

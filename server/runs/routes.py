@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import contextlib
+from functools import partial
 from typing import Annotated, Any
 
 import redis
@@ -12,10 +13,11 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 from sse_starlette.sse import EventSourceResponse
 
+from server.aftercommit import on_commit
 from server.audit import service as audit
 from server.auth.models import Actor, Role, Source
 from server.db import SessionDep
-from server.deps import Operator, RedisDep, SettingsDep, Viewer
+from server.deps import Operator, RedisDep, SettingsDep, Viewer, redis_of, settings_of, slots_of
 from server.errors import Forbidden, InvalidInput, NotFound
 from server.ids import MAX_ID, PathId, parse_id
 from server.redaction import MASK
@@ -33,20 +35,14 @@ from server.runs.models import (
     StepRun,
 )
 from server.settings import Settings
-from server.throttle import stream_slots
 
 router = APIRouter(prefix="/api/v1/runs", tags=["runs"])
 links_router = APIRouter(tags=["runs"])
 
 
 def _settings(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
-    return settings
-
-
-def _publish_history(request: Request, session: SessionDep, run_id: int, after_id: int) -> None:
-    stored = events.history(session, run_id=run_id, after_id=after_id)
-    events.publish(request.app.state.redis, _settings(request), run_id, [events.as_message(e) for e in stored])
+    # For the routes the console calls with their own arguments (server/ui); the others take SettingsDep.
+    return settings_of(request)
 
 
 def _last_event_id(session: SessionDep, run_id: int) -> int:
@@ -166,24 +162,28 @@ def cancel_run(run_id: PathId, request: Request, client: RedisDep, settings: Set
                actor: Operator, body: CancelRequest | None = None) -> Response:
     last = _last_event_id(session, run_id)
     run = service.cancel(session, run_id=run_id, actor=actor, reason=body.reason if body else None)
-    session.commit()
     if client is not None and run.status == RunStatus.running:
         # The worker polls this key a few times a second; the database flag is the slower fallback.
-        with contextlib.suppress(redis.RedisError):
-            client.set(events.cancel_key(settings, run_id), actor.name, ex=86400)
-    _publish_history(request, session, run_id, last)
+        on_commit(session, partial(_tell_worker, client, events.cancel_key(settings, run_id), actor.name))
+    events.publish_on_commit(session, client, settings, run_id=run_id, after_id=last)
+    session.commit()
     return _response(request, session, run, 202 if run.status == RunStatus.running else 200)
+
+
+def _tell_worker(client: redis.Redis, key: str, by: str) -> None:
+    with contextlib.suppress(redis.RedisError):
+        client.set(key, by, ex=86400)
 
 
 def _decide(run_id: int, step_id: str, request: Request, session: SessionDep, actor: Operator,
             body: DecisionRequest | None, approve: bool) -> Response:
     last = _last_event_id(session, run_id)
+    settings = _settings(request)
     run = service.decide(session, run_id=run_id, step_id=step_id, actor=actor, approve=approve,
-                         reason=body.reason if body else None,
-                         others_by_default=_settings(request).approval_by_others)
+                         reason=body.reason if body else None, others_by_default=settings.approval_by_others)
+    events.publish_on_commit(session, redis_of(request), settings, run_id=run_id, after_id=last)
     session.commit()
     _dispatch(request, session, run)
-    _publish_history(request, session, run_id, last)
     return _response(request, session, run, 202)
 
 
@@ -230,7 +230,7 @@ def run_events(run_id: PathId, request: Request, settings: SettingsDep, session:
                ) -> EventSourceResponse:
     after_id = parse_id(last_event_id, "Last-Event-ID", "an event id of this stream") if last_event_id else after
     _check_exists(session, run_id)  # 404 before the stream starts
-    slots = stream_slots(request.app.state)
+    slots = slots_of(request)
     holder = slots.take(_actor)
     return EventSourceResponse(slots.hold(holder, stream.follow(request, settings, run_id, after_id)), ping=15)
 
@@ -275,7 +275,7 @@ def link_artifacts(run_id: PathId, request: Request, session: SessionDep, actor:
     service.get_run(session, run_id=run_id)
     if name is not None:
         artifacts.find(session, run_id, name)
-    link = artifacts.sign(settings, request.app.state.redis, run_id=run_id, name=name, by=actor.name,
+    link = artifacts.sign(settings, redis_of(request), run_id=run_id, name=name, by=actor.name,
                           base_url=str(request.base_url))
     audit.record(session, actor=actor, action="artifact.link", target_type="run", target_id=run_id,
                  after={"artifact": name or "*", "expires_at": link.expires_at.isoformat()})
@@ -285,7 +285,7 @@ def link_artifacts(run_id: PathId, request: Request, session: SessionDep, actor:
 
 def _open_link(request: Request, session: Session, token: str, name: str | None) -> Response:
     settings = _settings(request)
-    signed = artifacts.verify(settings, request.app.state.redis, token)
+    signed = artifacts.verify(settings, redis_of(request), token)
     run_id, signed_name, by = signed["run"], signed.get("name"), str(signed.get("by"))
     if signed_name is not None and name is not None and name != signed_name:
         raise Forbidden(f"this link opens {signed_name!r} only")

@@ -14,6 +14,7 @@ from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
 
 from server.db import unreachable
+from server.deps import engine_of
 from server.runs import events
 from server.runs.feed import Batch, RunFeed
 from server.runs.models import Run
@@ -24,7 +25,7 @@ RESYNC_S = 2.0  # re-read the stored history this often, so a missed publish onl
 
 
 def _stored(request: Request, run_id: int, after_id: int) -> tuple[list[dict[str, Any]], bool]:
-    with Session(request.app.state.engine) as session:
+    with Session(engine_of(request)) as session:
         rows = events.history(session, run_id=run_id, after_id=after_id)
         run = session.get(Run, run_id)
         finished = run is None or run.status.finished

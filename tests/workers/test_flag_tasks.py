@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 import uuid
 from datetime import timedelta
 
@@ -86,7 +85,12 @@ def test_a_later_change_supersedes_the_expiry(beat_and_worker, base_url, operato
         api.patch(f"/api/v1/flags/{key}", json={"default_variant": "on", "for": "2s"})
         later = api.patch(f"/api/v1/flags/{key}", json={"description": "a deliberate change"})
         assert later.json()["pending_expiries"] == []
-        time.sleep(3.5)
+        # A second flag whose expiry falls due after the first one would have: once beat has reverted it, the
+        # sweeps have passed the first one's time too.
+        marker = new_key("kill")
+        api.post("/api/v1/flags", json=flag_body(marker, enabled=True))
+        api.patch(f"/api/v1/flags/{marker}", json={"default_variant": "on", "for": "2s"})
+        wait_for(lambda: api.get(f"/api/v1/flags/{marker}").json()["version"] == 3, 15, "the marker's revert")
         assert api.get(f"/api/v1/flags/{key}").json()["version"] == 3  # nothing reverted
         audit = api.get("/api/v1/audit", params={"target_id": key, "action": "flag.update"}).json()["items"][0]
         assert audit["after"]["superseded_expiries"][0]["version"] == 2

@@ -1,11 +1,5 @@
-"""Search JSON-lines logs at grep-like speed: cheap byte checks pick candidate lines, orjson parses only those.
-
-Two tricks keep it past 100 MB/s on one core (bench/log_search.py measures it):
-- a selective needle (request id, free text, a field's value, or the quoted level names at or above the wanted
-  level) is found with bytes.find over 4 MiB blocks, so lines without it are never looked at one by one;
-- the time filter compares the raw UTC timestamp text of a line with the window's bounds before parsing it.
-Every candidate is then checked exactly on the parsed object, so the byte checks only ever save work.
-"""
+"""Search JSON-lines logs at grep-like speed: byte checks over 4 MiB blocks pick candidate lines, orjson parses
+only those, and each candidate is checked exactly (why and how fast: docs/architecture.md, "Measurements")."""
 
 from __future__ import annotations
 

@@ -10,6 +10,7 @@ import pytest
 
 from server.auth.models import Role
 from tests.server.flags.conftest import new_key
+from tests.server.loglevels.processes import api_process  # module-level: conftest's auto marks follow it
 from tests.support import http, wait_for
 
 
@@ -153,8 +154,6 @@ def test_the_fast_path_keeps_request_ids_body_limit_and_metrics(base_url, client
 
 
 def test_an_open_event_stream_does_not_hold_up_shutdown(settings, client_token, tmp_path):
-    from tests.server.loglevels.processes import api_process
-
     with api_process(settings, tmp_path / "api.log") as (url, proc):
         client = httpx.Client(base_url=url, timeout=httpx.Timeout(10, read=30))
         with client.stream("GET", "/ofrep/v1/events", headers={"Authorization": f"Bearer {client_token}"}) as stream:

@@ -37,7 +37,6 @@ from workers.steps.base import StepFailed, StepInterrupted, load_step_kinds
 
 log = logging.getLogger("runbookd.engine")
 CANCEL_POLL_S = 0.2
-SAVE_RETRY_S = 0.5
 
 
 class RunAborted(Exception):
@@ -104,24 +103,7 @@ class Execution:
     def save(self, row: StepRun | None = None, *, run: bool = False, event: tuple[str, dict[str, Any]] | None = None,
              defer: bool = False) -> None:
         stored = (row.step_id if row is not None else None, *event) if event is not None else None
-        self.outlasting_the_database(lambda: self.journal.save(row, run=run, event=stored, defer=defer))
-
-    def outlasting_the_database(self, write: Callable[[], None]) -> None:
-        """A journal write, tried again while the database is unreachable (up to RUNBOOKD_RUN_DB_WAIT): a restart
-        that cut its commit wrote nothing, so the step that just ran is recorded once instead of failing the run.
-        What the journal held back for that write is put back first (see _held_back)."""
-        deadline = time.monotonic() + self.settings.run_db_wait
-        while True:
-            held_back = _held_back(self.journal)
-            try:
-                write()
-                return
-            except Exception as exc:
-                if held_back is None or not unreachable(exc) or time.monotonic() >= deadline:
-                    raise
-                self.journal.deferred_rows, self.journal.deferred_events = held_back  # type: ignore[attr-defined]
-                log.warning("journal write retried: database unreachable", extra={"run_id": self.run_id})
-                time.sleep(SAVE_RETRY_S)
+        self.journal.save(row, run=run, event=stored, defer=defer)
 
     def watch(self) -> None:
         """Heartbeat and cancel checks while a step runs; raises RunAborted (or RunLost) when it must stop."""
@@ -225,17 +207,6 @@ def _execute(ex: Execution) -> str:
         _finish(ex, RunStatus.failed, f"engine error: {type(exc).__name__}: {exc}")
         return "engine error"
     return ex.run.status
-
-
-def _held_back(journal: Journal) -> tuple[list[Any], list[Any]] | None:
-    """The rows and events a DbJournal defers to its next save, which that save takes before its transaction:
-    a copy, to put back if the transaction fails. None when a failed write cannot be tried again whole: a held
-    first claim dies with its connection (nothing outside the run has happened yet then), or another journal.
-    (Belongs in DbJournal.save itself, which another change is reworking; kept here until then.)"""
-    rows, entries = getattr(journal, "deferred_rows", None), getattr(journal, "deferred_events", None)
-    if getattr(journal, "held", None) is not None or not isinstance(rows, list) or not isinstance(entries, list):
-        return None
-    return list(rows), list(entries)
 
 
 @lru_cache(maxsize=64)

@@ -12,6 +12,7 @@ publishing after commit (docs/architecture.md has the figures).
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -21,6 +22,7 @@ from typing import Any, Protocol
 import redis
 from sqlalchemy import Connection, Engine, bindparam, exists, select, update
 
+from server.db import unreachable
 from server.runs import events
 from server.runs.models import Run, RunStatus, StepRun
 from server.runs.sweeps import send_run
@@ -29,6 +31,8 @@ from workers import claims
 
 TAKEN_OVER = "the run was taken over or ended by another worker, the reaper or a cancel"
 DEFER_WINDOW_S = 0.1  # the longest a finished step's result waits in memory for the next commit
+SAVE_RETRY_S = 0.5  # between tries of a save while the database is unreachable
+log = logging.getLogger("runbookd.engine")
 # What the engine changes on its rows; a save writes these columns and no others.
 STEP_PROGRESS = ("status", "attempts", "started_at", "finished_at", "outputs", "error", "approval", "compensated")
 RUN_PROGRESS = ("status", "queue", "worker", "dispatched_at", "finished_at", "error", "secrets", "outputs")
@@ -189,22 +193,32 @@ class DbJournal:
         entries, self.deferred_events = [*self.deferred_events, *entries], []
         items = [e for e in entries if isinstance(e, tuple)]
         stored: list[dict[str, Any]] = []
-        try:
-            with self._transaction(run=run, steps=bool(rows)) as conn:
-                if rows:
-                    values = [claims.row_values(r, STEP_PROGRESS, STEP_KEY) for r in rows]
-                    if run:  # the run's row, written first, was fenced (and is locked) already
-                        conn.execute(SAVE_STEP, values)
-                    else:
-                        fence = self.fence()
-                        if conn.execute(SAVE_STEP_FENCED, [{**v, **fence} for v in values]).rowcount < len(rows):
-                            raise RunLost
-                if items:
-                    stored = events.record_many(conn, run_id=self.run_id, items=items)
-        except RunLost:
-            with self.lock:
-                self.unsaved = []
-            raise
+        # A commit that a database restart cut wrote nothing: try it again (up to RUNBOOKD_RUN_DB_WAIT), so the
+        # step that just ran is recorded once. Not a held first claim's: it dies with its connection.
+        retry_until = time.monotonic() + self.settings.run_db_wait if self.held is None else 0.0
+        while True:
+            try:
+                with self._transaction(run=run, steps=bool(rows)) as conn:
+                    if rows:
+                        values = [claims.row_values(r, STEP_PROGRESS, STEP_KEY) for r in rows]
+                        if run:  # the run's row, written first, was fenced (and is locked) already
+                            conn.execute(SAVE_STEP, values)
+                        else:
+                            fence = self.fence()
+                            if conn.execute(SAVE_STEP_FENCED, [{**v, **fence} for v in values]).rowcount < len(rows):
+                                raise RunLost
+                    if items:
+                        stored = events.record_many(conn, run_id=self.run_id, items=items)
+                break
+            except RunLost:
+                with self.lock:
+                    self.unsaved = []
+                raise
+            except Exception as exc:
+                if not unreachable(exc) or time.monotonic() >= retry_until:
+                    raise
+                log.warning("journal write retried: database unreachable", extra={"run_id": self.run_id})
+                time.sleep(SAVE_RETRY_S)
         in_order = iter(stored)  # stored events replace their items; lines stay where they were printed
         messages = [next(in_order) if isinstance(e, tuple) else e for e in entries]
         with self.lock:

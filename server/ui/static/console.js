@@ -71,7 +71,7 @@ function followRun(box) {
     if (message.type === "run.finished") { source.close(); box.dataset.finished = "true"; }
   };
   source.onmessage = onEvent;
-  for (const type of ["run.queued", "run.started", "run.finished", "run.resumed", "run.cancel_requested",
+  for (const type of ["run.queued", "run.started", "run.finished", "run.resumed", "run.worker_lost", "run.cancel_requested",
                       "run.handed_over", "step.started", "step.finished", "step.retrying", "step.waiting_approval",
                       "step.approved", "step.rejected", "step.output", "step.compensated"]) {
     source.addEventListener(type, onEvent);

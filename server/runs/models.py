@@ -203,6 +203,8 @@ class RunPublic(RunSummary):
     trace_id: str | None = None  # the run's distributed trace (when tracing was on as it was created)
     findings: list[dict[str, Any]] = PydanticField(default_factory=list, description="worst first")
     artifacts: list[dict[str, Any]] = PydanticField(default_factory=list)
+    resumes: int = PydanticField(0, description="times the reaper sent the run back to its queue, its worker lost")
+    lost_workers: list[str] = PydanticField(default_factory=list, description="those workers, in order")
 
 
 class RunPage(BaseModel):

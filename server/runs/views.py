@@ -39,4 +39,5 @@ def public(run: Run, steps: list[StepRun], settings: Settings, artifact_list: li
                      trace_id=tracing.trace_id_of(run.traceparent),
                      findings=[f.model_dump() for f in findings.of_run(run.outputs,
                                                                        [(s.step_id, s.outputs) for s in steps])],
-                     artifacts=[a.model_dump() for a in artifact_list])
+                     artifacts=[a.model_dump() for a in artifact_list],
+                     resumes=run.resumes, lost_workers=run.lost_workers or [])

@@ -119,6 +119,7 @@ def test_a_run_whose_worker_was_killed_whole_resumes_on_another_worker(lost_sett
         by_id = steps(done)
         assert (by_id["first"]["attempts"], by_id["slow"]["attempts"], by_id["last"]["attempts"]) == (1, 2, 1)
         assert done["worker"] != lost
+        assert (done["resumes"], done["lost_workers"]) == (1, [lost])  # the API says so too
 
         history = lost_api.get(f"/api/v1/runs/{run_id}/events").text  # the SSE stream's history
         assert history.count("event: run.worker_lost") == 1 and history.count("event: run.resumed") == 1

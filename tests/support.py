@@ -230,6 +230,20 @@ def processes(grace: float = 20) -> Iterator[Callable[..., subprocess.Popen[byte
             stop_process(proc, grace)
 
 
+@contextmanager
+def celery_worker(env: dict[str, str], log_path: Path, *, name: str, concurrency: int = 1, queues: str | None = None,
+                  timeout: float = 60) -> Iterator[Path]:
+    """A real `runbookd worker` process logging to log_path, yielded once it is ready and stopped on the way out
+    (see processes)."""
+    argv = [sys.executable, "-m", "server.cli", "worker", "--concurrency", str(concurrency),
+            "--hostname", f"{name}-{uuid.uuid4().hex[:6]}@%h", *(["--queues", queues] if queues else [])]
+    with log_path.open("wb") as log, processes() as start:
+        proc = start(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
+        wait_for(lambda: b" ready." in log_path.read_bytes() or proc.poll() is not None, timeout, "worker to start")
+        assert proc.poll() is None, log_path.read_text()
+        yield log_path
+
+
 def cli(args: list[str], env: dict[str, str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     """`runbookd ARGS` run in this process with Typer's CliRunner: the same commands, output and exit status as
     the subprocess, without a second of interpreter start-up. For tests about the commands; a test about the

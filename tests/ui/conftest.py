@@ -18,9 +18,8 @@ import pytest
 from server.app import create_app
 from server.auth.models import Role
 from server.settings import SHIPPED_RUNBOOKS_DIR, Settings
-from server.stack import _die_with_parent
 from tests.conftest import subprocess_env
-from tests.support import serve, stop_process, wait_for
+from tests.support import celery_worker, processes, serve
 
 CHROMIUM = os.environ.get("RUNBOOKD_TEST_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -77,20 +76,11 @@ def ui_worker(ui_settings: Settings, ui_url: str, tmp_path_factory: pytest.TempP
                          RUNBOOKD_ARTIFACTS_DIR=str(ui_settings.artifacts_dir),
                          RUNBOOKD_RUNBOOKS_DIR=str(ui_settings.runbooks_dir))
     beat_log = log_path.parent / "beat.log"
-    with log_path.open("wb") as log, beat_log.open("wb") as blog:
-        proc = subprocess.Popen([sys.executable, "-m", "server.cli", "worker", "--concurrency", "2",
-                                 "--hostname", f"ui-{uuid.uuid4().hex[:6]}@%h"],
-                                env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+    with beat_log.open("wb") as blog, processes() as start:
         # beat: timed flag changes come back by themselves (the kill-switch test)
-        beat = subprocess.Popen([sys.executable, "-m", "server.cli", "beat"], env=env, stdout=blog,
-                                stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
-        try:
-            wait_for(lambda: b" ready." in log_path.read_bytes() or proc.poll() is not None, 60, "worker to start")
-            assert proc.poll() is None, log_path.read_text()
+        start([sys.executable, "-m", "server.cli", "beat"], env=env, stdout=blog, stderr=subprocess.STDOUT)
+        with celery_worker(env, log_path, name="ui", concurrency=2):
             yield log_path
-        finally:
-            stop_process(beat)
-            stop_process(proc)
 
 
 @pytest.fixture(scope="package")

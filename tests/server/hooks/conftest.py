@@ -3,8 +3,6 @@ Alertmanager's webhook (version 4) and sign generic deliveries as a sender would
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 import uuid
 from dataclasses import dataclass
@@ -19,7 +17,7 @@ from server.app import create_app
 from server.auth.models import Role
 from server.hooks.security import sign
 from tests.conftest import subprocess_env
-from tests.support import serve, stop_process, wait_for
+from tests.support import celery_worker, serve
 
 GENERIC_SECRET = "generic-hook-secret-1"
 PROBE = """\
@@ -63,16 +61,8 @@ def hooks_worker(hook_settings, tmp_path_factory):
     log_path = tmp_path_factory.mktemp("hooks-worker") / "worker.log"
     env = subprocess_env(hook_settings, RUNBOOKD_DEFAULT_QUEUE=hook_settings.default_queue,
                          RUNBOOKD_RUNBOOKS_DIR=str(hook_settings.runbooks_dir))
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "server.cli", "worker", "--concurrency", "1",
-                                 "--queues", hook_settings.default_queue, "--hostname",
-                                 f"hooks-{uuid.uuid4().hex[:6]}@%h"], env=env, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            wait_for(lambda: b" ready." in log_path.read_bytes() or proc.poll() is not None, 60, "worker to start")
-            assert proc.poll() is None, log_path.read_text()
-            yield log_path
-        finally:
-            stop_process(proc)
+    with celery_worker(env, log_path, name="hooks", queues=hook_settings.default_queue):
+        yield log_path
 
 
 @pytest.fixture(scope="module")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import uuid
 from pathlib import Path
 
@@ -11,9 +9,8 @@ import pytest
 
 from server.app import create_app
 from server.auth.models import Role
-from server.stack import _die_with_parent
 from tests.conftest import subprocess_env
-from tests.support import http, serve, stop_process, wait_for
+from tests.support import celery_worker, http, serve
 
 RUNBOOKS = Path(__file__).parent / "runbooks"
 OTHER_QUEUE = "rbtest-other"
@@ -47,15 +44,6 @@ def run_worker(runs_settings, tmp_path_factory):
     env = subprocess_env(runs_settings, RUNBOOKD_RUN_HEARTBEAT_INTERVAL="0.5",
                          RUNBOOKD_ARTIFACTS_DIR=str(runs_settings.artifacts_dir),
                          RUNBOOKD_DEFAULT_QUEUE=runs_settings.default_queue)
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "server.cli", "worker", "--concurrency", "2",
-             "--queues", f"{runs_settings.default_queue},{OTHER_QUEUE}", "--hostname", f"rb-{uuid.uuid4().hex[:6]}@%h"],
-            env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)  # a killed pytest leaks none
-        try:
-            wait_for(lambda: b" ready." in log_path.read_bytes() or proc.poll() is not None, 60, "worker to start")
-            assert proc.poll() is None, log_path.read_text()
-            yield log_path
-        finally:
-            stop_process(proc)
+    with celery_worker(env, log_path, name="rb", concurrency=2, queues=f"{runs_settings.default_queue},{OTHER_QUEUE}"):
+        yield log_path
 

@@ -28,7 +28,7 @@ from server.runs.artifact_models import RunArtifact, RunArtifactChunk
 from server.settings import Settings
 from server.stack import _die_with_parent
 from tests.conftest import subprocess_env
-from tests.support import http, serve, start, steps, stop_process, wait_for, wait_run
+from tests.support import celery_worker, http, serve, start, steps, wait_for, wait_run
 
 BIG = "".join(chr(97 + i % 26) for i in range(600_000)).encode()  # three chunks of 256 KiB
 RUNBOOKS = {
@@ -99,17 +99,8 @@ def worker(settings: Settings, home: Path, **env: str) -> Iterator[Path]:
     log_path = home.parent / f"{home.name}-worker.log"
     environment = subprocess_env(settings, RUNBOOKD_HOME=str(home), RUNBOOKD_RUN_HEARTBEAT_INTERVAL="0.5", **env)
     environment.pop("RUNBOOKD_ARTIFACTS_DIR", None)
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "server.cli", "worker", "--concurrency", "1", "--queues", settings.default_queue,
-             "--hostname", f"art-{uuid.uuid4().hex[:6]}@%h"],
-            env=environment, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
-        try:
-            wait_for(lambda: b" ready." in log_path.read_bytes() or proc.poll() is not None, 90, "worker to start")
-            assert proc.poll() is None, log_path.read_text()
-            yield log_path
-        finally:
-            stop_process(proc)
+    with celery_worker(environment, log_path, name="art", queues=settings.default_queue, timeout=90):
+        yield log_path
 
 
 @pytest.fixture(scope="module")

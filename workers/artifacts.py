@@ -39,9 +39,14 @@ def to_json(value: Any) -> Any:
     return orjson.loads(orjson.dumps(value, default=str, option=orjson.OPT_NON_STR_KEYS))
 
 
+def scratch_dir(directory: Path, run_id: int) -> Path:
+    """A run's scratch directory on this worker."""
+    return directory / f"run-{run_id}"
+
+
 def artifact_path(directory: Path, run_id: int, name: str) -> Path:
     """A file's scratch path on this worker: where a tool writes it before it is stored."""
-    return directory / f"run-{run_id}" / name
+    return scratch_dir(directory, run_id) / name
 
 
 def _safe(text: str) -> str:
@@ -120,7 +125,7 @@ class StepArtifacts:
 
     def scratch_files(self) -> list[Path]:
         """The files this attempt wrote to its scratch paths (`<step>.<attempt>.<file>`)."""
-        directory = self.directory / f"run-{self.run_id}"
+        directory = scratch_dir(self.directory, self.run_id)
         if not directory.is_dir():
             return []
         prefix = f"{_safe(self.step_id)}.{self.attempt}."
@@ -147,4 +152,4 @@ class StepArtifacts:
 def discard_scratch(directory: Path | None, run_id: int) -> None:
     """The run's scratch files on this worker, once the run has ended (everything kept is in the database)."""
     if directory is not None:
-        shutil.rmtree(directory / f"run-{run_id}", ignore_errors=True)
+        shutil.rmtree(scratch_dir(directory, run_id), ignore_errors=True)

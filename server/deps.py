@@ -4,7 +4,7 @@ allows it."""
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 import redis
 from fastapi import Depends, Request
@@ -57,48 +57,29 @@ def slots_of(request: Request) -> StreamSlots:
     return stream_slots(request.app.state)
 
 
-# async: no thread-pool hop for a read.
-async def _settings(request: Request) -> Settings:
-    return settings_of(request)
-
-
-async def _redis(request: Request) -> redis.Redis | None:
-    return redis_of(request)
-
-
-async def _engine(request: Request) -> Engine:
-    return engine_of(request)
-
-
-async def _flag_cache(request: Request) -> FlagCache:
-    return flag_cache_of(request)
-
-
-async def _loglevel_sync(request: Request) -> OwnLoggerSync | None:
-    return loglevel_sync_of(request)
-
-
-async def _token_cache(request: Request) -> TokenCache:
-    return token_cache_of(request)
-
-
-async def _slots(request: Request) -> StreamSlots:
-    return slots_of(request)
-
-
-async def _migration_heads(request: Request) -> frozenset[str]:
+def migration_heads_of(request: Request) -> frozenset[str]:
     heads: frozenset[str] = request.app.state.migration_heads  # the code's, computed when the app was built
     return heads
 
 
-SettingsDep = Annotated[Settings, Depends(_settings)]
-RedisDep = Annotated[redis.Redis | None, Depends(_redis)]  # None when the process runs without Redis
-EngineDep = Annotated[Engine, Depends(_engine)]  # for work outside the request's session (threads, streams)
-FlagCacheDep = Annotated[FlagCache, Depends(_flag_cache)]
-LogLevelSyncDep = Annotated[OwnLoggerSync | None, Depends(_loglevel_sync)]
-TokenCacheDep = Annotated[TokenCache, Depends(_token_cache)]
-StreamSlotsDep = Annotated[StreamSlots, Depends(_slots)]  # how many event streams each token holds
-MigrationHeadsDep = Annotated[frozenset[str], Depends(_migration_heads)]
+T = TypeVar("T")
+
+
+def _dependency(read: Callable[[Request], T]) -> Callable[[Request], Awaitable[T]]:
+    """An accessor as a dependency: async, so reading it costs no thread-pool hop."""
+    async def dependency(request: Request) -> T:
+        return read(request)
+    return dependency
+
+
+SettingsDep = Annotated[Settings, Depends(_dependency(settings_of))]
+RedisDep = Annotated[redis.Redis | None, Depends(_dependency(redis_of))]  # None: the process runs without Redis
+EngineDep = Annotated[Engine, Depends(_dependency(engine_of))]  # work outside the request's session (threads)
+FlagCacheDep = Annotated[FlagCache, Depends(_dependency(flag_cache_of))]
+LogLevelSyncDep = Annotated[OwnLoggerSync | None, Depends(_dependency(loglevel_sync_of))]
+TokenCacheDep = Annotated[TokenCache, Depends(_dependency(token_cache_of))]
+StreamSlotsDep = Annotated[StreamSlots, Depends(_dependency(slots_of))]  # how many event streams each token holds
+MigrationHeadsDep = Annotated[frozenset[str], Depends(_dependency(migration_heads_of))]
 
 
 def _presented_token(request: Request) -> str:

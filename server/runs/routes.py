@@ -34,15 +34,9 @@ from server.runs.models import (
     RunStatus,
     StepRun,
 )
-from server.settings import Settings
 
 router = APIRouter(prefix="/api/v1/runs", tags=["runs"])
 links_router = APIRouter(tags=["runs"])
-
-
-def _settings(request: Request) -> Settings:
-    # For the routes the console calls with their own arguments (server/ui); the others take SettingsDep.
-    return settings_of(request)
 
 
 def _last_event_id(session: SessionDep, run_id: int) -> int:
@@ -53,7 +47,7 @@ def _dispatch(request: Request, session: SessionDep, run: Run) -> None:
     """Enqueue after the commit (which noted the run as sent); with SQLite the request's own session must
     undo that when the broker is down (one writer at a time)."""
     assert run.id is not None
-    if not sweeps.send_run(_settings(request), run.id, run.queue):
+    if not sweeps.send_run(settings_of(request), run.id, run.queue):
         service.mark_undispatched(session, run_id=run.id)
         session.commit()
 
@@ -63,7 +57,7 @@ def _response(request: Request, session: SessionDep, run: Run, status_code: int,
     assert run.id is not None
     if steps is None:
         steps = service.steps_of(session, run_id=run.id)
-    body = views.public(run, steps, _settings(request), _artifact_list(request, session, run, steps))
+    body = views.public(run, steps, settings_of(request), _artifact_list(request, session, run, steps))
     return Response(body.model_dump_json(), status_code=status_code, media_type="application/json")
 
 
@@ -72,7 +66,7 @@ def _artifact_list(request: Request, session: SessionDep, run: Run, steps: list[
     """A run no step of which has started has no artifacts: a new run's 202 costs no query for them."""
     if run.id is None or all(s.started_at is None for s in steps):
         return []
-    return artifacts.list_artifacts(session, _settings(request), run.id)
+    return artifacts.list_artifacts(session, settings_of(request), run.id)
 
 
 def _without_secrets(body: RunCreate, session: SessionDep, request: Request) -> dict[str, Any]:
@@ -80,7 +74,7 @@ def _without_secrets(body: RunCreate, session: SessionDep, request: Request) -> 
     be used to guess a short secret (a 4-digit pin) offline. Params of an unknown runbook are all masked."""
     dumped = body.model_dump(mode="json")
     try:
-        entry = runbooks.get_runbook(session, store=runbooks.store_for(_settings(request).runbooks_dir),
+        entry = runbooks.get_runbook(session, store=runbooks.store_for(settings_of(request).runbooks_dir),
                                      runbook_id=body.runbook)
         secret = entry.checked.runbook.secret_params() if entry.checked.runbook else set(dumped["params"])
     except NotFound:
@@ -97,7 +91,7 @@ def create_run(body: RunCreate, request: Request, session: SessionDep, actor: Op
         existing = service.find_idempotent(session, key=idempotency_key, body_hash=body_hash)
         if existing is not None:
             return _response(request, session, existing, 202)
-    settings = _settings(request)
+    settings = settings_of(request)
     entry = runbooks.get_runbook(session, store=runbooks.store_for(settings.runbooks_dir), runbook_id=body.runbook)
     try:
         run, steps = service.create_run(session, checked=entry.checked, given=body.params, actor=actor,
@@ -153,8 +147,8 @@ def list_runs(
 @router.get("/{run_id}", response_model=RunPublic)
 def get_run(run_id: PathId, request: Request, session: SessionDep, _actor: Viewer) -> RunPublic:
     run = service.get_run(session, run_id=run_id)
-    return views.public(run, service.steps_of(session, run_id=run_id), _settings(request),
-                        artifacts.list_artifacts(session, _settings(request), run_id))
+    return views.public(run, service.steps_of(session, run_id=run_id), settings_of(request),
+                        artifacts.list_artifacts(session, settings_of(request), run_id))
 
 
 @router.post("/{run_id}/cancel", response_model=RunPublic)
@@ -178,7 +172,7 @@ def _tell_worker(client: redis.Redis, key: str, by: str) -> None:
 def _decide(run_id: int, step_id: str, request: Request, session: SessionDep, actor: Operator,
             body: DecisionRequest | None, approve: bool) -> Response:
     last = _last_event_id(session, run_id)
-    settings = _settings(request)
+    settings = settings_of(request)
     run = service.decide(session, run_id=run_id, step_id=step_id, actor=actor, approve=approve,
                          reason=body.reason if body else None, others_by_default=settings.approval_by_others)
     events.publish_on_commit(session, redis_of(request), settings, run_id=run_id, after_id=last)
@@ -239,7 +233,7 @@ def run_events(run_id: PathId, request: Request, settings: SettingsDep, session:
 def list_artifacts(run_id: PathId, request: Request, session: SessionDep, _actor: Viewer
                    ) -> list[artifacts.ArtifactInfo]:
     service.get_run(session, run_id=run_id)
-    return artifacts.list_artifacts(session, _settings(request), run_id)
+    return artifacts.list_artifacts(session, settings_of(request), run_id)
 
 
 ARTIFACT_RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -271,7 +265,7 @@ def link_artifacts(run_id: PathId, request: Request, session: SessionDep, actor:
                    body: LinkRequest | None = None) -> artifacts.ArtifactLink:
     """A short-lived signed link (RUNBOOKD_ARTIFACT_LINK_TTL) that opens without a bearer header."""
     name = body.name if body else None
-    settings = _settings(request)
+    settings = settings_of(request)
     service.get_run(session, run_id=run_id)
     if name is not None:
         artifacts.find(session, run_id, name)
@@ -284,7 +278,7 @@ def link_artifacts(run_id: PathId, request: Request, session: SessionDep, actor:
 
 
 def _open_link(request: Request, session: Session, token: str, name: str | None) -> Response:
-    settings = _settings(request)
+    settings = settings_of(request)
     signed = artifacts.verify(settings, redis_of(request), token)
     run_id, signed_name, by = signed["run"], signed.get("name"), str(signed.get("by"))
     if signed_name is not None and name is not None and name != signed_name:

@@ -51,9 +51,11 @@ def _pg_bin(name: str) -> str | None:
 
 
 class PgCluster:
-    """initdb + pg_ctl on a free port, run as the `postgres` user when we are root (initdb refuses root)."""
+    """initdb + pg_ctl on a free port, run as the `postgres` user when we are root (initdb refuses root).
+    Listens on loopback, or on the addresses given, with trust auth for them and the networks in `trust`."""
 
-    def __init__(self) -> None:
+    def __init__(self, listen: tuple[str, ...] = ("127.0.0.1",), trust: tuple[str, ...] = ()) -> None:
+        self.listen, self.trust = listen, trust
         initdb, pg_ctl = _pg_bin("initdb"), _pg_bin("pg_ctl")
         if initdb is None or pg_ctl is None:
             pytest.skip("no initdb/pg_ctl: `apt-get install -y postgresql` (tests/debian-packages.txt)")
@@ -80,9 +82,12 @@ class PgCluster:
         done = self._run(self.initdb, "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync",
                          "-E", "UTF8", timeout=120)
         assert done.returncode == 0, done.stderr
+        if self.trust:
+            with (self.data / "pg_hba.conf").open("a") as hba:
+                hba.writelines(f"host all all {network} trust\n" for network in self.trust)
 
     def start(self) -> None:
-        options = (f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off "
+        options = (f"-p {self.port} -k {self.root} -c listen_addresses='{','.join(self.listen)}' -c fsync=off "
                    "-c max_connections=200 -c shared_buffers=32MB")
         done = self._run(self.pg_ctl, "-D", str(self.data), "-l", str(self.log), "-o", options, "-w", "-t", "60",
                          "start")
@@ -112,8 +117,8 @@ class PgCluster:
 
 
 @contextmanager
-def pg_cluster() -> Iterator[PgCluster]:
-    cluster = PgCluster()
+def pg_cluster(listen: tuple[str, ...] = ("127.0.0.1",), trust: tuple[str, ...] = ()) -> Iterator[PgCluster]:
+    cluster = PgCluster(listen, trust)
     try:
         cluster.init()
         cluster.start()
@@ -124,7 +129,10 @@ def pg_cluster() -> Iterator[PgCluster]:
 
 # -- Redis: a private, append-only redis-server ------------------------------------------------------------------
 class PrivateRedis:
-    def __init__(self, where: Path) -> None:
+    """A redis-server on a free port, on loopback or the addresses given; append-only unless told not to."""
+
+    def __init__(self, where: Path, listen: tuple[str, ...] = ("127.0.0.1",), appendonly: bool = True) -> None:
+        self.listen, self.appendonly = listen, appendonly
         self.dir = where
         self.dir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
@@ -134,8 +142,9 @@ class PrivateRedis:
     def start(self) -> None:
         with (self.dir / "redis.log").open("ab") as out:
             self.proc = subprocess.Popen(
-                [str(redis_server_binary()), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                 "--appendonly", "yes", "--appendfsync", "everysec", "--dir", str(self.dir)],
+                [str(redis_server_binary()), "--port", str(self.port), "--bind", *self.listen,
+                 "--protected-mode", "no", "--save", "", "--appendonly", "yes" if self.appendonly else "no",
+                 "--appendfsync", "everysec", "--dir", str(self.dir)],
                 stdout=out, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
         wait_for(lambda: reachable_redis(self.url) is None, 15, "the private redis-server to answer")
 
@@ -147,8 +156,9 @@ class PrivateRedis:
 
 
 @contextmanager
-def private_redis(where: Path) -> Iterator[PrivateRedis]:
-    server = PrivateRedis(where)
+def private_redis(where: Path, listen: tuple[str, ...] = ("127.0.0.1",), appendonly: bool = True
+                  ) -> Iterator[PrivateRedis]:
+    server = PrivateRedis(where, listen, appendonly)
     try:
         server.start()
         yield server

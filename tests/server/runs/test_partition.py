@@ -11,15 +11,12 @@ side mid-step, beat's reaper re-queues the run, a worker on the host resumes it,
 from __future__ import annotations
 
 import contextlib
-import glob
 import os
-import pwd
 import random
 import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -39,9 +36,9 @@ from server.runs import sweeps
 from server.runs.models import Run, RunEvent, StepRun
 from server.runs.service import create_run
 from server.settings import Settings
-from server.stack import free_port, redis_server_binary
 from tests.conftest import subprocess_env
-from tests.support import allowed_skip, processes, reachable_redis, wait_for, worker_outcomes
+from tests.server.restarts.harness import pg_cluster, private_redis
+from tests.support import allowed_skip, processes, wait_for, worker_outcomes
 
 RUNBOOK = """title: Partition
 params:
@@ -111,67 +108,6 @@ def veth_namespace() -> Iterator[Link]:
         _run(["ip", "netns", "del", link.netns], check=False)
 
 
-def _pg_bin() -> Path:
-    for initdb in [shutil.which("initdb"), *sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), reverse=True)]:
-        if initdb:
-            return Path(initdb).resolve().parent
-    pytest.skip("no PostgreSQL server binaries (initdb, pg_ctl): apt-get install -y postgresql")
-
-
-@contextlib.contextmanager
-def private_postgres(listen: list[str]) -> Iterator[int]:
-    """A throwaway PostgreSQL cluster on its own port, listening on these addresses with trust auth; as the
-    postgres (or nobody) user, since initdb refuses root. Yields its port."""
-    bin_dir = _pg_bin()
-    user = next((u for u in ("postgres", "nobody") if _has_user(u)), None)
-    if user is None:
-        allowed_skip("no unprivileged user (postgres, nobody) to run PostgreSQL as")
-    entry = pwd.getpwnam(user)
-    data = Path(tempfile.mkdtemp(prefix="rbd-partition-pg-"))
-    os.chown(data, entry.pw_uid, entry.pw_gid)
-    as_user = ["runuser", "-u", user, "--"] if os.geteuid() == 0 else []
-    port = free_port()
-    try:
-        _run([*as_user, str(bin_dir / "initdb"), "-D", str(data / "db"), "-A", "trust", "-U", "postgres",
-              "--no-sync", "-E", "UTF8"])
-        with (data / "db" / "pg_hba.conf").open("a") as hba:
-            for address in listen:
-                hba.write(f"host all all {address}/32 trust\n")
-            hba.write("host all all 10.231.0.0/16 trust\n")
-        options = (f"-p {port} -k {data} -c listen_addresses='{','.join(listen)}' -c fsync=off "
-                   "-c full_page_writes=off -c max_connections=60")
-        _run([*as_user, str(bin_dir / "pg_ctl"), "-D", str(data / "db"), "-l", str(data / "log"), "-w", "-t", "60",
-              "-o", options, "start"])
-        yield port
-    finally:
-        _run([*as_user, str(bin_dir / "pg_ctl"), "-D", str(data / "db"), "-m", "immediate", "-w", "stop"],
-             check=False)
-        shutil.rmtree(data, ignore_errors=True)
-
-
-def _has_user(name: str) -> bool:
-    try:
-        pwd.getpwnam(name)
-    except KeyError:
-        return False
-    return True
-
-
-@contextlib.contextmanager
-def private_redis(listen: list[str], workdir: Path) -> Iterator[int]:
-    binary = shutil.which("redis-server") or str(redis_server_binary())
-    port = free_port()
-    proc = subprocess.Popen([binary, "--port", str(port), "--bind", " ".join(listen), "--protected-mode", "no",
-                             "--save", "", "--appendonly", "no", "--dir", str(workdir)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_for(lambda: reachable_redis(f"redis://127.0.0.1:{port}/0") is None, 30, "the private redis-server")
-        yield port
-    finally:
-        proc.terminate()
-        proc.wait(20)
-
-
 def _worker_argv(queue: str, name: str) -> list[str]:
     return [sys.executable, "-m", "server.cli", "worker", "--concurrency", "1", "--queues", queue,
             "--hostname", f"{name}-{uuid.uuid4().hex[:6]}@%h"]
@@ -199,10 +135,11 @@ def _run_row(engine: Engine, run_id: int) -> Run:
 def test_a_worker_cut_off_mid_step_commits_nothing_once_its_run_resumed_elsewhere(tmp_path):
     with contextlib.ExitStack() as stack:
         link = stack.enter_context(veth_namespace())
-        listen = ["127.0.0.1", link.host_ip]
-        pg_port = stack.enter_context(private_postgres(listen))
-        redis_port = stack.enter_context(private_redis(listen, tmp_path))
-        with psycopg.connect(f"postgresql://postgres@127.0.0.1:{pg_port}/postgres", autocommit=True) as conn:
+        listen = ("127.0.0.1", link.host_ip)
+        cluster = stack.enter_context(pg_cluster(listen, trust=(f"{link.host_ip}/32", "10.231.0.0/16")))
+        redis_port = stack.enter_context(private_redis(tmp_path / "redis", listen, appendonly=False)).port
+        pg_port = cluster.port
+        with psycopg.connect(cluster.url_admin, autocommit=True) as conn:
             conn.execute("CREATE DATABASE runbookd")
         host_db = f"postgresql+psycopg://postgres@127.0.0.1:{pg_port}/runbookd"
         upgrade(host_db)

@@ -3,7 +3,7 @@ post-incident report built on it."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlmodel import Session, col, select
@@ -35,12 +35,59 @@ def _audit_entries(session: Session, key: str) -> list[TimelineEntry]:
             continue
         kind = event.action.split(".", 1)[0]
         target = f"{event.target_type} {event.target_id}" if event.target_id else event.target_type
-        reason = f" ({event.reason})" if event.reason else ""
+        details = {"before": event.before, "after": event.after, "audit_id": event.id, "reason": event.reason}
+        change = loglevel_change(event.action, details, event.actor)
+        why = change["why"] if change else event.reason
+        reason = f" ({why})" if why else ""
+        summary = loglevel_words(change) if change else f"{event.action} {target}"
         out.append(TimelineEntry(ts=event.ts, kind=kind, actor=event.actor, action=event.action, target=target,
-                                 summary=f"{event.action} {target}{reason}",
-                                 details={"before": event.before, "after": event.after, "audit_id": event.id,
-                                          "reason": event.reason}))
+                                 summary=f"{summary}{reason}", details=details))
     return out
+
+
+LOGLEVEL_VERBS = {"loglevel.raise": "Log level set", "loglevel.end": "Log level override ended",
+                  "loglevel.expire": "Log level override expired"}
+
+
+def loglevel_change(action: str, details: Any, actor: str | None) -> dict[str, Any] | None:
+    """A log-level audit event in words: what happened, service, logger, level, until, who, why (None for other
+    events). The console's incident timeline lists these fields; the timeline's summary (and so the report and
+    `incident show`) says them in one sentence, loglevel_words."""
+    if not action.startswith("loglevel.") or not isinstance(details, dict):
+        return None
+    after = details.get("after") or {}
+    before = details.get("before") or {}
+    shown = after or before
+    raised = action == "loglevel.raise"
+    return {
+        "verb": LOGLEVEL_VERBS.get(action, action), "raised": raised,
+        "service": shown.get("service"), "logger": shown.get("logger"), "level": shown.get("level"),
+        "until": shown.get("expires_at") if raised else None,
+        "ended": shown.get("ended_at") if not raised else None,
+        "previous": (before.get("level") if raised and before else None),
+        "who": actor,
+        "why": details.get("reason") or (after.get("reason") if raised else None),
+    }
+
+
+def _utc_words(value: str | datetime) -> str:
+    when = datetime.fromisoformat(value) if isinstance(value, str) else value
+    return as_utc(when).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def loglevel_words(change: dict[str, Any]) -> str:
+    """A loglevel_change as one sentence, with the console's words: "Log level set: service checkout, logger
+    payments.db, level DEBUG (was INFO), until 2026-01-31 12:30:00 UTC"."""
+    text = f"{change['verb']}: service {change['service']}, logger {change['logger']}, level {change['level']}"
+    if change["previous"]:
+        text += f" (was {change['previous']})"
+    if change["until"]:
+        text += f", until {_utc_words(change['until'])}"
+    elif change["raised"]:
+        text += ", until someone ends it"
+    if change["ended"]:
+        text += f", ended {_utc_words(change['ended'])}"
+    return text
 
 
 def _flag_entries(session: Session, key: str) -> list[TimelineEntry]:
@@ -175,8 +222,10 @@ def report(session: Session, *, incident: Incident) -> dict[str, Any]:
             flags[item.flag]["reverted"] = item.outcome in ("already_restored",)
             flags[item.flag]["state"] = item.outcome
     overrides = [{"id": o.id, "service": o.service, "logger": o.logger, "level": o.level, "by": o.created_by,
-                  "ended": o.ended_at is not None, "end_reason": o.end_reason}
-                 for o in session.exec(select(LogLevelOverride).where(LogLevelOverride.incident_id == key))]
+                  "at": as_utc(o.created_at).isoformat(), "reason": o.reason, "ended": o.ended_at is not None,
+                  "end_reason": o.end_reason}
+                 for o in session.exec(select(LogLevelOverride).where(LogLevelOverride.incident_id == key)
+                                       .order_by(col(LogLevelOverride.id)))]
     public = IncidentPublic.of(incident)
     return {
         "incident": public.model_dump(mode="json"),
@@ -191,6 +240,9 @@ def report(session: Session, *, incident: Incident) -> dict[str, Any]:
 
 def _cell(value: Any) -> str:
     return " ".join(str(value if value is not None else "").split()).replace("|", "/")
+
+
+ENDED_WORDS = {"end": "ended", "expire": "expired"}
 
 
 def report_markdown(data: dict[str, Any]) -> str:
@@ -229,9 +281,10 @@ def report_markdown(data: dict[str, Any]) -> str:
     lines += ["", "## Changes made", ""]
     changes = [(v["at"], v["what"], v["actor"], v["reason"], flag.get("state", "unknown").replace("_", " "))
                for flag in data["flag_changes"] for v in flag["versions"]]
-    changes += [("", f"set log level of {o['service']} `{o['logger']}` to {o['level']}", o["by"], None,
-                 f"ended ({o['end_reason']})" if o["ended"] else "still in effect")
+    changes += [(o["at"], f"set log level of {o['service']} `{o['logger']}` to {o['level']}", o["by"], o["reason"],
+                 ENDED_WORDS.get(o["end_reason"], f"ended ({o['end_reason']})") if o["ended"] else "still in effect")
                 for o in data["loglevel_overrides"]]
+    changes.sort(key=lambda change: change[0])  # flags and log levels in the order they were made
     if changes:
         lines += ["| when (UTC) | change | by | why | now |", "|---|---|---|---|---|"]
         for at, what, who, why, now in changes:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
+from html import escape
 from typing import Annotated, Any
 
 import orjson
 import redis
 from fastapi import APIRouter, Form, Query, Request
+from markupsafe import Markup
 from pydantic import ValidationError
 from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
@@ -129,6 +132,8 @@ def _when(name: str, value: str | None) -> datetime | None:
 
 
 _MISSING = object()
+_DIFF_HEAD = ('<thead><tr><th scope="col">Path</th><th scope="col">Before</th>'
+              '<th scope="col">After</th></tr></thead><tbody>')
 
 
 def _flatten(value: Any, prefix: str, out: dict[str, Any]) -> dict[str, Any]:
@@ -140,22 +145,55 @@ def _flatten(value: Any, prefix: str, out: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _diff(before: Any, after: Any) -> list[tuple[str, str, str]]:
-    """An audit event's before/after as (path, before, after) rows of the leaves that differ.
+def _json(value: Any, option: int = 0) -> str:
+    return escape(orjson.dumps(value, default=str, option=option).decode())
 
-    A flat comparison rather than difflib over pretty JSON: cheaper (50 events a page) and reads like the
-    flag history's before/after table."""
+
+def _table(rows: list[str], css: str = "diff") -> Markup:
+    """The diff table around rows whose every value went through escape() (_json, or escape(path))."""
+    return Markup(f'<table class="{css}">{_DIFF_HEAD}{"".join(rows)}</tbody></table>')  # noqa: S704  (see above)
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """An audit event's before/after, ready to show: the <summary> words and the table (already escaped)."""
+
+    summary: str
+    table: Markup
+
+
+def _diff(before: Any, after: Any) -> Change | None:
+    """An audit event's before/after as a Path/Before/After table.
+
+    A creation or a deletion (one side empty) is one row holding the whole value, pretty-printed: a leaf-by-leaf
+    table of a new flag is twenty rows that all say "nothing" on one side. Otherwise one row per leaf that
+    differs: a flat comparison rather than difflib over pretty JSON, cheaper (50 events a page) and read like
+    the flag history's table. The rows are built here with one escape per cell, not by the template: the
+    audit page shows 50 events of up to ~20 rows each, and Jinja's per-expression escaping was half its
+    rendering time (bench/ui_pages.py)."""
     if before is None and after is None:
-        return []
-    b = _flatten(before, "", {}) if before is not None else {}
-    a = _flatten(after, "", {}) if after is not None else {}
+        return None
+    if before is None or after is None:
+        whole = after if before is None else before
+        pretty = f'<pre class="whole">{_json(whole, orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS)}</pre>'
+        none = '<span class="muted">(none)</span>'
+        old, new = (none, pretty) if before is None else (pretty, none)
+        row = (f'<tr><td><code>/</code> <span class="muted">(whole value)</span></td>'
+               f'<td class="del" data-label="before">{old}</td><td class="add" data-label="after">{new}</td></tr>')
+        return Change("before / after (created)" if before is None else "before / after (removed)",
+                      _table([row], "diff whole"))
+    b, a = _flatten(before, "", {}), _flatten(after, "", {})
     rows = []
     for path in sorted(b.keys() | a.keys()):
         old, new = b.get(path, _MISSING), a.get(path, _MISSING)
         if old != new:
-            rows.append((path, "" if old is _MISSING else orjson.dumps(old, default=str).decode(),
-                         "" if new is _MISSING else orjson.dumps(new, default=str).decode()))
-    return rows
+            rows.append(f'<tr><td><code>{escape(path)}</code></td>'
+                        f'<td class="del" data-label="before"><code>{"" if old is _MISSING else _json(old)}</code>'
+                        f'</td><td class="add" data-label="after"><code>{"" if new is _MISSING else _json(new)}'
+                        '</code></td></tr>')
+    if not rows:
+        return None
+    return Change(f"before / after ({len(rows)})", _table(rows))
 
 
 AUDIT_FILTERS = ("actor", "action", "target_type", "target_id", "incident_id", "since", "until")

@@ -46,29 +46,6 @@ def open_incident(request: Request, session: SessionDep, actor: UiOperator, titl
     return see_other(f"/ui/incidents/{quoted(incident.id)}", f"{incident.id} opened")
 
 
-LOGLEVEL_VERBS = {"loglevel.raise": "Log level set", "loglevel.end": "Log level override ended",
-                  "loglevel.expire": "Log level override expired"}
-
-
-def _loglevel_row(entry: Any) -> dict[str, Any] | None:
-    """A log-level audit entry in words: service, logger, level, until, who, why (None for other entries)."""
-    if not entry.action.startswith("loglevel.") or not isinstance(entry.details, dict):
-        return None
-    after = entry.details.get("after") or {}
-    before = entry.details.get("before") or {}
-    shown = after or before
-    raised = entry.action == "loglevel.raise"
-    return {
-        "verb": LOGLEVEL_VERBS.get(entry.action, entry.action),
-        "service": shown.get("service"), "logger": shown.get("logger"), "level": shown.get("level"),
-        "until": shown.get("expires_at") if raised else None,
-        "ended": shown.get("ended_at") if not raised else None,
-        "previous": (before.get("level") if raised and before else None),
-        "who": entry.actor,
-        "why": entry.details.get("reason") or (after.get("reason") if raised else None),
-    }
-
-
 def _incident_page(request: Request, session: Session, actor: Any, ref: str, *,
                    preview: dict[str, Any] | None = None, result: dict[str, Any] | None = None) -> Response:
     incident = incidents_api.get_incident(ref, session, actor)
@@ -76,7 +53,8 @@ def _incident_page(request: Request, session: Session, actor: Any, ref: str, *,
     report = history.report_markdown(history.report(session, incident=service.get_incident(session, ref=ref)))
     return page(request, "incident.html", {
         "incident": incident, "preview": preview,
-        "timeline": [(e, _loglevel_row(e)) for e in sorted(timeline, key=lambda e: e.ts)],
+        "timeline": [(e, history.loglevel_change(e.action, e.details, e.actor))
+                     for e in sorted(timeline, key=lambda e: e.ts)],
         "result": result, "report": report, "report_html": to_html(report),
         "summary_html": to_html(incident.summary or ""), "resolved": incident.status == "resolved",
     })

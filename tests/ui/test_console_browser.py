@@ -335,4 +335,26 @@ def test_every_page_fits_a_laptop_and_a_phone(browser, ui_url, ui_worker, admin)
                 'input:not([type=hidden]), select, textarea')).filter(el =>
                 !(el.labels && el.labels.length) && !el.getAttribute('aria-label')).map(el => el.name)""")
             assert unlabelled == [], (path, unlabelled)
+            if name == "incident":
+                _report_tables_are_readable(page, width)
     page.context.close()
+
+
+def _report_tables_are_readable(page, width: int) -> None:
+    """The rendered report's tables (Runbooks run has five columns): at 1280 px real tables; at 390 px each
+    row stacks into labelled cells as wide as the report, rather than columns a word wide that scroll."""
+    tables = page.evaluate("""() => Array.from(document.querySelectorAll('.report table')).map(t => ({
+        heading: t.previousElementSibling ? t.previousElementSibling.textContent : '',
+        thead: getComputedStyle(t.querySelector('thead')).display,
+        scrolls: t.scrollWidth - t.clientWidth,
+        narrowest: Math.min(...Array.from(t.querySelectorAll('td')).map(td => td.getBoundingClientRect().width)),
+        report: document.querySelector('.report').clientWidth,
+        labelled: Array.from(t.querySelectorAll('td')).every(td => td.dataset.label),
+    }))""")
+    assert {t["heading"] for t in tables} >= {"Runbooks run", "Changes made", "Timeline"}, tables
+    for t in tables:
+        assert t["labelled"] and t["scrolls"] <= 1, (width, t)
+        if width >= 1280:
+            assert t["thead"] == "table-header-group", t
+        else:
+            assert t["thead"] == "none" and t["narrowest"] >= t["report"] * 0.8, t

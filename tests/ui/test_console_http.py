@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import html
+import json
 import re
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -312,3 +315,48 @@ def test_pages_leave_no_reference_cycle_holding_their_data(ui_url, ui_token):
             gc.garbage.clear()
         assert not leaked, {type(o).__qualname__ for o in leaked}
     assert gc.get_freeze_count() > 0  # server/heap.py: the start-up heap is out of every full collection
+
+
+def _audit_changes(page: str) -> dict[str, str]:
+    """The audit page's Change cells by action, each reduced to its before/after table."""
+    out = {}
+    for row in re.findall(r"<tr><td data-label=\"event\">.*?</td></tr>\n", page, re.S):
+        action = re.search(r"<code>([a-z_.]+)</code>", row).group(1)
+        table = re.search(r"<details><summary>(.*?)</summary>(.*?)</details>", row, re.S)
+        out[action] = table.group(1) + "\n" + table.group(2) if table else ""
+    return out
+
+
+def test_audit_page_shows_a_creation_whole_and_an_update_leaf_by_leaf(ui_url, ui_token):
+    """A created flag's event is one row holding the whole new value (not ~20 rows that each say "nothing" on
+    one side); an update lists only the leaves that changed, before and after; values are escaped once."""
+    admin = ui_token(Role.admin)
+    key = f"audit-diff-{uuid.uuid4().hex[:6]}"
+    with httpx.Client(base_url=ui_url, headers={"Authorization": f"Bearer {admin}"}, timeout=30) as api:
+        created = api.post("/api/v1/flags", json={
+            "key": key, "type": "boolean", "variants": {"on": True, "off": False}, "default_variant": "off",
+            "description": "<b>bold</b> & \"quoted\"", "tags": ["audit"],
+            "environments": {"production": {"enabled": True, "rules": [
+                {"conditions": [{"attribute": "plan", "operator": "in", "value": ["beta"]}], "variant": "on"}]}}})
+        assert created.status_code == 201, created.text
+        changed = api.patch(f"/api/v1/flags/{key}", json={"environments": {"production": {"enabled": False}}},
+                            headers={"If-Match": created.headers.get("etag", "*")})
+        assert changed.status_code == 200, changed.text
+    with signed_in(ui_url, ui_token(Role.viewer)) as client:
+        changes = _audit_changes(client.get("/ui/audit", params={"target_id": key}).text)
+    create, update = changes["flag.create"], changes["flag.update"]
+    assert create.startswith("before / after (created)\n"), create
+    assert create.count("<tr>") == 2, create  # the header row and one row: the whole value
+    assert '<th scope="col">Path</th><th scope="col">Before</th><th scope="col">After</th>' in create
+    assert '<td class="del" data-label="before"><span class="muted">(none)</span></td>' in create
+    whole = re.search(r'<td class="add" data-label="after"><pre class="whole">(.*?)</pre></td>', create, re.S)[1]
+    assert "<b>" not in whole and "&amp;amp;" not in whole  # escaped, once
+    value = json.loads(html.unescape(whole))
+    assert value["spec"]["description"] == '<b>bold</b> & "quoted"' and value["version"] == 1
+    assert value["spec"]["environments"]["production"]["rules"][0]["conditions"][0]["attribute"] == "plan"
+    assert whole.count("\n") > 10  # pretty-printed, one leaf a line
+    rows = re.findall(r'<tr><td><code>([^<]*)</code></td><td class="del" data-label="before"><code>([^<]*)</code>'
+                      r'</td><td class="add" data-label="after"><code>([^<]*)</code></td></tr>', update)
+    assert ("/spec/environments/production/enabled", "true", "false") in rows, update
+    assert ("/version", "1", "2") in rows, update
+    assert update.startswith(f"before / after ({len(rows)})\n") and len(rows) <= 4, update

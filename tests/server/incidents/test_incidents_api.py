@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 
 from server.auth.models import Role
@@ -81,3 +82,37 @@ def test_each_kind_of_change_refuses_an_unknown_incident_and_writes_nothing(base
         assert started.status_code == 202 and started.json()["incident_id"] == real, started.text
         versions = client.get(f"/api/v1/flags/{key}/versions").json()
         assert [v["incident_id"] for v in versions] == [real], versions
+
+
+def test_report_says_when_each_log_level_change_was_made_and_words_its_timeline_rows(base_url, make_token):
+    """"Changes made" gives a log-level change its time, in order with the flag changes; the timeline says a
+    log-level change with the console's words, never the raw "loglevel.raise service x/y"."""
+    service = f"svc-{uuid.uuid4().hex[:6]}"
+    with http(base_url, make_token(Role.operator)) as client:
+        incident = client.post("/api/v1/incidents", json={"title": "Slow checkout"}).json()["id"]
+        first = client.post("/api/v1/loglevels", json={"service": service, "logger": "payments.db", "level": "INFO",
+                                                        "incident_id": incident})
+        assert first.status_code == 201, first.text
+        raised = client.post("/api/v1/loglevels", json={"service": service, "logger": "payments.db",
+                                                         "level": "DEBUG", "for": "15m", "reason": "slow queries",
+                                                         "incident_id": incident}).json()
+        assert client.delete(f"/api/v1/loglevels/overrides/{raised['id']}",
+                             params={"reason": "seen enough"}).status_code == 200
+        report = client.get(f"/api/v1/incidents/{incident}/report").text
+    changes = report[report.index("## Changes made"):report.index("## Timeline")]
+    rows = [line for line in changes.splitlines() if f"set log level of {service}" in line]
+    at = raised["created_at"][:19].replace("T", " ")
+    assert len(rows) == 2, rows
+    assert rows[1].startswith(f"| {at} | set log level of {service} `payments.db` to DEBUG | "), rows
+    assert rows[1].endswith(" | slow queries | ended |"), rows  # its reason, and what became of it in words
+    first_at = rows[0].split("|")[1].strip()
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", first_at) and first_at <= at, rows
+    assert rows[0].endswith(" | - | still in effect |"), rows
+    timeline = report[report.index("## Timeline"):]
+    assert "loglevel." not in timeline, timeline
+    until = raised["expires_at"][:19].replace("T", " ")
+    assert (f"Log level set: service {service}, logger payments.db, level DEBUG (was INFO), until {until} UTC "
+            "(slow queries) |") in timeline, timeline
+    assert f"Log level set: service {service}, logger payments.db, level INFO, until someone ends it |" in timeline
+    assert re.search(rf"Log level override ended: service {service}, logger payments.db, level DEBUG, ended "
+                     r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC \(seen enough\) \|", timeline), timeline

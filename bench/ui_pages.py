@@ -38,6 +38,7 @@ sys.path.insert(0, str(BENCH))
 
 import httpx
 import psycopg
+from _verdict import Targets, cannot_measure  # bench/ is on sys.path as the script's directory
 from audit_query import load as load_audit  # the 1M-event chain loader, shared with that bench
 
 from server.app import create_app
@@ -132,8 +133,7 @@ def main() -> int:
     args = parser.parse_args()
     problem = postgres_problem()
     if problem:
-        print(f"SKIP ui_pages: {problem}")
-        return 0
+        return cannot_measure("ui_pages", problem)
     name, url = create_pg_database()
     try:
         upgrade(url)
@@ -159,7 +159,7 @@ def main() -> int:
             "flags list": ("/ui/flags", "/api/v1/flags"),
             "audit page": ("/ui/audit", "/api/v1/audit?limit=50"),
         }
-        verdicts = []
+        targets = Targets("ui_pages")
         with serve(create_app(settings)) as base, httpx.Client(base_url=base, timeout=60) as client, \
                 httpx.Client(base_url=base, timeout=60, headers={"Authorization": f"Bearer {token}"}) as api:
             sign_in(client, token)
@@ -168,15 +168,14 @@ def main() -> int:
             for label, (page, call) in pairs.items():
                 pages, calls = measure(client, api, page, call, args.requests)
                 ratio = p95(pages) / p95(calls)
-                ok = ratio <= 2.0 and p95(pages) < 100
-                verdicts.append(ok)
+                ok = targets.at_most(f"{label} p95 / API p95", ratio, 2.0, "x")
+                ok = targets.check(f"{label} p95 {p95(pages):.2f}ms < 100ms", p95(pages) < 100) and ok
                 print(f"{label:12} {statistics.median(pages):9.1f} {p95(pages):9.1f} {statistics.median(calls):8.1f} "
                       f"{p95(calls):8.1f} {ratio:9.2f}  {'PASS' if ok else 'FAIL'}")
         print("(ms, request round trips on loopback; target: page p95 <= 2x its API call's p95 and < 100 ms)")
-        print(f"verdict: {'PASS' if all(verdicts) else 'FAIL'}: {sum(verdicts)} of {len(verdicts)} pages within target")
     finally:
         drop_pg_database(name)
-    return 0
+    return targets.verdict()
 
 
 if __name__ == "__main__":

@@ -209,13 +209,23 @@ def _write(session: Session, *, flag: Flag | None, key: str, spec: FlagSpec, act
         session.add(FlagExpiry(flag_key=key, version=flag.version, revert_to=previous, expires_at=expires_at,
                                actor=actor.name, reason=reason, incident_id=incident_id))
     session.flush()
+    previous_expiry = None if before is None else session.exec(select(FlagVersion.expires_at).where(
+        FlagVersion.flag_key == key, FlagVersion.version == previous)).first()
     audit.record(session, actor=actor, action=action, target_type="flag", target_id=key,
-                 before=None if before is None else {"version": previous, "spec": before},
-                 after={"version": flag.version, "spec": after,
-                        "expires_at": expires_at.isoformat() if expires_at else None,
-                        "superseded_expiries": superseded or None},
+                 before=None if before is None else _audit_value(previous, before, previous_expiry, []),
+                 after=_audit_value(flag.version, after, expires_at, superseded),
                  reason=reason, incident_id=incident_id)
     return version
+
+
+def _audit_value(version: int, spec: dict[str, Any], expires_at: datetime | None,
+                 superseded: list[dict[str, Any]]) -> dict[str, Any]:
+    """A flag version as its audit events record it, before and after alike: one shape for every write, so
+    the audit page's before/after diff lists only what changed (a key on one side only shows as changed).
+    expires_at: when that version's temporary change ends; superseded_expiries: the pending temporary
+    changes this write dropped (none, on the before side)."""
+    return {"version": version, "spec": spec, "expires_at": as_utc(expires_at).isoformat() if expires_at else None,
+            "superseded_expiries": superseded or None}
 
 
 # -- changes ---------------------------------------------------------------------------------------

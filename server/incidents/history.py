@@ -12,7 +12,7 @@ from server.audit.models import AuditEvent
 from server.durations import format_duration
 from server.flags.models import FlagVersion
 from server.incidents.models import Incident, IncidentPublic, TimelineEntry
-from server.loglevels.models import LogLevelOverride
+from server.loglevels.models import LogLevelOverride, service_label
 from server.models_base import as_utc
 from server.redaction import redact
 from server.runs import findings
@@ -78,7 +78,8 @@ def _utc_words(value: str | datetime) -> str:
 def loglevel_words(change: dict[str, Any]) -> str:
     """A loglevel_change as one sentence, with the console's words: "Log level set: service checkout, logger
     payments.db, level DEBUG (was INFO), until 2026-01-31 12:30:00 UTC"."""
-    text = f"{change['verb']}: service {change['service']}, logger {change['logger']}, level {change['level']}"
+    text = (f"{change['verb']}: service {service_label(change['service'])}, logger {change['logger']}, "
+            f"level {change['level']}")
     if change["previous"]:
         text += f" (was {change['previous']})"
     if change["until"]:
@@ -215,12 +216,13 @@ def report(session: Session, *, incident: Incident) -> dict[str, Any]:
         entry["versions"].append({"version": version.version, "action": version.action, "actor": version.actor,
                                   "reason": version.reason, "what": flag_change_words(version),
                                   "at": as_utc(version.created_at).isoformat()})
-    from server.incidents.rollback import plan_flags  # the same rule the rollback uses decides "reverted"
+    from server.incidents.rollback import flag_outcome_words, plan_flags  # the rollback's rule decides "reverted"
 
     for item in plan_flags(session, key=key):
         if item.flag in flags:
             flags[item.flag]["reverted"] = item.outcome in ("already_restored",)
             flags[item.flag]["state"] = item.outcome
+            flags[item.flag]["now"] = flag_outcome_words(item.outcome, item.target_version)
     overrides = [{"id": o.id, "service": o.service, "logger": o.logger, "level": o.level, "by": o.created_by,
                   "at": as_utc(o.created_at).isoformat(), "reason": o.reason, "ended": o.ended_at is not None,
                   "end_reason": o.end_reason}
@@ -279,9 +281,10 @@ def report_markdown(data: dict[str, Any]) -> str:
     else:
         lines.append("None.")
     lines += ["", "## Changes made", ""]
-    changes = [(v["at"], v["what"], v["actor"], v["reason"], flag.get("state", "unknown").replace("_", " "))
+    changes = [(v["at"], v["what"], v["actor"], v["reason"], flag.get("now", "unknown"))
                for flag in data["flag_changes"] for v in flag["versions"]]
-    changes += [(o["at"], f"set log level of {o['service']} `{o['logger']}` to {o['level']}", o["by"], o["reason"],
+    changes += [(o["at"], f"set log level of {service_label(o['service'])} `{o['logger']}` to {o['level']}", o["by"],
+                 o["reason"],
                  ENDED_WORDS.get(o["end_reason"], f"ended ({o['end_reason']})") if o["ended"] else "still in effect")
                 for o in data["loglevel_overrides"]]
     changes.sort(key=lambda change: change[0])  # flags and log levels in the order they were made

@@ -54,6 +54,21 @@ class RollbackResult:
 METADATA = ("description", "owner", "tags")
 
 
+def flag_outcome_words(outcome: str, target_version: int, *, done: bool = False) -> str:
+    """A flag's undo outcome in words, as the console's undo (dry run, then done) and the incident report's
+    "now" column say it: "would be restored to version 3 on undo", not "restore"."""
+    if outcome == "restore" and target_version == 0:
+        return "deleted (the incident created it)" if done else "would be deleted on undo (the incident created it)"
+    if outcome == "restore":
+        return f"restored to version {target_version}" if done else \
+            f"would be restored to version {target_version} on undo"
+    if outcome == "already_restored":
+        return "already back as it was before the incident"
+    if outcome == "conflict":
+        return "changed since outside the incident; " + ("left as it is" if done else "undo leaves it as it is")
+    return outcome.replace("_", " ")
+
+
 def _comparable(spec: dict[str, Any]) -> dict[str, Any]:
     """What a flag does: metadata (who owns it, what it is called) is no part of the comparison."""
     return {k: v for k, v in spec.items() if k not in ("version", "updated_at", *METADATA)}

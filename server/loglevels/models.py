@@ -17,6 +17,13 @@ SERVICE_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,99}$"
 LOGGER_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.:-]{0,199}$"
 # runbookd's own loggers live in the same table under a name no real service can take (see SERVICE_PATTERN).
 SERVER_SERVICE = "_runbookd"
+SERVER_SERVICE_LABEL = "runbookd (this server)"
+
+
+def service_label(service: str | None) -> str:
+    """A service's name as a person reads it: runbookd's own loggers are "runbookd (this server)", not the
+    internal `_runbookd` (the console, the incident report and its timeline all say it through this)."""
+    return SERVER_SERVICE_LABEL if service == SERVER_SERVICE else service or ""
 
 
 class LogLevelOverride(SQLModel, table=True):

@@ -14,6 +14,8 @@ from starlette.responses import HTMLResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server.auth.models import Actor, Role
+from server.incidents.rollback import flag_outcome_words
+from server.loglevels.models import service_label
 from server.models_base import as_utc
 from server.ui import assets
 
@@ -65,7 +67,9 @@ def _clip(text: str, limit: int = 4000) -> str:
 
 
 TEMPLATES.env.globals["static"] = assets.url
-TEMPLATES.env.filters.update(ts=_ts, iso=_iso, duration=_duration, pretty=_pretty, clip=_clip)
+TEMPLATES.env.globals["flag_outcome_words"] = flag_outcome_words  # the undo's words, shared with the report
+TEMPLATES.env.filters.update(ts=_ts, iso=_iso, duration=_duration, pretty=_pretty, clip=_clip,
+                             service_label=service_label)
 
 
 def page(request: Request, name: str, context: dict[str, Any] | None = None, status_code: int = 200) -> HTMLResponse:

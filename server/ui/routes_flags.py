@@ -27,7 +27,7 @@ from server.incidents.models import IncidentStatus
 from server.loglevels import routes as loglevels_api
 from server.loglevels import service as loglevels
 from server.loglevels.levels import LEVELS
-from server.loglevels.models import OverrideCreate
+from server.loglevels.models import OverrideCreate, service_label
 from server.ui.common import blank_to_none, field_errors, invalid, quoted, see_other
 from server.ui.render import page
 from server.ui.session import UiOperator, UiViewer
@@ -256,7 +256,7 @@ def create_override(request: Request, session: SessionDep, actor: UiOperator,
         session.rollback()
         return _levels_page(request, session, errors=field_errors(exc.details) or {"_": exc.message}, form=form,
                             status_code=422)
-    return see_other("/ui/loglevels", f"{row.service}/{row.logger} at {row.level}")
+    return see_other("/ui/loglevels", f"{service_label(row.service)}/{row.logger} at {row.level}")
 
 
 @router.post("/loglevels/{override_id}/end")

@@ -311,6 +311,8 @@ def test_every_page_fits_a_laptop_and_a_phone(browser, ui_url, ui_worker, admin)
         "[the dashboard](https://grafana.example/d/checkout)."}).json()["id"]
     admin[1].post("/api/v1/loglevels", json={"service": "checkout", "logger": "payments.db", "level": "DEBUG",
                                              "for": "30m", "reason": "slow queries", "incident_id": incident})
+    admin[1].post("/debug/loggers/runbookd.walk", json={"configuredLevel": "DEBUG", "for": "30m",
+                                                        "reason": "runbookd's own", "incident_id": incident})
     admin[1].patch(f"/api/v1/flags/{key}", json={"environments": {"production": {"enabled": False}},
                                                   "for": "30m", "reason": "walk", "incident_id": incident})
     run = admin[1].post("/api/v1/runs", json={"runbook": "gated-fix", "params": {"note": "walk"},

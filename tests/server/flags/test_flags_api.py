@@ -49,6 +49,35 @@ def test_every_change_is_audited_with_before_and_after(api, make_flag, make_inci
     assert update["incident_id"] == inc and update["reason"] == "r"
 
 
+
+def _leaves(value, prefix=""):
+    if isinstance(value, dict) and value:
+        out = {}
+        for k, v in value.items():
+            out.update(_leaves(v, f"{prefix}/{k}"))
+        return out
+    return {prefix or "/": value}
+
+
+def test_every_write_records_before_and_after_in_one_shape(api, make_flag):
+    """A flag's audit before/after carry the same keys on every write (create included), so a diff of the
+    first update lists only what the user changed, and a timed change's end shows on both sides."""
+    key = make_flag()["key"]
+    api.patch(f"/api/v1/flags/{key}", json={"description": "new words"})
+    api.patch(f"/api/v1/flags/{key}", json={"default_variant": "on", "for": "1h"})
+    api.patch(f"/api/v1/flags/{key}", json={"tags": ["later"]})
+    events = api.get("/api/v1/audit", params={"target_type": "flag", "target_id": key}).json()["items"][::-1]
+    create, first, timed, later = events
+    assert create["before"] is None
+    assert set(create["after"]) == set(first["before"]) == set(first["after"]) == set(later["before"])
+    before, after = _leaves(first["before"]), _leaves(first["after"])
+    changed = {path for path in before.keys() | after.keys() if before.get(path, "?") != after.get(path, "?")}
+    assert changed == {"/version", "/spec/description"}, changed
+    assert timed["after"]["expires_at"] is not None and later["before"]["expires_at"] == timed["after"]["expires_at"]
+    assert later["before"]["superseded_expiries"] is None
+    assert later["after"]["superseded_expiries"] == [{"version": 3, "expires_at": timed["after"]["expires_at"]}]
+    assert later["after"]["expires_at"] is None
+
 def test_rollback_writes_a_new_version_equal_to_the_old_one(api, make_flag):
     key = make_flag(variants={"on": True, "off": False}, enabled=True)["key"]
     api.patch(f"/api/v1/flags/{key}", json={"default_variant": "on"})

@@ -116,3 +116,40 @@ def test_report_says_when_each_log_level_change_was_made_and_words_its_timeline_
     assert f"Log level set: service {service}, logger payments.db, level INFO, until someone ends it |" in timeline
     assert re.search(rf"Log level override ended: service {service}, logger payments.db, level DEBUG, ended "
                      r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC \(seen enough\) \|", timeline), timeline
+
+
+def test_report_says_in_words_what_undo_would_do_and_calls_runbookd_by_name(base_url, make_token):
+    """The "now" column of "Changes made" says what the incident's undo would do, in the undo's words ("would
+    be restored to version 1 on undo", not "restore"), and runbookd's own loggers are "runbookd (this server)",
+    never the internal `_runbookd`, in the changes and the timeline alike."""
+    from server.incidents.rollback import flag_outcome_words
+    from server.loglevels.models import service_label
+    from tests.server.flags.conftest import flag_body
+
+    changed, created = (f"rep-{uuid.uuid4().hex[:6]}" for _ in range(2))
+    logger = f"runbookd.report-{uuid.uuid4().hex[:6]}"
+    with http(base_url, make_token(Role.admin)) as client:
+        incident = client.post("/api/v1/incidents", json={"title": "Words in the report"}).json()["id"]
+        assert client.post("/api/v1/flags", json=flag_body(changed)).status_code == 201
+        assert client.patch(f"/api/v1/flags/{changed}", json={"default_variant": "on",
+                                                               "incident_id": incident}).status_code == 200
+        assert client.post("/api/v1/flags", json=flag_body(created, incident_id=incident)).status_code == 201
+        own = client.post(f"/debug/loggers/{logger}", json={"configuredLevel": "DEBUG", "for": "15m",
+                                                              "reason": "look inside", "incident_id": incident})
+        assert own.status_code == 204, own.text
+        report = client.get(f"/api/v1/incidents/{incident}/report").text
+        plan = {f["flag"]: f for f in client.post(f"/api/v1/incidents/{incident}/rollback",
+                                                  json={"dry_run": True}).json()["flags"]}
+    assert "_runbookd" not in report, report
+    changes = report[report.index("## Changes made"):report.index("## Timeline")]
+    row = next(line for line in changes.splitlines() if f"changed flag {changed}" in line)
+    assert row.endswith(" | would be restored to version 1 on undo |"), row
+    assert flag_outcome_words(plan[changed]["outcome"], plan[changed]["target_version"]) in row  # the undo's words
+    row = next(line for line in changes.splitlines() if f"created flag {created}" in line)
+    assert row.endswith(" | would be deleted on undo (the incident created it) |"), row
+    row = next(line for line in changes.splitlines() if logger in line)
+    assert f"| set log level of runbookd (this server) `{logger}` to DEBUG |" in row, row
+    assert row.endswith(" | look inside | still in effect |"), row
+    timeline = report[report.index("## Timeline"):]
+    assert f"Log level set: service runbookd (this server), logger {logger}, level DEBUG" in timeline, timeline
+    assert service_label("_runbookd") == "runbookd (this server)" and service_label("checkout") == "checkout"

@@ -32,6 +32,7 @@ from tests.server.chat.conftest import SLACK_SECRET, TEAM, Slack
 from tests.server.hooks.conftest import Hooks, alert, payload, unique, write_rules
 from tests.server.runs.conftest import RUNBOOKS
 from tests.support import celery_worker, http, serve, start, steps, wait_for, wait_run
+from tests.ui.test_console_http import csrf_of, signed_in
 
 SLOW_DB_POLL_S = 30  # the worker's heartbeat, when it also reads the database's cancel flag
 PROMPT_S = 5.0  # well under SLOW_DB_POLL_S and stream.RESYNC_S as set here
@@ -189,6 +190,21 @@ def test_an_alerts_resolution_cancels_its_run_live_and_stops_the_step(op, slow_p
     assert finished["data"]["status"] == "cancelled"
     assert time.monotonic() - asked < PROMPT_S
     assert wait_run(op, run_id, timeout=5)["status"] == "cancelled"
+
+
+def test_a_cancel_from_the_console_reaches_the_follower_live_and_stops_the_step(op, slow_poll_worker, live_api,
+                                                                                make_token, follow):
+    run = _running_sleeper(op)
+    follower = follow(run["id"])
+    _caught_up(follower)
+    with signed_in(live_api, make_token(Role.operator)) as console:
+        csrf = csrf_of(console, f"/ui/runs/{run['id']}")
+        asked = time.monotonic()
+        response = console.post(f"/ui/runs/{run['id']}/cancel", data={"csrf": csrf, "reason": "from the console"})
+    assert response.status_code == 303, response.text
+    follower.until("run.cancel_requested", PROMPT_S)
+    finished, _seen = follower.until("run.finished", PROMPT_S)
+    assert finished["data"]["status"] == "cancelled" and time.monotonic() - asked < PROMPT_S
 
 
 def test_an_approval_from_chat_is_published_and_sends_the_run_on(op, slow_poll_worker, live_api, follow):

@@ -158,8 +158,9 @@ def discard_scratch(directory: Path | None, run_id: int) -> None:
         shutil.rmtree(scratch_dir(directory, run_id), ignore_errors=True)
 
 
-SCRATCH_NAME = re.compile(r"run-([0-9]{1,18})")
+SCRATCH_NAME = re.compile(r"run-([0-9]{1,10})")
 FINISHED = [s.value for s in RunStatus if s.finished]
+RUN_ID_MAX = 2**31 - 1  # runs.id is a 32-bit integer on PostgreSQL: a larger number is no run's (nor a query's)
 
 
 def sweep_scratch(engine: Engine, directory: Path | None, *, chunk: int = 500) -> list[int]:
@@ -169,7 +170,8 @@ def sweep_scratch(engine: Engine, directory: Path | None, *, chunk: int = 500) -
     if directory is None or not directory.is_dir():
         return []
     found = {int(m.group(1)): path for path in directory.iterdir()
-             if (m := SCRATCH_NAME.fullmatch(path.name)) and path.is_dir() and not path.is_symlink()}
+             if (m := SCRATCH_NAME.fullmatch(path.name)) and int(m.group(1)) <= RUN_ID_MAX
+             and path.is_dir() and not path.is_symlink()}
     ids = sorted(found)
     finished: list[int] = []
     with Session(engine) as session:

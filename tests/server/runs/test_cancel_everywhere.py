@@ -26,12 +26,13 @@ from server.aftercommit import pending
 from server.app import create_app
 from server.auth.models import Actor, Role, Source
 from server.redis_client import make_redis
-from server.runs import events, service, stream
+from server.runs import events, service, stream, sweeps
+from server.runs.models import Run
 from tests.conftest import subprocess_env
 from tests.server.chat.conftest import SLACK_SECRET, TEAM, Slack
 from tests.server.hooks.conftest import Hooks, alert, payload, unique, write_rules
 from tests.server.runs.conftest import RUNBOOKS
-from tests.support import celery_worker, http, serve, start, steps, wait_for, wait_run
+from tests.support import celery_worker, free_port_url, http, serve, start, steps, wait_for, wait_run
 from tests.ui.test_console_http import csrf_of, signed_in
 
 SLOW_DB_POLL_S = 30  # the worker's heartbeat, when it also reads the database's cancel flag
@@ -253,3 +254,19 @@ def test_a_rolled_back_cancel_or_decision_announces_nothing(op, slow_poll_worker
         for run in (running, waiting):
             op.post(f"/api/v1/runs/{run['id']}/cancel", json={"reason": "test over"})
     assert wait_run(op, running["id"], timeout=PROMPT_S)["status"] == "cancelled"  # the real cancel still works
+
+
+def test_a_decision_the_broker_refuses_is_left_for_the_relay(op, slow_poll_worker, live_settings, engine):
+    waiting = start(op, "approval")
+    wait_run(op, waiting["id"], statuses={"waiting_approval"}, timeout=30)
+    offline = live_settings.model_copy(update={"redis_url": free_port_url("redis")})
+    someone = Actor(name="approver-offline", role=Role.operator, source=Source.api)
+    with Session(engine, expire_on_commit=False) as session:
+        service.decide(session, run_id=waiting["id"], step_id="gated", actor=someone, approve=True, reason=None,
+                       settings=offline, client=None)
+        session.commit()  # the send fails after the commit, which clears the run's "sent" mark
+    with Session(engine) as session:
+        run = session.get(Run, waiting["id"])
+        assert run is not None and run.status == "queued" and run.dispatched_at is None
+    assert sweeps.relay(engine, live_settings, min_age_s=0) >= 1
+    assert wait_run(op, waiting["id"], timeout=20)["status"] == "succeeded"

@@ -36,10 +36,18 @@ class StackError(RuntimeError):
     """Something the user must fix before the stack can start (the message says what)."""
 
 
+# prctl is looked up here, in the parent: a preexec_fn runs between fork and exec, where looking up a symbol
+# (which takes the dynamic loader's lock) could hang for good if another thread held that lock at the fork.
+_PRCTL = ctypes.CDLL("libc.so.6", use_errno=True).prctl if sys.platform.startswith("linux") else None
+PR_SET_PDEATHSIG = 1
+
+
 def _die_with_parent() -> None:
-    # If `up` itself is killed with SIGKILL, the kernel sends each child SIGTERM, so nothing is orphaned.
-    PR_SET_PDEATHSIG = 1
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    """preexec_fn: the child gets SIGTERM when the thread that started it ends, its process killed outright
+    included (SIGKILL), so nothing is orphaned: `up`'s children, a worker step's tools. Linux only (a no-op
+    elsewhere); the child's own children are reached only through it (SIGTERM lets it pass it on)."""
+    if _PRCTL is not None:
+        _PRCTL(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def free_port(host: str = "127.0.0.1") -> int:

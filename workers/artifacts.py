@@ -5,7 +5,8 @@ artifact), and files a toolkit step wrote to its scratch path (workers/toolkit/a
 attempt the engine stores both, each artifact in one transaction. What would take the run over
 RUNBOOKD_ARTIFACTS_MAX_RUN_BYTES is not stored, and the step's outputs say so (`artifacts_not_stored`). The
 scratch directory of a run is removed when the run ends on this worker (a later step may still read a file:
-a core dump gdb opens)."""
+a core dump gdb opens); the scratch of a run whose worker died with it is removed when a worker starts on this
+directory and finds the run finished (sweep_scratch)."""
 
 from __future__ import annotations
 
@@ -19,9 +20,11 @@ from typing import Any
 
 import orjson
 from sqlalchemy import Connection, Engine
+from sqlmodel import Session, col, select
 
 from server.runs import artifact_store
 from server.runs.artifacts import content_type
+from server.runs.models import Run, RunStatus
 
 HEAD_CHARS = 4096
 # Kinds of file that are text and get the run's secret values masked, as outputs do; binary files (a core
@@ -153,3 +156,29 @@ def discard_scratch(directory: Path | None, run_id: int) -> None:
     """The run's scratch files on this worker, once the run has ended (everything kept is in the database)."""
     if directory is not None:
         shutil.rmtree(scratch_dir(directory, run_id), ignore_errors=True)
+
+
+SCRATCH_NAME = re.compile(r"run-([0-9]{1,10})")
+FINISHED = [s.value for s in RunStatus if s.finished]
+RUN_ID_MAX = 2**31 - 1  # runs.id is a 32-bit integer on PostgreSQL: a larger number is no run's (nor a query's)
+
+
+def sweep_scratch(engine: Engine, directory: Path | None, *, chunk: int = 500) -> list[int]:
+    """Remove the scratch directories of finished runs (left by a worker that died before their end); returns
+    their run ids. A run not finished (running on another worker sharing the directory, waiting for an approval,
+    queued to resume here) and a directory of a run this database does not know keep theirs."""
+    if directory is None or not directory.is_dir():
+        return []
+    found = {int(m.group(1)): path for path in directory.iterdir()
+             if (m := SCRATCH_NAME.fullmatch(path.name)) and int(m.group(1)) <= RUN_ID_MAX
+             and path.is_dir() and not path.is_symlink()}
+    ids = sorted(found)
+    finished: list[int] = []
+    with Session(engine) as session:
+        for start in range(0, len(ids), chunk):
+            rows = session.exec(select(Run.id).where(col(Run.id).in_(ids[start:start + chunk]),
+                                                     col(Run.status).in_(FINISHED))).all()
+            finished += [run_id for run_id in rows if run_id is not None]
+    for run_id in sorted(finished):
+        shutil.rmtree(found[run_id], ignore_errors=True)
+    return sorted(finished)

@@ -16,6 +16,7 @@ from server.dispatch_queue import LOGLEVEL_EXPIRE_TASK
 from server.loglevels.sync import OwnLoggerSync, sweep_expired
 from server.notices import NoticeBus
 from server.redis_client import key, make_redis
+from workers.artifacts import sweep_scratch
 from workers.celery_app import app, settings
 
 log = logging.getLogger("runbookd.worker")
@@ -68,8 +69,10 @@ def _heartbeat(hostname: str, queues: list[str], stop: threading.Event) -> None:
 
 @worker_ready.connect
 def _worker_ready(sender: Any = None, **_: Any) -> None:
-    """The main process: apply log levels, sweep expiries missed while nothing ran, start the heartbeat."""
+    """The main process: apply log levels, sweep expiries missed while nothing ran, remove the scratch of runs
+    that finished while their worker was gone, start the heartbeat."""
     _start_sync(sweep=True)
+    _sweep_scratch()
     hostname = getattr(sender, "hostname", None) or f"worker@{os.uname().nodename}"
     consumer = getattr(sender, "task_consumer", None)
     queues = sorted(q.name for q in getattr(consumer, "queues", []) or [])
@@ -78,6 +81,16 @@ def _worker_ready(sender: Any = None, **_: Any) -> None:
     _state["heartbeat"] = threading.Thread(target=_heartbeat, args=(hostname, queues, stop),
                                            name="runbookd-worker-heartbeat", daemon=True)
     _state["heartbeat"].start()
+
+
+def _sweep_scratch() -> None:
+    try:
+        removed = sweep_scratch(_state["engine"], settings.artifacts_dir)
+    except Exception:  # a database still starting must not keep the worker from starting; the next start sweeps
+        log.warning("scratch of finished runs not swept", exc_info=True)
+        return
+    if removed:
+        log.info("scratch of finished runs removed", extra={"runs": len(removed), "run_ids": removed[:20]})
 
 
 @worker_shutdown.connect

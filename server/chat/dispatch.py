@@ -89,17 +89,16 @@ def _run(cmd: g.RunCommand, ctx: ChatContext) -> Reply:
 
 def _run_ref(cmd: g.RunRef, ctx: ChatContext) -> Reply:
     if cmd.verb == "cancel":
-        run = runs.cancel(ctx.session, run_id=cmd.run_id, actor=ctx.actor, reason="cancelled from chat")
+        run = runs.cancel(ctx.session, run_id=cmd.run_id, actor=ctx.actor, reason="cancelled from chat",
+                          settings=ctx.settings, client=ctx.redis)
         return Reply(f"Run #{run.id}: cancel requested by {ctx.actor.name} (now {run.status})", public=True)
     run = runs.get_run(ctx.session, run_id=cmd.run_id)
     return Reply(run_summary(run, runs.steps_of(ctx.session, run_id=cmd.run_id), ctx.run_url(cmd.run_id)))
 
 
 def _approval(cmd: g.ApprovalCommand, ctx: ChatContext) -> Reply:
-    run = runs.decide(ctx.session, run_id=cmd.run_id, step_id=cmd.step_id, actor=ctx.actor, approve=cmd.approve,
-                      reason=cmd.reason, others_by_default=ctx.settings.approval_by_others)
-    run_id, queue = cmd.run_id, run.queue
-    on_commit(ctx.session, lambda: sweeps.dispatch(ctx.engine, ctx.settings, run_id, queue))
+    runs.decide(ctx.session, run_id=cmd.run_id, step_id=cmd.step_id, actor=ctx.actor, approve=cmd.approve,
+                reason=cmd.reason, settings=ctx.settings, client=ctx.redis)  # sends the run after the commit
     verdict = "approved" if cmd.approve else f"rejected ({cmd.reason})"
     return Reply(f"Run #{cmd.run_id}: step `{cmd.step_id}` {verdict} by {ctx.actor.name}", public=True)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from typing import Annotated, Any
 
+import redis
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
@@ -52,11 +53,11 @@ def _rules(settings: Settings) -> tuple[rules_mod.RuleSet, Any]:
     return rules_mod.rules_for(settings.runbooks_dir, snapshot), snapshot
 
 
-def deliver(engine: Any, settings: Settings, delivery: payloads.Delivery, *, token: str | None,
-            request_id: str | None) -> dict[str, Any]:
+def deliver(engine: Any, settings: Settings, client: redis.Redis | None, delivery: payloads.Delivery, *,
+            token: str | None, request_id: str | None) -> dict[str, Any]:
     rules, snapshot = _rules(settings)
     return service.deliver(engine, settings, delivery, rules=rules, runbooks=snapshot.runbooks, token=token,
-                           request_id=request_id)
+                           request_id=request_id, client=client)
 
 
 def _remote(request: Request) -> str | None:
@@ -64,13 +65,13 @@ def _remote(request: Request) -> str | None:
 
 
 @router.post("/hooks/alertmanager")
-async def alertmanager(request: Request, settings: SettingsDep, engine: EngineDep,
+async def alertmanager(request: Request, settings: SettingsDep, engine: EngineDep, client: RedisDep,
                        actor: Annotated[Actor, Depends(hook_actor)]) -> JSONResponse:
     """Prometheus Alertmanager's webhook (version 4), authenticated by a bearer token of the hook role (or
     operator, admin): `http_config: {authorization: {credentials: TOKEN}}` in the receiver."""
     body = await _body(request, settings)
     delivery = payloads.alertmanager(body)
-    result = await run_in_threadpool(deliver, engine, settings, delivery,
+    result = await run_in_threadpool(deliver, engine, settings, client, delivery,
                                      token=actor.name, request_id=request_id_var.get())
     return JSONResponse(result)
 
@@ -96,7 +97,7 @@ async def generic(name: str, request: Request, settings: SettingsDep, client: Re
         token = actor.name
         body = await _body(request, settings)
     delivery = payloads.generic(name, body, delivery_id=request.headers.get("idempotency-key"))
-    result = await run_in_threadpool(deliver, engine, settings, delivery, token=token,
+    result = await run_in_threadpool(deliver, engine, settings, client, delivery, token=token,
                                      request_id=request_id_var.get())
     return JSONResponse(result)
 

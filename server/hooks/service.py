@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+import redis
 from sqlalchemy import Engine, text
 from sqlalchemy import select as sa_select
 from sqlalchemy.exc import IntegrityError, OperationalError
@@ -144,6 +145,7 @@ class _Work:
     delivery: Delivery
     actor: Actor
     row: HookDelivery
+    client: redis.Redis | None = None  # where a cancelled run's events and its worker's stop signal go
     decisions: list[dict[str, Any]] = field(default_factory=list)
     dispatch: list[tuple[int, str]] = field(default_factory=list)
     groups: dict[tuple[str, str], str] = field(default_factory=dict)  # (rule, group hash) -> incident id
@@ -175,13 +177,13 @@ def matches(rules: RuleSet, delivery: Delivery) -> list[tuple[Alert, list[Rule]]
 
 
 def deliver(engine: Engine, settings: Settings, delivery: Delivery, *, rules: RuleSet, runbooks: dict[str, Checked],
-            token: str | None, request_id: str | None) -> dict[str, Any]:
+            token: str | None, request_id: str | None, client: redis.Redis | None) -> dict[str, Any]:
     """Decide and commit a delivery (retried when a concurrent copy won a race), then send its runs."""
     for attempt in range(ATTEMPTS):
         with Session(engine, expire_on_commit=False) as session:
             try:
                 outcome = process(session, delivery=delivery, rules=rules, runbooks=runbooks, settings=settings,
-                                  token=token, request_id=request_id)
+                                  token=token, request_id=request_id, client=client)
                 session.commit()
                 break
             except (IntegrityError, OperationalError) as exc:
@@ -205,7 +207,8 @@ def send_runs(engine: Engine, settings: Settings, dispatch: list[tuple[int, str]
 
 
 def process(session: Session, *, delivery: Delivery, rules: RuleSet, runbooks: dict[str, Checked],
-            settings: Settings, token: str | None, request_id: str | None) -> Outcome:
+            settings: Settings, token: str | None, request_id: str | None,
+            client: redis.Redis | None = None) -> Outcome:
     """Decide a delivery and write it all (the caller commits, then sends Outcome.dispatch)."""
     lock_deliveries(session)
     now = utcnow()
@@ -214,7 +217,7 @@ def process(session: Session, *, delivery: Delivery, rules: RuleSet, runbooks: d
                        group_key=delivery.group_key[:1000], alerts=len(delivery.alerts), result={})
     session.add(row)
     session.flush()
-    work = _Work(session, settings, runbooks, delivery, actor, row)
+    work = _Work(session, settings, runbooks, delivery, actor, row, client)
     matched = matches(rules, delivery)
     actions: list[tuple[Alert, Rule, str, str]] = []  # alert, rule, action (run/resolved), key
     for alert, hits in matched:
@@ -389,7 +392,8 @@ def _resolved(work: _Work, alert: Alert, rule: Rule, key: str) -> None:
         if RunStatus(run.status).finished:
             detail = f"run {run.id} had already finished ({run.status})"
         else:
-            runs.cancel(session, run_id=firing.run_id, actor=work.actor, reason=f"alert {name} resolved")
+            runs.cancel(session, run_id=firing.run_id, actor=work.actor, reason=f"alert {name} resolved",
+                        settings=work.settings, client=work.client)
             detail = f"run {firing.run_id} cancelled"
     elif action == "resolve_incident" and firing.incident_id:
         incident = incidents.get_incident(session, ref=firing.incident_id)

@@ -1,10 +1,7 @@
 from __future__ import annotations
 
-import contextlib
-from functools import partial
 from typing import Annotated, Any
 
-import redis
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
@@ -13,7 +10,6 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 from sse_starlette.sse import EventSourceResponse
 
-from server.aftercommit import on_commit
 from server.audit import service as audit
 from server.auth.models import Actor, Role, Source
 from server.db import SessionDep
@@ -22,7 +18,7 @@ from server.errors import Forbidden, InvalidInput, NotFound
 from server.ids import MAX_ID, PathId, parse_id
 from server.redaction import MASK
 from server.runbooks import service as runbooks
-from server.runs import artifacts, events, service, stream, sweeps, views
+from server.runs import artifacts, service, stream, sweeps, views
 from server.runs.models import (
     CancelRequest,
     DecisionRequest,
@@ -37,10 +33,6 @@ from server.runs.models import (
 
 router = APIRouter(prefix="/api/v1/runs", tags=["runs"])
 links_router = APIRouter(tags=["runs"])
-
-
-def _last_event_id(session: SessionDep, run_id: int) -> int:
-    return events.last_id(session, run_id=run_id)
 
 
 def _dispatch(request: Request, session: SessionDep, run: Run) -> None:
@@ -154,30 +146,18 @@ def get_run(run_id: PathId, request: Request, session: SessionDep, _actor: Viewe
 @router.post("/{run_id}/cancel", response_model=RunPublic)
 def cancel_run(run_id: PathId, request: Request, client: RedisDep, settings: SettingsDep, session: SessionDep,
                actor: Operator, body: CancelRequest | None = None) -> Response:
-    last = _last_event_id(session, run_id)
-    run = service.cancel(session, run_id=run_id, actor=actor, reason=body.reason if body else None)
-    if client is not None and run.status == RunStatus.running:
-        # The worker polls this key a few times a second; the database flag is the slower fallback.
-        on_commit(session, partial(_tell_worker, client, events.cancel_key(settings, run_id), actor.name))
-    events.publish_on_commit(session, client, settings, run_id=run_id, after_id=last)
-    session.commit()
+    run = service.cancel(session, run_id=run_id, actor=actor, reason=body.reason if body else None,
+                         settings=settings, client=client)
+    session.commit()  # publishes the events and tells the worker (service.announce_cancel)
     return _response(request, session, run, 202 if run.status == RunStatus.running else 200)
-
-
-def _tell_worker(client: redis.Redis, key: str, by: str) -> None:
-    with contextlib.suppress(redis.RedisError):
-        client.set(key, by, ex=86400)
 
 
 def _decide(run_id: int, step_id: str, request: Request, session: SessionDep, actor: Operator,
             body: DecisionRequest | None, approve: bool) -> Response:
-    last = _last_event_id(session, run_id)
-    settings = settings_of(request)
     run = service.decide(session, run_id=run_id, step_id=step_id, actor=actor, approve=approve,
-                         reason=body.reason if body else None, others_by_default=settings.approval_by_others)
-    events.publish_on_commit(session, redis_of(request), settings, run_id=run_id, after_id=last)
-    session.commit()
-    _dispatch(request, session, run)
+                         reason=body.reason if body else None, settings=settings_of(request),
+                         client=redis_of(request))
+    session.commit()  # publishes the decision and sends the run (service.decide)
     return _response(request, session, run, 202)
 
 

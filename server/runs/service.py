@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any
 
 import orjson
-from sqlalchemy import insert, update
+import redis
+from sqlalchemy import Engine, insert, update
 from sqlmodel import Session, col, select
 
 from server import tracing
+from server.aftercommit import on_commit
 from server.audit import service as audit
 from server.auth.models import Actor, Role
 from server.errors import Conflict, Forbidden, InvalidInput, NotFound
@@ -156,11 +160,16 @@ def finish_unstarted(session: Session, *, run: Run, status: RunStatus, error: st
     events.record(session, run_id=run.id, type="run.finished", data={"status": status, "error": error})
 
 
-def cancel(session: Session, *, run_id: int, actor: Actor, reason: str | None) -> Run:
-    """Cancel now when no worker holds the run; else flag it and the worker stops within a moment."""
+def cancel(session: Session, *, run_id: int, actor: Actor, reason: str | None, settings: Settings,
+           client: redis.Redis | None) -> Run:
+    """Cancel now when no worker holds the run; else flag it and the worker stops within a moment.
+
+    Whoever cancels (API, console, chat, an alert's resolution), once the caller commits the run's new events
+    reach its followers and a worker running it is told to stop (announce_cancel); nothing on a rollback."""
     run = _lock(session, run_id)
     if run.status.finished:
         raise Conflict(f"run {run_id} already finished ({run.status}); nothing to cancel")
+    last = events.last_id(session, run_id=run_id)
     before = run.status
     run.cancel_requested_at, run.cancelled_by = utcnow(), actor.name
     if run.status in (RunStatus.queued, RunStatus.waiting_approval):
@@ -170,15 +179,34 @@ def cancel(session: Session, *, run_id: int, actor: Actor, reason: str | None) -
         events.record(session, run_id=run_id, type="run.cancel_requested", data={"by": actor.name})
     audit.record(session, actor=actor, action="run.cancel", target_type="run", target_id=run_id,
                  before={"status": before}, after={"status": run.status}, reason=reason, incident_id=run.incident_id)
+    announce_cancel(session, settings, client, run=run, after_id=last, by=actor.name)
     return run
 
 
+def announce_cancel(session: Session, settings: Settings, client: redis.Redis | None, *, run: Run, after_id: int,
+                    by: str) -> None:
+    """After the commit: publish the cancel's events (stored after after_id) and, when a worker holds the
+    run, set its cancel key, which the worker polls a few times a second (the database flag is the slower
+    fallback). Registered with server.aftercommit, so a rollback announces nothing."""
+    assert run.id is not None
+    if client is not None and run.status == RunStatus.running:
+        on_commit(session, partial(_tell_worker, client, events.cancel_key(settings, run.id), by))
+    events.publish_on_commit(session, client, settings, run_id=run.id, after_id=after_id)
+
+
+def _tell_worker(client: redis.Redis, key: str, by: str) -> None:
+    with contextlib.suppress(redis.RedisError):
+        client.set(key, by, ex=86400)
+
+
 def decide(session: Session, *, run_id: int, step_id: str, actor: Actor, approve: bool, reason: str | None,
-           others_by_default: bool = False) -> Run:
+           settings: Settings, client: redis.Redis | None) -> Run:
     """Approve or reject the step a run waits on; the run is queued again and the worker takes it from there.
 
     The decider needs the operator role; where the step says `by: others` (or the approval_by_others setting
-    makes that the default), the run's starter may not approve it: the four-eyes rule."""
+    makes that the default), the run's starter may not approve it: the four-eyes rule. Once the caller
+    commits, the decision reaches the run's followers and the run is sent to its queue (nothing on a rollback),
+    whoever decided (API, console, chat)."""
     if not actor.role.allows(Role.operator):
         raise Forbidden(f"deciding on an approval needs the operator role; {actor.name} is {actor.role.value}")
     run = _lock(session, run_id)
@@ -192,20 +220,40 @@ def decide(session: Session, *, run_id: int, step_id: str, actor: Actor, approve
         raise Conflict(f"step {step_id!r} of run {run_id} is not waiting for approval (run is {run.status}){hint}")
     if not approve and not reason:
         raise InvalidInput("a rejection needs a reason", details=[{"field": "reason", "message": "required"}])
-    if approve and actor.name == run.actor and _approvers(run, step_id, others_by_default) == "others":
+    if approve and actor.name == run.actor and _approvers(run, step_id, settings.approval_by_others) == "others":
         raise Forbidden(f"step {step_id!r} needs a second person's approval: {actor.name} started run {run_id} "
                         "and may reject it but not approve it")
+    last = events.last_id(session, run_id=run_id)
     verdict = "approved" if approve else "rejected"
     step.approval, step.approval_by, step.approval_reason = verdict, actor.name, reason
     run.status = RunStatus.queued
-    run.dispatched_at = utcnow()  # optimistic, as in create_run
+    run.dispatched_at = utcnow()  # optimistic, as in create_run; send_after_commit clears it if the send fails
     session.add_all([step, run])
     events.record(session, run_id=run_id, type=f"step.{verdict}", step_id=step_id,
                   data={"by": actor.name, "reason": reason})
     audit.record(session, actor=actor, action=f"run.step.{'approve' if approve else 'reject'}", target_type="run",
                  target_id=run_id, before={"step": step_id, "approval": "waiting"},
                  after={"step": step_id, "approval": verdict}, reason=reason, incident_id=run.incident_id)
+    events.publish_on_commit(session, client, settings, run_id=run_id, after_id=last)
+    send_after_commit(session, settings, run_id=run_id, queue=run.queue)
     return run
+
+
+def send_after_commit(session: Session, settings: Settings, *, run_id: int, queue: str) -> None:
+    """Send a queued run (noted as sent in this transaction) to the broker once the session commits; when the
+    broker refuses, clear the note in a session of its own, so beat's relay sends it soon."""
+    bind = session.get_bind()
+    engine = bind if isinstance(bind, Engine) else bind.engine
+    on_commit(session, partial(_send, engine, settings, run_id, queue))
+
+
+def _send(engine: Engine, settings: Settings, run_id: int, queue: str) -> None:
+    from server.runs.sweeps import send_run  # sweeps imports this module
+
+    if not send_run(settings, run_id, queue):
+        with Session(engine) as session:
+            mark_undispatched(session, run_id=run_id)
+            session.commit()
 
 
 def _approvers(run: Run, step_id: str, others_by_default: bool) -> str | None:

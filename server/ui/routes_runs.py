@@ -1,7 +1,8 @@
 """Runbooks (list, page, Run form) and runs (list, live page, approve/reject, cancel, rerun, artifacts).
 
-Writes go through the REST API's own route functions (server.runs.routes), called as Python: the same
-service calls, the same commit, the same dispatch and event publishing, no second code path.
+Writes go through the REST API's own route functions (server.runs.routes), called as Python, or, for cancel,
+approve and reject, through the same service functions the API calls (server.runs.service), which also
+publish the run's events, tell its worker and send it on after the commit: no second code path.
 """
 
 from __future__ import annotations
@@ -169,8 +170,10 @@ def _reason(value: str) -> str | None:
 @router.post("/runs/{run_id}/cancel")
 def cancel_run(run_id: PathId, request: Request, session: SessionDep, actor: UiOperator,
                reason: Annotated[str, Form()] = "") -> Response:
-    runs_api.cancel_run(run_id, request, request.app.state.redis, request.app.state.settings, session, actor,
-                        CancelRequest(reason=_reason(reason)))
+    body = CancelRequest(reason=_reason(reason))
+    runs.cancel(session, run_id=run_id, actor=actor, reason=body.reason, settings=request.app.state.settings,
+                client=request.app.state.redis)
+    session.commit()
     return see_other(f"/ui/runs/{run_id}", "cancel requested")
 
 
@@ -180,10 +183,9 @@ def decide(run_id: PathId, step_id: str, decision: str, request: Request, sessio
     if decision not in ("approve", "reject"):
         raise InvalidInput(f"unknown decision {decision!r}; use approve or reject")
     body = DecisionRequest(reason=_reason(reason))
-    if decision == "approve":
-        runs_api.approve_step(run_id, step_id, request, session, actor, body)
-    else:
-        runs_api.reject_step(run_id, step_id, request, session, actor, body)
+    runs.decide(session, run_id=run_id, step_id=step_id, actor=actor, approve=decision == "approve",
+                reason=body.reason, settings=request.app.state.settings, client=request.app.state.redis)
+    session.commit()
     return see_other(f"/ui/runs/{run_id}", f"step {step_id} {decision}d")
 
 

@@ -30,11 +30,11 @@ def rule_file(rule: str, name: str, extra: str = "") -> str:
 {extra}"""
 
 
-def cancel_all(engine, rule: str) -> None:
+def cancel_all(engine, rule: str, settings) -> None:
     with session_scope(engine) as session:
         for run in runs_of(engine, rule):
             if run.status == "queued":
-                runs.cancel(session, run_id=run.id, actor=OPERATOR, reason="test")
+                runs.cancel(session, run_id=run.id, actor=OPERATOR, reason="test", settings=settings, client=None)
 
 
 def decisions(hooks, admin_token, delivery_id: int) -> list[dict]:
@@ -42,7 +42,8 @@ def decisions(hooks, admin_token, delivery_id: int) -> list[dict]:
         return client.get(f"/api/v1/hooks/deliveries/{delivery_id}").json()["result"]["decisions"]
 
 
-def test_dedupe_holds_one_run_per_fingerprint_while_active_and_within_cooldown(hooks, hooks_dir, engine, admin_token):
+def test_dedupe_holds_one_run_per_fingerprint_while_active_and_within_cooldown(hooks, hooks_dir, engine, admin_token,
+                                                                               hook_settings):
     rule, name = unique(), unique("A")
     write_rules(hooks_dir, rule_file(rule, name, "    cooldown: 0s\n"))
     first = hooks.alertmanager(payload([alert(name, job="a", fingerprint="fp1", starts_at="2026-12-02T01:00:00Z")]))
@@ -52,35 +53,36 @@ def test_dedupe_holds_one_run_per_fingerprint_while_active_and_within_cooldown(h
     assert (again.json()["started"], again.json()["suppressed"]) == (0, 1)
     [why] = [d["reason"] for d in decisions(hooks, admin_token, again.json()["delivery_id"])]
     assert why.startswith("dedupe: run ") and "still queued" in why
-    cancel_all(engine, rule)
+    cancel_all(engine, rule, hook_settings)
     third = hooks.alertmanager(payload([alert(name, job="a", fingerprint="fp1", starts_at="2026-12-02T01:10:00Z")]))
     assert third.json()["started"] == 1  # cooldown 0s and the earlier run ended
 
     rule2, name2 = unique(), unique("A")
     write_rules(hooks_dir, rule_file(rule2, name2, "    cooldown: 1h\n"))
     assert hooks.alertmanager(payload([alert(name2, job="a", fingerprint="fp2", starts_at="t1")])).json()["started"]
-    cancel_all(engine, rule2)
+    cancel_all(engine, rule2, hook_settings)
     later = hooks.alertmanager(payload([alert(name2, job="a", fingerprint="fp2", starts_at="t2")])).json()
     assert later["suppressed"] == 1
     [why] = [d["reason"] for d in decisions(hooks, admin_token, later["delivery_id"])]
     assert "within the cooldown (1h)" in why
 
 
-def test_max_concurrent_and_max_runs_per_minute_suppress_with_the_reason(hooks, hooks_dir, engine, admin_token):
+def test_max_concurrent_and_max_runs_per_minute_suppress_with_the_reason(hooks, hooks_dir, engine, admin_token,
+                                                                         hook_settings):
     rule, name = unique(), unique("A")
     write_rules(hooks_dir, rule_file(rule, name, "    max_concurrent: 2\n"))
     body = hooks.alertmanager(payload([alert(name, job=f"j{i}") for i in range(5)])).json()
     assert (body["started"], body["suppressed"]) == (2, 3)
     reasons = {d["reason"] for d in decisions(hooks, admin_token, body["delivery_id"]) if d["outcome"] == "suppressed"}
     assert reasons == {f"max_concurrent: 2 runs of rule {rule} are already active"}
-    cancel_all(engine, rule)  # finished runs no longer count
+    cancel_all(engine, rule, hook_settings)  # finished runs no longer count
     assert hooks.alertmanager(payload([alert(name, job="k")])).json()["started"] == 1
 
     rule2, name2 = unique(), unique("A")
     write_rules(hooks_dir, rule_file(rule2, name2, "    max_runs_per_minute: 3\n"))
     body = hooks.alertmanager(payload([alert(name2, job=f"j{i}") for i in range(5)])).json()
     assert (body["started"], body["suppressed"]) == (3, 2)
-    cancel_all(engine, rule2)
+    cancel_all(engine, rule2, hook_settings)
     body = hooks.alertmanager(payload([alert(name2, job="late")])).json()  # ended, but still this minute
     assert body["suppressed"] == 1
     [why] = [d["reason"] for d in decisions(hooks, admin_token, body["delivery_id"])]
@@ -201,7 +203,7 @@ def test_notify_posts_the_runs_summary_when_it_ends(hooks, hooks_dir, engine, se
         post_due(engine, settings)
         assert received == []  # not finished yet
         with session_scope(engine) as session:
-            runs.cancel(session, run_id=run.id, actor=OPERATOR, reason="test")
+            runs.cancel(session, run_id=run.id, actor=OPERATOR, reason="test", settings=settings, client=None)
         post_due(engine, settings)
     finally:
         server.shutdown()

@@ -56,10 +56,9 @@ def test_nothing_is_published_when_the_change_rolls_back(operator, listen, runs_
     client = make_redis(runs_settings)
     try:
         with Session(engine, expire_on_commit=False) as session:
-            last = events.last_id(session, run_id=run["id"])
             ghost = Actor(name="rolled-back", role=Role.operator, source=Source.api)
-            service.cancel(session, run_id=run["id"], actor=ghost, reason="never happened")
-            events.publish_on_commit(session, client, runs_settings, run_id=run["id"], after_id=last)
+            service.cancel(session, run_id=run["id"], actor=ghost, reason="never happened",
+                           settings=runs_settings, client=client)  # registers its publish for the commit
             session.rollback()
     finally:
         client.close()

@@ -20,14 +20,31 @@ def _answers(url: str) -> bool:
         return False
 
 
-def test_api_runs_in_several_processes_on_one_port(settings):
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen([sys.executable, "-m", "server.cli", "api", "--processes", "2"], cwd=REPO,
-                            env=subprocess_env(settings, RUNBOOKD_PORT=str(port)),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def _start(settings, log_path):
+    """`runbookd api --processes 2` on a free port, once it answers; a port another test took between
+    free_port() and the bind is tried again with a new one (several xdist sessions pick ports at once)."""
+    for _attempt in range(3):
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        with log_path.open("wb") as log:
+            proc = subprocess.Popen([sys.executable, "-m", "server.cli", "api", "--processes", "2"], cwd=REPO,
+                                    env=subprocess_env(settings, RUNBOOKD_PORT=str(port)), stdout=log,
+                                    stderr=subprocess.STDOUT)
+        try:
+            wait_for(lambda: _answers(url) or proc.poll() is not None, 60, "the api to answer")
+        except TimeoutError:
+            stop_process(proc)
+            raise AssertionError(log_path.read_text()[-4000:]) from None
+        if proc.poll() is None:
+            return proc, port, url
+        if "already in use" not in log_path.read_text():
+            raise AssertionError(f"the api exited {proc.returncode}:\n{log_path.read_text()[-4000:]}")
+    raise AssertionError("no free port after three tries")
+
+
+def test_api_runs_in_several_processes_on_one_port(settings, tmp_path):
+    proc, port, url = _start(settings, tmp_path / "api.log")
     try:
-        wait_for(lambda: _answers(url), 60, "the api to answer")
         servers = [child for child in psutil.Process(proc.pid).children()
                    if any(c.laddr.port == port for c in child.net_connections(kind="tcp"))
                    or "spawn" in " ".join(child.cmdline())]

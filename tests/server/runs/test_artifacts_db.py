@@ -154,7 +154,9 @@ def _outlive(settings, operator, make_token, engine, sleeper, home: Path) -> Non
         done = wait_run(operator, run["id"], timeout=120)
         assert done["status"] == "succeeded", (done["error"], [(s["step_id"], s["error"]) for s in done["steps"]])
         scratch = home / "artifacts" / f"run-{run['id']}"
-        assert not scratch.exists(), "the run's scratch goes when the run ends: what it kept is in the database"
+        # The worker removes it just after it records the end, which the API may show first.
+        wait_for(lambda: not scratch.exists(), 15, "the run's scratch to go when the run ends (what it kept is "
+                 "in the database)")
     shutil.rmtree(home)  # the node is gone: its worker stopped, its disk wiped
 
     run_id = run["id"]

@@ -19,7 +19,7 @@ from server.auth.models import Actor, Role, Source
 from server.runbooks.validation import check_text
 from server.runs import service
 from server.runs.models import Run, RunStatus
-from server.runs.sweeps import send_run
+from server.runs.service import send_run
 from tests.conftest import subprocess_env
 from tests.support import celery_worker, wait_for
 from workers.artifacts import scratch_dir

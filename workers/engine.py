@@ -27,7 +27,7 @@ from server.runbooks.catalog import CATALOG
 from server.runbooks.schema import Runbook, StepSpec
 from server.runbooks.validation import Checked, check_text
 from server.runs.models import FINISHED_STEP, Run, RunStatus, StepRun, StepStatus
-from server.runs.sweeps import send_run
+from server.runs.service import send_run
 from server.settings import Settings
 from workers import preview
 from workers.artifacts import discard_scratch, to_json

@@ -25,7 +25,7 @@ from sqlalchemy import Connection, Engine, bindparam, exists, select, update
 from server.db import unreachable
 from server.runs import events
 from server.runs.models import Run, RunStatus, StepRun
-from server.runs.sweeps import send_run
+from server.runs.service import send_run
 from server.settings import Settings
 from workers import claims
 

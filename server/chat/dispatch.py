@@ -10,7 +10,6 @@ import redis
 from sqlalchemy import Engine
 from sqlmodel import Session
 
-from server.aftercommit import on_commit
 from server.auth.models import Actor, Role
 from server.chat import grammar as g
 from server.chat.models import ChatFollowup
@@ -26,7 +25,6 @@ from server.loglevels.sync import announce as announce_loglevels
 from server.runbooks import service as runbooks
 from server.runbooks.store import RunbookStore
 from server.runs import service as runs
-from server.runs import sweeps
 from server.settings import Settings
 
 
@@ -80,8 +78,7 @@ def _run(cmd: g.RunCommand, ctx: ChatContext) -> Reply:
     if ctx.response_url:
         ctx.session.add(ChatFollowup(run_id=run.id, platform=ctx.user.platform, response_url=ctx.response_url,
                                      channel=ctx.user.channel_ref))
-    run_id, queue = run.id, run.queue
-    on_commit(ctx.session, lambda: sweeps.dispatch(ctx.engine, ctx.settings, run_id, queue))
+    runs.send_after_commit(ctx.session, ctx.settings, run_id=run.id, queue=run.queue)
     incident = f" under {run.incident_id}" if run.incident_id else ""
     return Reply(f"Run #{run.id} of `{cmd.runbook}` queued by {ctx.actor.name}{incident}. "
                  f"I will post the outcome here. <{ctx.run_url(run.id)}|Follow it>", public=True)

@@ -38,7 +38,6 @@ from server.runbooks import expressions
 from server.runbooks import params as param_rules
 from server.runbooks.validation import Checked
 from server.runs import service as runs
-from server.runs import sweeps
 from server.runs.models import Run, RunStatus
 from server.settings import Settings
 
@@ -198,7 +197,7 @@ def deliver(engine: Engine, settings: Settings, delivery: Delivery, *, rules: Ru
 def send_runs(engine: Engine, settings: Settings, dispatch: list[tuple[int, str]]) -> None:
     """Send committed runs to the broker; when it is down, the rest stay queued for beat's relay."""
     for index, (run_id, queue) in enumerate(dispatch):
-        if not sweeps.send_run(settings, run_id, queue):
+        if not runs.send_run(settings, run_id, queue):
             with Session(engine) as session:
                 for later, _queue in dispatch[index:]:
                     runs.mark_undispatched(session, run_id=later)

@@ -18,7 +18,7 @@ from server.errors import Forbidden, InvalidInput, NotFound
 from server.ids import MAX_ID, PathId, parse_id
 from server.redaction import MASK
 from server.runbooks import service as runbooks
-from server.runs import artifacts, service, stream, sweeps, views
+from server.runs import artifacts, service, stream, views
 from server.runs.models import (
     CancelRequest,
     DecisionRequest,
@@ -33,15 +33,6 @@ from server.runs.models import (
 
 router = APIRouter(prefix="/api/v1/runs", tags=["runs"])
 links_router = APIRouter(tags=["runs"])
-
-
-def _dispatch(request: Request, session: SessionDep, run: Run) -> None:
-    """Enqueue after the commit (which noted the run as sent); with SQLite the request's own session must
-    undo that when the broker is down (one writer at a time)."""
-    assert run.id is not None
-    if not sweeps.send_run(settings_of(request), run.id, run.queue):
-        service.mark_undispatched(session, run_id=run.id)
-        session.commit()
 
 
 def _response(request: Request, session: SessionDep, run: Run, status_code: int,
@@ -89,6 +80,9 @@ def create_run(body: RunCreate, request: Request, session: SessionDep, actor: Op
         run, steps = service.create_run(session, checked=entry.checked, given=body.params, actor=actor,
                                         settings=settings, incident_id=body.incident_id, dry_run=body.dry_run,
                                         idempotency_key=idempotency_key, body_hash=body_hash)
+        assert run.id is not None
+        # No live publish of run.queued: nobody can follow a run before knowing its id; followers read it stored.
+        service.send_after_commit(session, settings, run_id=run.id, queue=run.queue)
         session.commit()
     except IntegrityError:
         # Two requests with one Idempotency-Key raced: the other one won (its insert raises here, at the
@@ -98,9 +92,6 @@ def create_run(body: RunCreate, request: Request, session: SessionDep, actor: Op
         if existing is None:
             raise
         return _response(request, session, existing, 202)
-    assert run.id is not None
-    # No live publish of run.queued: nobody can follow a run before knowing its id; followers read it stored.
-    _dispatch(request, session, run)
     return _response(request, session, run, 202, steps)
 
 
@@ -178,10 +169,10 @@ def rerun(run_id: PathId, request: Request, settings: SettingsDep, session: Sess
           body: RerunRequest | None = None) -> Response:
     run = service.rerun(session, run_id=run_id, actor=actor, overrides=body.params if body else {},
                         settings=settings)
-    session.commit()
     assert run.id is not None
     # No live publish of run.queued: nobody can follow a run before knowing its id; followers read it stored.
-    _dispatch(request, session, run)
+    service.send_after_commit(session, settings, run_id=run.id, queue=run.queue)
+    session.commit()
     return _response(request, session, run, 202)
 
 

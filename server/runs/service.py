@@ -19,6 +19,7 @@ from server import tracing
 from server.aftercommit import on_commit
 from server.audit import service as audit
 from server.auth.models import Actor, Role
+from server.dispatch_queue import RUN_EXECUTE_TASK, send, sender
 from server.errors import Conflict, Forbidden, InvalidInput, NotFound
 from server.incidents import service as incidents
 from server.models_base import as_utc, utcnow
@@ -241,19 +242,31 @@ def decide(session: Session, *, run_id: int, step_id: str, actor: Actor, approve
 
 def send_after_commit(session: Session, settings: Settings, *, run_id: int, queue: str) -> None:
     """Send a queued run (noted as sent in this transaction) to the broker once the session commits; when the
-    broker refuses, clear the note in a session of its own, so beat's relay sends it soon."""
+    broker refuses, clear the note in a session of its own, so beat's relay sends it soon. Every caller that
+    queues a run (API, console, chat, an approval) sends it this way; nothing is sent on a rollback."""
     bind = session.get_bind()
     engine = bind if isinstance(bind, Engine) else bind.engine
     on_commit(session, partial(_send, engine, settings, run_id, queue))
 
 
 def _send(engine: Engine, settings: Settings, run_id: int, queue: str) -> None:
-    from server.runs.sweeps import send_run  # sweeps imports this module
-
     if not send_run(settings, run_id, queue):
         with Session(engine) as session:
             mark_undispatched(session, run_id=run_id)
             session.commit()
+
+
+def send_run(settings: Settings, run_id: int, queue: str, *, countdown: float | None = None) -> bool:
+    """Send the run's task; False (logged) when the broker is unreachable: the relay sends it later."""
+    try:
+        if countdown is None:
+            send(RUN_EXECUTE_TASK, run_id, queue, settings=settings, queue=queue)
+        else:  # server.dispatch_queue.send passes keywords to the task, so a delay goes through the sender itself
+            sender(settings).send_task(RUN_EXECUTE_TASK, args=(run_id, queue), queue=queue, countdown=countdown)
+    except Exception as exc:  # kombu raises OperationalError, redis its own: either way, the relay retries
+        log.warning("run not enqueued; the relay will send it", extra={"run_id": run_id, "error": str(exc)})
+        return False
+    return True
 
 
 def _approvers(run: Run, step_id: str, others_by_default: bool) -> str | None:

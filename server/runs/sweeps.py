@@ -13,12 +13,11 @@ from sqlmodel import Session, col, select
 from server.audit import service as audit
 from server.auth.models import Actor
 from server.db import session_scope
-from server.dispatch_queue import RUN_EXECUTE_TASK, send, sender
 from server.models_base import as_utc, utcnow
 from server.runbooks.validation import check_text
 from server.runs import events
 from server.runs.models import Run, RunStatus, StepRun, StepStatus
-from server.runs.service import finish_unstarted, mark_dispatched, mark_undispatched
+from server.runs.service import finish_unstarted, mark_dispatched, mark_undispatched, send_run
 from server.settings import Settings
 
 log = logging.getLogger("runbookd.runs")
@@ -26,21 +25,8 @@ RELAY_MIN_AGE_S = 2.0  # leave the api a moment to send what it just committed
 RESEND_AFTER_S = 600.0  # a queued run dispatched this long ago without starting: its message may be lost
 
 
-def send_run(settings: Settings, run_id: int, queue: str, *, countdown: float | None = None) -> bool:
-    """Send the run's task; False (logged) when the broker is unreachable: the relay sends it later."""
-    try:
-        if countdown is None:
-            send(RUN_EXECUTE_TASK, run_id, queue, settings=settings, queue=queue)
-        else:  # server.dispatch_queue.send passes keywords to the task, so a delay goes through the sender itself
-            sender(settings).send_task(RUN_EXECUTE_TASK, args=(run_id, queue), queue=queue, countdown=countdown)
-    except Exception as exc:  # kombu raises OperationalError, redis its own: either way, the relay retries
-        log.warning("run not enqueued; the relay will send it", extra={"run_id": run_id, "error": str(exc)})
-        return False
-    return True
-
-
 def dispatch(engine: Engine, settings: Settings, run_id: int, queue: str) -> bool:
-    """Send the run's task and note that it was sent."""
+    """Send the run's task and note that it was sent (the relay's send of a run nobody sent)."""
     if not send_run(settings, run_id, queue):
         return False
     with session_scope(engine) as session:

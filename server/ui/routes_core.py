@@ -22,6 +22,7 @@ from server.auth import routes as tokens_api
 from server.auth.models import Role, TokenCreate
 from server.db import SessionDep
 from server.debug import service as debug
+from server.deps import redis_of, settings_of
 from server.errors import Conflict, InvalidInput, Unauthorized
 from server.flags import service as flags
 from server.ids import PathId
@@ -88,7 +89,7 @@ async def sign_out(request: Request) -> Response:
 
 # -- overview ----------------------------------------------------------------------------------------------
 def _health(request: Request, admin: bool) -> dict[str, Any]:
-    settings, client = request.app.state.settings, request.app.state.redis
+    settings, client = settings_of(request), redis_of(request)
     out: dict[str, Any] = {"api": "ok"}
     if client is None:
         out["redis_error"] = "RUNBOOKD_REDIS_URL is not set"

@@ -17,6 +17,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from server.db import SessionDep
+from server.deps import settings_of
 from server.errors import InvalidInput, PreconditionFailed
 from server.flags import routes as flags_api
 from server.flags import service as flags
@@ -249,7 +250,7 @@ def create_override(request: Request, session: SessionDep, actor: UiOperator,
         body = OverrideCreate.model_validate({
             "service": service.strip(), "logger": logger.strip(), "level": level, "for": blank_to_none(duration),
             "reason": blank_to_none(reason), "incident_id": blank_to_none(incident_id)})
-        row = loglevels_api.create_override(body, request, request.app.state.settings, session, actor)
+        row = loglevels_api.create_override(body, request, settings_of(request), session, actor)
     except ValidationError as exc:
         return _levels_page(request, session, errors=field_errors(invalid(exc).details), form=form, status_code=422)
     except InvalidInput as exc:

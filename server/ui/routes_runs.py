@@ -17,6 +17,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from server.db import SessionDep
+from server.deps import redis_of, settings_of
 from server.errors import DomainError, InvalidInput
 from server.ids import PathId
 from server.incidents import service as incidents
@@ -24,7 +25,7 @@ from server.incidents.models import IncidentStatus
 from server.runbooks import routes as runbooks_api
 from server.runs import routes as runs_api
 from server.runs import service as runs
-from server.runs.models import CancelRequest, DecisionRequest, RerunRequest, RunCreate, RunStatus
+from server.runs.models import CancelRequest, DecisionRequest, RunCreate, RunStatus
 from server.ui.common import blank_to_none, field_errors, invalid, see_other
 from server.ui.render import page
 from server.ui.session import UiOperator, UiViewer
@@ -154,7 +155,7 @@ def run_events(run_id: PathId, request: Request, session: SessionDep, actor: UiV
                last_event_id: Annotated[str | None, Header()] = None,
                after: Annotated[int, Query(ge=0)] = 0) -> EventSourceResponse:
     """The API's event stream with the console's cookie (EventSource cannot send a bearer token)."""
-    return runs_api.run_events(run_id, request, request.app.state.settings, session, actor, last_event_id, after)
+    return runs_api.run_events(run_id, request, settings_of(request), session, actor, last_event_id, after)
 
 
 @router.get("/runs/{run_id}/artifacts/{name}")
@@ -171,8 +172,8 @@ def _reason(value: str) -> str | None:
 def cancel_run(run_id: PathId, request: Request, session: SessionDep, actor: UiOperator,
                reason: Annotated[str, Form()] = "") -> Response:
     body = CancelRequest(reason=_reason(reason))
-    runs.cancel(session, run_id=run_id, actor=actor, reason=body.reason, settings=request.app.state.settings,
-                client=request.app.state.redis)
+    runs.cancel(session, run_id=run_id, actor=actor, reason=body.reason, settings=settings_of(request),
+                client=redis_of(request))
     session.commit()
     return see_other(f"/ui/runs/{run_id}", "cancel requested")
 
@@ -184,16 +185,19 @@ def decide(run_id: PathId, step_id: str, decision: str, request: Request, sessio
         raise InvalidInput(f"unknown decision {decision!r}; use approve or reject")
     body = DecisionRequest(reason=_reason(reason))
     runs.decide(session, run_id=run_id, step_id=step_id, actor=actor, approve=decision == "approve",
-                reason=body.reason, settings=request.app.state.settings, client=request.app.state.redis)
+                reason=body.reason, settings=settings_of(request), client=redis_of(request))
     session.commit()
     return see_other(f"/ui/runs/{run_id}", f"step {step_id} {decision}d")
 
 
 @router.post("/runs/{run_id}/rerun")
 def rerun(run_id: PathId, request: Request, session: SessionDep, actor: UiOperator) -> Response:
-    response = runs_api.rerun(run_id, request, request.app.state.settings, session, actor, RerunRequest())
-    new_id = orjson.loads(bytes(response.body))["id"]
-    return see_other(f"/ui/runs/{new_id}", f"rerun of run {run_id}")
+    settings = settings_of(request)
+    run = runs.rerun(session, run_id=run_id, actor=actor, overrides={}, settings=settings)
+    assert run.id is not None
+    runs.send_after_commit(session, settings, run_id=run.id, queue=run.queue)
+    session.commit()
+    return see_other(f"/ui/runs/{run.id}", f"rerun of run {run_id}")
 
 
 __all__ = ["DomainError", "router", "runs"]

@@ -21,6 +21,7 @@ from fastapi import Depends, Request
 from starlette.responses import Response
 
 from server.auth.models import Actor, Role
+from server.deps import settings_of
 from server.errors import DomainError, Forbidden, Unauthorized
 
 COOKIE = "runbookd_session"
@@ -52,7 +53,7 @@ def session_token(request: Request) -> str | None:
 
 def _secure(request: Request) -> bool:
     """Secure cookies when the console is reached over HTTPS: directly, or per RUNBOOKD_PUBLIC_URL (a TLS proxy)."""
-    public = request.app.state.settings.public_url or ""
+    public = settings_of(request).public_url or ""
     return request.url.scheme == "https" or public.startswith("https://")
 
 

@@ -42,7 +42,7 @@ _PRCTL = ctypes.CDLL("libc.so.6", use_errno=True).prctl if sys.platform.startswi
 PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """preexec_fn: the child gets SIGTERM when the thread that started it ends, its process killed outright
     included (SIGKILL), so nothing is orphaned: `up`'s children, a worker step's tools. Linux only (a no-op
     elsewhere); the child's own children are reached only through it (SIGTERM lets it pass it on)."""
@@ -95,7 +95,7 @@ class Child:
         self.log_file = self.log_path.open("ab")
         self.process = subprocess.Popen(
             self.argv, env=env, stdin=subprocess.DEVNULL, stdout=self.log_file, stderr=subprocess.STDOUT,
-            start_new_session=True, preexec_fn=_die_with_parent,
+            start_new_session=True, preexec_fn=die_with_parent,
         )
 
     def exited(self) -> int | None:

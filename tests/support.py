@@ -26,7 +26,7 @@ import uvicorn
 from fastapi import FastAPI
 from rich.console import Console
 
-from server.stack import _die_with_parent, free_port, redis_server_binary
+from server.stack import die_with_parent, free_port, redis_server_binary
 
 PG_ADMIN_URL = os.environ.get("RUNBOOKD_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("RUNBOOKD_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -215,7 +215,7 @@ def processes(grace: float = 20) -> Iterator[Callable[..., subprocess.Popen[byte
     started: list[subprocess.Popen[bytes]] = []
 
     def start(argv: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
-        kwargs.setdefault("preexec_fn", _die_with_parent)
+        kwargs.setdefault("preexec_fn", die_with_parent)
         proc: subprocess.Popen[bytes] = subprocess.Popen(argv, **kwargs)
         started.append(proc)
         return proc

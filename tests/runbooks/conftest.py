@@ -21,7 +21,7 @@ from server.auth.models import Role
 from server.db import make_engine, session_scope
 from server.migrate import upgrade
 from server.settings import SHIPPED_RUNBOOKS_DIR, Settings
-from server.stack import _die_with_parent, free_port
+from server.stack import die_with_parent, free_port
 from tests.conftest import TEST_ACTOR, subprocess_env
 from tests.support import REPO, http, serve, start, stop_process, wait_for, wait_run
 
@@ -66,7 +66,7 @@ def stack(e2e_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> I
     with serve(create_app(e2e_settings)) as url, log_path.open("wb") as log:
         worker = subprocess.Popen([sys.executable, "-m", "server.cli", "worker", "--concurrency", "2",
                                    "--hostname", f"e2e-{uuid.uuid4().hex[:6]}@%h"],
-                                  env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+                                  env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
         try:
             wait_for(lambda: b" ready." in log_path.read_bytes() or worker.poll() is not None, 60, "worker to start")
             assert worker.poll() is None, log_path.read_text()
@@ -101,7 +101,7 @@ def start_service(stack: Stack, home: Path) -> Service:
     with (home / "stdout.txt").open("ab") as out:
         # Dies with the test process even when pytest is killed outright and no fixture finalizer runs.
         process = subprocess.Popen([sys.executable, str(SERVICE_APP), "--port", str(port)], env=env, stdout=out,
-                                   stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent)
+                                   stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=die_with_parent)
     url = f"http://127.0.0.1:{port}"
 
     def healthy() -> bool:

@@ -25,7 +25,7 @@ from server.db import make_engine, session_scope
 from server.migrate import upgrade
 from server.runbooks.trace_kinds import TraceGetInputs
 from server.settings import SHIPPED_RUNBOOKS_DIR, Settings
-from server.stack import _die_with_parent, free_port
+from server.stack import die_with_parent, free_port
 from tests.conftest import TEST_ACTOR, subprocess_env
 from tests.support import REPO, http, stop_process, wait_for, wait_run
 from tests.tracing.receiver import Received, Receiver, otlp_receiver, wait_spans
@@ -83,7 +83,7 @@ def traced_stack(home: Path, redis_url: str, redis_prefix: str, receiver: Receiv
     def spawn(argv: list[str], log: Path, extra: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         with log.open("wb") as out:
             proc = subprocess.Popen(argv, env={**env, **(extra or {})}, stdout=out, stderr=subprocess.STDOUT,
-                                    preexec_fn=_die_with_parent)
+                                    preexec_fn=die_with_parent)
         procs.append(proc)
         return proc
 

@@ -1,5 +1,5 @@
 """Run a tool as a child in its own process group, killed as a group on timeout or cancel, and sent SIGTERM
-when the process that started it dies (server.stack._die_with_parent)."""
+when the process that started it dies (server.stack.die_with_parent)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from typing import IO
 
 import psutil
 
-from server.stack import _die_with_parent
+from server.stack import die_with_parent
 from workers.steps.base import StepCancelled, StepContext, StepFailed, StepInterrupted, StepTimedOut
 from workers.toolkit.env import step_environment
 
@@ -111,7 +111,7 @@ def run(command: Sequence[str | os.PathLike[str]], ctx: StepContext, *, timeout:
         # rather than run on unwatched, holding what it works on, with no run to report to.
         proc = subprocess.Popen(argv, cwd=cwd, env=step_environment(ctx.settings, env), stdin=subprocess.DEVNULL,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
-                                preexec_fn=_die_with_parent)
+                                preexec_fn=die_with_parent)
     except OSError as exc:
         raise StepFailed(f"cannot start {argv[0]!r}: {exc.strerror or exc}") from None
     out: list[bytes] = []

@@ -28,7 +28,7 @@ from server.auth.models import Role
 from server.db import make_engine, session_scope
 from server.migrate import upgrade
 from server.settings import SHIPPED_RUNBOOKS_DIR, Settings
-from server.stack import _die_with_parent, free_port
+from server.stack import die_with_parent, free_port
 from tests.conftest import TEST_ACTOR, subprocess_env
 from tests.runbooks.conftest import FAULTS, Stack, set_fault, start_service, stop_service
 from tests.support import REPO, http, serve, stop_process, wait_for, wait_run
@@ -50,7 +50,7 @@ def _ready(url: str) -> bool:
 @contextlib.contextmanager
 def process(args: list[str], log: Path):
     with log.open("wb") as out:
-        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
     try:
         yield proc
     finally:
@@ -81,7 +81,7 @@ def e2e(redis_url, redis_prefix, tmp_path_factory):
     with serve(create_app(settings)) as api, worker_log.open("wb") as log:
         worker = subprocess.Popen([sys.executable, "-m", "server.cli", "worker", "--concurrency", "2", "--hostname",
                                    f"am-{uuid.uuid4().hex[:6]}@%h"], env=env, stdout=log, stderr=subprocess.STDOUT,
-                                  preexec_fn=_die_with_parent)
+                                  preexec_fn=die_with_parent)
         try:
             wait_for(lambda: b" ready." in worker_log.read_bytes() or worker.poll() is not None, 60, "worker")
             assert worker.poll() is None, worker_log.read_text()

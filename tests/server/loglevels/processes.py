@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 
 from server.settings import Settings
-from server.stack import _die_with_parent, free_port
+from server.stack import die_with_parent, free_port
 from tests.conftest import subprocess_env
 from tests.support import wait_for
 
@@ -30,7 +30,7 @@ def api_process(settings: Settings, log_path: Path) -> Iterator[tuple[str, subpr
     port = free_port()
     with log_path.open("wb") as log:
         proc = subprocess.Popen([sys.executable, "-m", "server.cli", "api"], stdout=log, stderr=subprocess.STDOUT,
-                                env=subprocess_env(settings, RUNBOOKD_PORT=str(port)), preexec_fn=_die_with_parent)
+                                env=subprocess_env(settings, RUNBOOKD_PORT=str(port)), preexec_fn=die_with_parent)
         url = f"http://127.0.0.1:{port}"
         try:
             wait_for(lambda: _healthy(url) or proc.poll() is not None, 30, "the api process to answer")
@@ -57,11 +57,11 @@ def worker_process(settings: Settings, log_path: Path, *, with_beat: bool = Fals
             procs.append(subprocess.Popen(
                 [sys.executable, "-m", "server.cli", "worker", "--concurrency", "1", "--hostname", hostname,
                  "--queues", queues],
-                env=subprocess_env(settings), stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent))
+                env=subprocess_env(settings), stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent))
             if with_beat:
                 procs.append(subprocess.Popen([sys.executable, "-m", "server.cli", "beat"],
                                               env=subprocess_env(settings), stdout=log, stderr=subprocess.STDOUT,
-                                              preexec_fn=_die_with_parent))
+                                              preexec_fn=die_with_parent))
             wait_for(lambda: b" ready." in log_path.read_bytes() or any(p.poll() is not None for p in procs), 60,
                      "the worker to start")
             assert all(p.poll() is None for p in procs), log_path.read_text()

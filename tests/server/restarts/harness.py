@@ -27,7 +27,7 @@ from server.auth import service as auth
 from server.auth.models import Actor, Role, Source
 from server.db import make_engine, session_scope
 from server.migrate import upgrade
-from server.stack import _die_with_parent, free_port, redis_server_binary
+from server.stack import die_with_parent, free_port, redis_server_binary
 from tests.support import reachable_redis, stop_process, wait_for
 
 RUNBOOKS = Path(__file__).parent / "runbooks"
@@ -76,7 +76,7 @@ class PgCluster:
 
     def _run(self, *argv: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         return subprocess.run([*self._as_user, *argv], capture_output=True, text=True, timeout=timeout,
-                              preexec_fn=_die_with_parent)
+                              preexec_fn=die_with_parent)
 
     def init(self) -> None:
         done = self._run(self.initdb, "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync",
@@ -145,7 +145,7 @@ class PrivateRedis:
                 [str(redis_server_binary()), "--port", str(self.port), "--bind", *self.listen,
                  "--protected-mode", "no", "--save", "", "--appendonly", "yes" if self.appendonly else "no",
                  "--appendfsync", "everysec", "--dir", str(self.dir)],
-                stdout=out, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+                stdout=out, stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
         wait_for(lambda: reachable_redis(self.url) is None, 15, "the private redis-server to answer")
 
     def stop(self) -> None:
@@ -194,7 +194,7 @@ class Stack:
     def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
         with self.log(name).open("ab") as out:
             proc = subprocess.Popen([sys.executable, "-m", "server.cli", *argv], env=self.env, stdout=out,
-                                    stderr=subprocess.STDOUT, preexec_fn=_die_with_parent, start_new_session=True)
+                                    stderr=subprocess.STDOUT, preexec_fn=die_with_parent, start_new_session=True)
         self.procs[name] = proc
         return proc
 

@@ -26,7 +26,7 @@ from server.models_base import utcnow
 from server.runs import artifact_store, artifacts
 from server.runs.artifact_models import RunArtifact, RunArtifactChunk
 from server.settings import Settings
-from server.stack import _die_with_parent
+from server.stack import die_with_parent
 from tests.conftest import subprocess_env
 from tests.support import celery_worker, http, serve, start, steps, wait_for, wait_run
 
@@ -124,7 +124,7 @@ def operator(artifact_api, make_token):
 
 @pytest.fixture
 def sleeper() -> Iterator[subprocess.Popen[bytes]]:
-    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"], preexec_fn=_die_with_parent)
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"], preexec_fn=die_with_parent)
     yield proc
     proc.kill()
     proc.wait()

@@ -57,6 +57,11 @@ class Settings(BaseSettings):
         "before the next step. Off: a crash of the database server, not of a worker, can lose the last fraction "
         "of a second of a run's progress, which the resumed run then repeats.",
     )
+    run_resend_after: float = Field(
+        60.0, gt=0, description="Beat's relay sends a queued run again when it was sent this many seconds ago and "
+        "no worker has taken it: its message may be lost (an api killed between its commit and its send). A "
+        "duplicate message is harmless (the claim drops it); a longer wait costs fewer duplicates on a backlog.",
+    )
     run_db_wait: float = Field(
         60.0, ge=0, description="Seconds a worker's run waits for an unreachable database (a restart, a failover) "
         "before its next write fails; steps in flight finish and are recorded once the database is back.",

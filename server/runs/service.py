@@ -76,7 +76,7 @@ def create_run(session: Session, *, checked: Checked, given: dict[str, Any], act
               request_hash=body_hash, rerun_of=rerun_of, queue=first_queue,
               # Optimistic: the caller sends right after the commit and clears this if the broker is down,
               # which saves a second write per run. Should the api die in between, the relay resends
-              # after RESEND_AFTER_S.
+              # after RUNBOOKD_RUN_RESEND_AFTER.
               dispatched_at=utcnow(), traceparent=tracing.current_traceparent())
     # Core inserts (the ORM's flush cost more than the SQL on this path, see bench/run_dispatch.py): the Run
     # and StepRun objects returned are not attached to the session; they carry what the response shows.

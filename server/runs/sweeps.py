@@ -22,7 +22,6 @@ from server.settings import Settings
 
 log = logging.getLogger("runbookd.runs")
 RELAY_MIN_AGE_S = 2.0  # leave the api a moment to send what it just committed
-RESEND_AFTER_S = 600.0  # a queued run dispatched this long ago without starting: its message may be lost
 
 
 def dispatch(engine: Engine, settings: Settings, run_id: int, queue: str) -> bool:
@@ -42,7 +41,7 @@ def relay(engine: Engine, settings: Settings, *, limit: int = 500, min_age_s: fl
             select(Run.id, Run.queue).where(
                 Run.status == RunStatus.queued,
                 or_(col(Run.dispatched_at).is_(None),
-                    col(Run.dispatched_at) < now - timedelta(seconds=RESEND_AFTER_S)),
+                    col(Run.dispatched_at) < now - timedelta(seconds=settings.run_resend_after)),
                 col(Run.created_at) < now - timedelta(seconds=min_age_s),
             ).order_by(col(Run.id)).limit(limit)).all()
     sent = 0

@@ -183,6 +183,7 @@ class Stack:
             RUNBOOKD_HOME=str(home), RUNBOOKD_DATABASE_URL=database_url, RUNBOOKD_REDIS_URL=redis_url,
             RUNBOOKD_REDIS_PREFIX=self.prefix, RUNBOOKD_DEFAULT_QUEUE=self.queue, RUNBOOKD_PORT=str(self.port),
             RUNBOOKD_RUNBOOKS_DIR=str(RUNBOOKS), RUNBOOKD_LOG_FORMAT="json", RUNBOOKD_RUN_HEARTBEAT_INTERVAL="0.5",
+            RUNBOOKD_RUN_RESEND_AFTER="10",  # a run whose api died between commit and send: re-sent soon
             RUNBOOKD_FLAG_CACHE_CHECK_SECONDS="1", RUNBOOKD_MAX_STREAMS_PER_TOKEN="200", PYTHONUNBUFFERED="1",
         )
         self.env.update(env)

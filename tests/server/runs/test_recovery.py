@@ -18,12 +18,14 @@ from sqlmodel import col, select
 
 from server.app import create_app
 from server.audit.models import AuditEvent
-from server.auth.models import Role
+from server.auth.models import Actor, Role, Source
 from server.db import session_scope
 from server.dispatch_queue import RUN_EXECUTE_TASK, send
-from server.models_base import utcnow
+from server.models_base import as_utc, utcnow
+from server.runbooks.validation import check_text
 from server.runs import sweeps
 from server.runs.models import Run, RunEvent, StepRun
+from server.runs.service import create_run
 from tests.conftest import subprocess_env
 from tests.server.runs.conftest import RUNBOOKS
 from tests.support import (
@@ -273,3 +275,28 @@ def test_a_running_beat_has_the_worker_reap_a_lost_run(runs_settings, engine, ru
         audit = session.exec(select(AuditEvent).where(AuditEvent.action == "run.reap",
                                                       AuditEvent.target_id == str(lost_id))).all()
         assert len(audit) == 1 and audit[0].actor == "system"
+
+
+def test_a_run_committed_as_sent_whose_message_was_lost_is_sent_again(runs_settings, engine, operator, run_worker):
+    """An api killed between its commit and its send leaves a run noted as sent that no broker holds: beat's
+    relay sends it again once RUNBOOKD_RUN_RESEND_AFTER has passed, and not before."""
+    actor = Actor(name="lost-send", role=Role.operator, source=Source.system)
+    checked = check_text((RUNBOOKS / "trio.yaml").read_text(), "trio.yaml")
+    with session_scope(engine) as session:
+        run, _steps = create_run(session, checked=checked, given={"who": "lost send"}, actor=actor,
+                                 settings=runs_settings)  # committed as sent; nothing sent
+        run_id = run.id
+        sent_at = utcnow() - timedelta(seconds=30)
+        session.execute(update(Run).where(col(Run.id) == run_id).values(dispatched_at=sent_at, created_at=sent_at))
+
+    def noted_sent_at():
+        with session_scope(engine) as session:
+            return session.get(Run, run_id).dispatched_at
+
+    patient = runs_settings.model_copy(update={"run_resend_after": 60.0})
+    sweeps.relay(engine, patient)
+    assert as_utc(noted_sent_at()) == sent_at  # 30 s is within the 60 s a message may take: left alone
+    sweeps.relay(engine, runs_settings.model_copy(update={"run_resend_after": 10.0}))
+    assert as_utc(noted_sent_at()) > sent_at
+    done = wait_run(operator, run_id)
+    assert done["status"] == "succeeded" and done["outputs"]["greeting"] == "hello lost send"

@@ -100,7 +100,7 @@ def test_redis_restart_with_runs_followers_and_evaluations_in_flight(cluster, tm
 
             evaluator = threading.Thread(target=evaluate, daemon=True)
             evaluator.start()
-            started = _start_runs(api, effects, 20)
+            started = _start_runs(api, effects, 20, nap="0.5")
             ids = [run_id for run_id, _tag in started]
             followers = [Follower(rb.url, operator, run_id) for run_id in ids]
             for follower in followers:
@@ -188,7 +188,7 @@ def test_postgresql_restart_with_runs_in_flight(cluster, tmp_path):
         rb.start(api=1, worker=4)
         operator = rb.token("operator")
         with rb.client(operator) as api:
-            started = _start_runs(api, effects, 20)
+            started = _start_runs(api, effects, 20, nap="0.5")
             ids = [run_id for run_id, _tag in started]
             # Followers of some runs: their streams break while the history cannot be read, and they come back
             # with Last-Event-ID, as an EventSource does.

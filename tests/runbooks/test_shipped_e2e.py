@@ -4,8 +4,8 @@ notes: `python -m pytest tests/runbooks -s -k e2e`."""
 
 from __future__ import annotations
 
+import json
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from tests.runbooks.conftest import explain, fault, run, set_fault, start_service, stop_service
-from tests.support import REPO, prometheus_server, steps, wait_for
+from tests.support import REPO, cli, prometheus_server, steps, wait_for
 from tests.workers.steps.test_git_bisect import PLANTED, build_repo
 from tests.workers.steps.toolkit_support import ptrace_problem
 
@@ -24,6 +24,25 @@ def timed_run(stack, runbook: str, params: dict, timeout: float = 60) -> dict:
     done = run(stack, runbook, params, timeout)
     print(f"\n[e2e] {runbook}: {done['status']} in {time.monotonic() - started:.1f}s")
     return done
+
+
+def fault_seen(service, name: str) -> bool:
+    """What faulty-service itself last said of the fault ("fault NAME is now on/off" in its log, written when the
+    value it reads changes); off until it has said anything."""
+    said = False
+    if service.log.exists():
+        for line in service.log.read_text().splitlines():
+            if '"faulty.faults"' in line:
+                record = json.loads(line)
+                if record.get("fault") == name:
+                    said = bool(record.get("enabled"))
+    return said
+
+
+def ofrep_value(stack, key: str) -> object:
+    response = httpx.post(f"{stack.url}/ofrep/v1/evaluate/flags/{key}", json={"context": {}}, timeout=10,
+                          headers={"Authorization": f"Bearer {stack.client_token}"})
+    return response.json().get("value") if response.status_code == 200 else response.status_code
 
 
 def traffic(service, ids) -> list[int]:
@@ -85,7 +104,8 @@ def test_cpu_hotspot_names_the_hot_function(stack, service):
     if problem:
         pytest.skip(problem)
     with fault(stack, "cpu"):
-        time.sleep(1.5)  # the background job polls its flags every 0.5 s
+        # The background job polls its flags every 0.5 s; it spins from the moment it has seen the fault on.
+        wait_for(lambda: fault_seen(service, "cpu"), 10, "faulty-service to see the cpu fault on")
         done = timed_run(stack, "cpu-hotspot", {"pid_file": str(service.pid_file), "duration": "3s"})
     assert done["status"] == "succeeded", explain(done)
     assert done["outputs"]["hottest"] == "score_recommendations", steps(done)["profile"]["outputs"]["top_own"]
@@ -99,7 +119,9 @@ def test_cpu_hotspot_names_the_hot_function(stack, service):
 def test_memory_leak_without_the_fault_is_stable(stack, service):
     if ptrace_problem(service.process.pid):
         pytest.skip("py-spy cannot attach here (the runbook's stack dump needs it)")
-    time.sleep(1)  # any fault switched off by an earlier test is seen as off by now
+    # Any background fault an earlier test switched on is seen as off again (the background job polls every 0.5 s).
+    wait_for(lambda: not fault_seen(service, "leak") and not fault_seen(service, "cpu"), 10,
+             "faulty-service to see the leak and cpu faults off")
     done = timed_run(stack, "memory-leak", {"pid_file": str(service.pid_file), "window": "2s", "interval": "250ms"})
     assert done["outputs"]["verdict"] == "stable", done["outputs"]
     assert steps(done)["leaking"]["status"] == "failed"
@@ -109,7 +131,7 @@ def test_memory_leak_calls_the_leaking_process_leaking(stack, service):
     if ptrace_problem(service.process.pid):
         pytest.skip("py-spy cannot attach here (the runbook's stack dump needs it)")
     with fault(stack, "leak"):
-        time.sleep(1.5)
+        wait_for(lambda: fault_seen(service, "leak"), 10, "faulty-service to see the leak fault on")
         done = timed_run(stack, "memory-leak", {"pid_file": str(service.pid_file), "window": "4s",
                                                 "interval": "250ms"})
     assert done["status"] == "succeeded", explain(done)
@@ -164,7 +186,9 @@ def test_crash_postmortem_finds_the_crashing_frame(stack, tmp_path):
     crashing = start_service(stack, tmp_path / "crashing")
     try:
         with fault(stack, "crash"):
-            time.sleep(1)
+            # The crashing service asks for the flag at checkout: wait until runbookd answers it on (the api's
+            # flag cache follows the change's notice), asked as the service asks it.
+            wait_for(lambda: ofrep_value(stack, "faulty-crash") is True, 10, "runbookd to serve the crash fault on")
             with pytest.raises(httpx.HTTPError):
                 httpx.post(f"{crashing.url}/api/checkout", json={"cents": 1200}, timeout=10)
             crashing.process.wait(20)
@@ -186,6 +210,6 @@ def test_every_shipped_runbook_validates():
     runbooks = sorted((REPO / "runbooks").glob("*.yaml"))
     assert {p.stem for p in runbooks} >= {"latency-regression", "error-spike", "find-breaking-commit", "cpu-hotspot",
                                           "memory-leak", "crash-postmortem", "kill-switch"}
-    done = subprocess.run([sys.executable, "-m", "server.cli", "runbooks", "validate", *map(str, runbooks)],
-                          capture_output=True, text=True)
+    # In-process (tests.support.cli): the command's own checks and exit status, without a second interpreter.
+    done = cli(["runbooks", "validate", *map(str, runbooks)], {})
     assert done.returncode == 0, done.stdout + done.stderr

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from server.stack import free_port
-from tests.support import REPO, wait_for
+from tests.support import REPO, cli, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -85,16 +85,17 @@ def test_make_up_serves_stops_cleanly_and_keeps_its_data(tmp_path):
         assert admin, up.output.read_text()
         pids = up.pids()
         assert set(pids) == {"api", "worker", "beat", "redis", "up"}
-        created = up.cli("token", "create", "--name", "oncall", "--role", "operator")
+        # Commands against the running stack run in-process (tests.support.cli): `up` itself is the process here.
+        created = cli(["token", "create", "--name", "oncall", "--role", "operator"],
+                      {"RUNBOOKD_HOME": str(up.home), "RUNBOOKD_PORT": str(up.port)})
         assert created.returncode == 0, created.stderr
         oncall = created.stdout.strip()
         for token in (admin, oncall):
             response = httpx.get(f"{up.url}/api/v1/audit", headers={"Authorization": f"Bearer {token}"})
             assert response.status_code == 200, response.text
         # The CLI finds the server from RUNBOOKD_PORT alone (no RUNBOOKD_URL), as `make up` was started.
-        listed = subprocess.run([sys.executable, "-m", "server.cli", "runs", "list"], capture_output=True, text=True,
-                                env={**up.env, "RUNBOOKD_TOKEN": admin, "RUNBOOKD_CONFIG": "/nonexistent"},
-                                timeout=60)
+        listed = cli(["runs", "list"], {"RUNBOOKD_HOME": str(up.home), "RUNBOOKD_PORT": str(up.port),
+                                        "RUNBOOKD_TOKEN": admin, "RUNBOOKD_CONFIG": "/nonexistent"})
         assert listed.returncode == 0, listed.stderr
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(60)

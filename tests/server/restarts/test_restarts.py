@@ -100,7 +100,7 @@ def test_redis_restart_with_runs_followers_and_evaluations_in_flight(cluster, tm
 
             evaluator = threading.Thread(target=evaluate, daemon=True)
             evaluator.start()
-            started = _start_runs(api, effects, 20)
+            started = _start_runs(api, effects, 20, nap="0.5")
             ids = [run_id for run_id, _tag in started]
             followers = [Follower(rb.url, operator, run_id) for run_id in ids]
             for follower in followers:
@@ -188,7 +188,7 @@ def test_postgresql_restart_with_runs_in_flight(cluster, tmp_path):
         rb.start(api=1, worker=4)
         operator = rb.token("operator")
         with rb.client(operator) as api:
-            started = _start_runs(api, effects, 20)
+            started = _start_runs(api, effects, 20, nap="0.5")
             ids = [run_id for run_id, _tag in started]
             # Followers of some runs: their streams break while the history cannot be read, and they come back
             # with Last-Event-ID, as an EventSource does.
@@ -305,7 +305,12 @@ def test_api_sigkilled_under_load(cluster, tmp_path):
                                           "('succeeded', 'failed', 'cancelled', 'timed_out')")
             return not statuses
 
-        wait_for(settled, 60, "every run in the database, answered or not, to finish (none stuck queued)")
+        try:
+            wait_for(settled, 60, "every run in the database, answered or not, to finish (none stuck queued)")
+        except TimeoutError:
+            raise AssertionError(_sql(database_url, "SELECT id, status, dispatched_at, created_at, worker, "
+                                                    "params->>'tag' FROM runs WHERE status NOT IN "
+                                                    "('succeeded', 'failed', 'cancelled', 'timed_out')")) from None
         final = {tag: status for tag, _id, status, _s in _sql(
             database_url, "SELECT r.params->>'tag', r.id, r.status, 0 FROM runs r")}
         lost = [tag for tag in accepted if final.get(tag) != "succeeded"]
@@ -340,10 +345,10 @@ def test_beat_sigkilled_then_restarted_applies_the_reverts_that_fell_due_once(cl
             _make_flag(api, key)
             rb.kill("beat")
             killed_at = time.monotonic()
-            timed = api.patch(f"/api/v1/flags/{key}", json={"default_variant": "on", "for": "2s", "reason": "timed"})
+            timed = api.patch(f"/api/v1/flags/{key}", json={"default_variant": "on", "for": "1s", "reason": "timed"})
             assert timed.status_code == 200, timed.text
             level = api.post("/api/v1/loglevels", json={"service": service, "logger": "app", "level": "DEBUG",
-                                                        "for": "2s"})
+                                                        "for": "1s"})
             assert level.status_code == 201, level.text
 
             def flag_versions() -> list[tuple[Any, ...]]:
@@ -354,8 +359,10 @@ def test_beat_sigkilled_then_restarted_applies_the_reverts_that_fell_due_once(cl
                 return _sql(database_url, "SELECT action FROM audit_events WHERE action = 'loglevel.expire' "
                                           "AND target_id = %s", f"{service}/app")
 
-            # Both fall due while beat is down, and stay unapplied for want of it.
-            time.sleep(4)
+            due_at = time.monotonic() + 1
+            # Both fall due while beat is down, and stay unapplied for want of it: well past one of its
+            # once-a-second sweeps after they fell due.
+            time.sleep(max(0.0, due_at + 1.5 - time.monotonic()))
             assert len(flag_versions()) == 2 and not expiries(), (flag_versions(), expiries())
             rb.start_beat()
             back_at = time.monotonic()

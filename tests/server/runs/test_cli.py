@@ -1,4 +1,6 @@
-"""`runbookd run ... --follow` and `runbookd runs ...` as a user runs them: a subprocess against a live server."""
+"""`runbookd run ... --follow` and `runbookd runs ...` as a user runs them, against a live server: the commands
+in-process (tests.support.cli, the same commands, output and exit status), and as a subprocess where the process
+is the point: the live view on a terminal, and Ctrl-C (SIGINT) leaving the run going."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import time
 
 from server.app import create_app
 from server.auth.models import Role
+from tests import support
 from tests.support import REPO, free_port_url, http, serve
 
 
@@ -23,9 +26,13 @@ def _env(url: str, token: str | None, tmp_path) -> dict[str, str]:
     return env
 
 
-def cli(args: list[str], url: str, token: str | None, tmp_path, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "server.cli", *args], capture_output=True, text=True, cwd=REPO,
-                          env={**_env(url, token, tmp_path), "COLUMNS": "200"}, timeout=timeout)
+def cli(args: list[str], url: str, token: str | None, tmp_path) -> subprocess.CompletedProcess:
+    """The command in this process; only the server and the token set (no config file: HOME is tmp_path's in
+    the subprocesses, so RUNBOOKD_CONFIG names a file that is not there)."""
+    env = {"RUNBOOKD_URL": url, "RUNBOOKD_CONFIG": str(tmp_path / "no-config.toml")}
+    if token:
+        env["RUNBOOKD_TOKEN"] = token
+    return support.cli(args, env)
 
 
 def cli_in_terminal(args: list[str], url: str, token: str, tmp_path, timeout: float = 60) -> tuple[int, str]:

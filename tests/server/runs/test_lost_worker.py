@@ -53,8 +53,10 @@ def lost_api(lost_settings: Settings, make_token) -> Iterator:
 Starter = Callable[..., subprocess.Popen[bytes]]
 
 
-def worker(launch: Starter, settings: Settings, log_path: Path, **env: str) -> subprocess.Popen[bytes]:
-    """A `runbookd worker` (one pool process) in a session of its own, so os.killpg takes all of it."""
+def spawn_worker(launch: Starter, settings: Settings, log_path: Path, **env: str
+                 ) -> tuple[subprocess.Popen[bytes], Callable[[], None]]:
+    """A `runbookd worker` (one pool process) in a session of its own, so os.killpg takes all of it; returned at
+    once with the wait for its readiness, so its start-up can overlap what the test does meanwhile."""
     environment = subprocess_env(settings, RUNBOOKD_RUN_HEARTBEAT_INTERVAL="0.5",
                                  RUNBOOKD_RUN_REAP_GRACE=str(settings.run_reap_grace),
                                  RUNBOOKD_ARTIFACTS_DIR=str(settings.artifacts_dir), **env)
@@ -62,8 +64,19 @@ def worker(launch: Starter, settings: Settings, log_path: Path, **env: str) -> s
         proc = launch([sys.executable, "-m", "server.cli", "worker", "--concurrency", "1", "--queues",
                        settings.default_queue, "--hostname", f"lost-{uuid.uuid4().hex[:6]}@%h"],
                       env=environment, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    wait_for(lambda: b" ready." in log_path.read_bytes() or proc.poll() is not None, 90, f"worker to start: {log_path}")
-    assert proc.poll() is None, log_path.read_text()
+
+    def ready() -> None:
+        wait_for(lambda: b" ready." in log_path.read_bytes() or proc.poll() is not None, 90,
+                 f"worker to start: {log_path}")
+        assert proc.poll() is None, log_path.read_text()
+
+    return proc, ready
+
+
+def worker(launch: Starter, settings: Settings, log_path: Path, **env: str) -> subprocess.Popen[bytes]:
+    """spawn_worker, once it is ready."""
+    proc, ready = spawn_worker(launch, settings, log_path, **env)
+    ready()
     return proc
 
 
@@ -105,12 +118,15 @@ def test_a_run_whose_worker_was_killed_whole_resumes_on_another_worker(lost_sett
     marker = tmp_path / "effects"
     with processes() as launch:
         first = worker(launch, lost_settings, tmp_path / "first.log")
-        run_id = start(lost_api, "lost-worker", {"marker": str(marker)})["id"]
+        # The slow step's first attempt sleeps 12 s (it is killed mid-way); the resumed one only 1 s.
+        run_id = start(lost_api, "lost-worker", {"marker": str(marker), "again": 1})["id"]
         lost = holder(lost_api, run_id, "slow")
+        # The run is the first worker's now: the second starts up while the first is killed and the grace runs.
+        second_log = tmp_path / "second.log"
+        _second, second_ready = spawn_worker(launch, lost_settings, second_log)
         wait_for(lambda: "slow-start" in lines(marker) and lines(Path(f"{marker}.pid")), 30, "the slow step to act")
         kill_group(first, Path(f"{marker}.pid"))
-        second_log = tmp_path / "second.log"
-        worker(launch, lost_settings, second_log)
+        second_ready()
         reap_until(engine, lost_settings, run_id, lambda run: run.resumes == 1)
         done = wait_run(lost_api, run_id, timeout=90)
         assert done["status"] == "succeeded", done
@@ -154,9 +170,10 @@ def test_a_run_whose_workers_keep_vanishing_fails_past_max_resumes_naming_each(l
         first = worker(launch, once, tmp_path / "first.log")
         run_id = start(lost_api, "lost-worker", {"marker": str(marker)})["id"]
         lost = [holder(lost_api, run_id, "slow")]
+        second, second_ready = spawn_worker(launch, once, tmp_path / "second.log")  # starts up meanwhile
         wait_for(lambda: lines(marker).count("slow-start") == 1 and lines(pid_file), 30, "the slow step to act")
         kill_group(first, pid_file)
-        second = worker(launch, once, tmp_path / "second.log")
+        second_ready()
         reap_until(engine, once, run_id, lambda run: run.resumes == 1)
         wait_for(lambda: lines(marker).count("slow-start") == 2, 60, "the resumed slow step to act")
         lost.append(holder(lost_api, run_id, "slow"))

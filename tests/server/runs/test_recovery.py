@@ -245,6 +245,25 @@ def test_beat_runs_the_relay_and_the_reaper(runs_settings):
     assert tasks[RUN_RELAY_TASK] <= 10 and tasks[RUN_REAP_TASK] <= runs_settings.run_reap_grace / 2
 
 
+def _reap_overdue_in_schedule_file(settings) -> None:
+    """Write beat's schedule file (celery's own PersistentScheduler, as `runbookd beat` opens it) with the reap
+    last sent an hour ago: the state a beat that was down for a while comes back to."""
+    from celery.beat import PersistentScheduler
+
+    from server.dispatch_queue import RUN_REAP_TASK, make_celery
+
+    settings.home.mkdir(parents=True, exist_ok=True)
+    scheduler = PersistentScheduler(make_celery(settings), lazy=True,
+                                    schedule_filename=str(settings.home / "celerybeat-schedule"))
+    scheduler.setup_schedule()
+    try:
+        reaps = [entry for entry in scheduler.schedule.values() if entry.task == RUN_REAP_TASK]
+        assert len(reaps) == 1, list(scheduler.schedule)
+        reaps[0].last_run_at = reaps[0].default_now() - timedelta(hours=1)
+    finally:
+        scheduler.close()
+
+
 def test_a_running_beat_has_the_worker_reap_a_lost_run(runs_settings, engine, run_worker, tmp_path):
     """Not the schedule's config: a real `runbookd beat` sends the sweep, the real worker runs it, the run fails."""
     now = utcnow()
@@ -261,9 +280,14 @@ def test_a_running_beat_has_the_worker_reap_a_lost_run(runs_settings, engine, ru
         with session_scope(engine) as session:
             return session.get(Run, lost_id).status
 
+    # Beat's first reap is due a whole interval (10 s) after a fresh start. This beat has a home of its own whose
+    # schedule file says the reap fell due while it was down, so it sends one as it starts, as a restarted beat
+    # does; the interval itself is test_beat_runs_the_relay_and_the_reaper's.
+    beat_settings = runs_settings.model_copy(update={"home": tmp_path / "beat-home"})
+    _reap_overdue_in_schedule_file(beat_settings)
     log_path = tmp_path / "beat.log"
     with log_path.open("wb") as log:
-        beat = subprocess.Popen([sys.executable, "-m", "server.cli", "beat"], env=subprocess_env(runs_settings),
+        beat = subprocess.Popen([sys.executable, "-m", "server.cli", "beat"], env=subprocess_env(beat_settings),
                                 stdout=log, stderr=subprocess.STDOUT)
         try:
             wait_for(lambda: status() == "failed" or beat.poll() is not None, 40, "beat's reaper to fail the run")

@@ -153,10 +153,10 @@ def subprocess_env(settings: Settings, **extra: str) -> dict[str, str]:
 
 
 # -- what a test needs, read from the fixtures and helpers it uses, not marked by hand -------------------------
-# A test is marked `processes` when it, a fixture it uses, or a helper either calls (transitively, tests/ code only)
-# starts a process; `postgres` when it runs on PostgreSQL (a "postgres" parameter, or the postgres_available
-# fixture); `browser` when a fixture drives a browser. `make
-# test-fast` deselects all three. Other test packages need do nothing: new fixtures and helpers are read the same way.
+# A test is marked `processes` when it, a fixture it uses, or a helper or tests/ class either calls (transitively,
+# tests/ code only) starts a process; `postgres` when it runs on PostgreSQL (a "postgres" parameter, or the
+# postgres_available fixture); `browser` when a fixture drives a browser. `make test-fast` deselects all three.
+# Other test packages need do nothing: new fixtures and helpers are read the same way.
 AUTO_MARKS: dict[str, re.Pattern[str]] = {
     "processes": re.compile(r"\bPopen\(|\bsubprocess\.(run|call|check_call|check_output)\(|\bos\.(fork|exec\w*)\("),
     "browser": re.compile(r"\bwebdriver\b|\bselenium\b|\bplaywright\b|\bchromedriver\b"),
@@ -198,6 +198,13 @@ def _needs(func: Callable[..., object], depth: int = 0) -> frozenset[str]:
         except (TypeError, ValueError):
             called = []
         for obj in called:
+            if inspect.isclass(obj) and (obj.__module__ or "").split(".")[0] == "tests":
+                # A tests/ class (a harness such as a private PostgreSQL cluster): what any of its methods needs.
+                for method in vars(obj).values():
+                    helper = _own_code(method)
+                    if helper is not None:
+                        found |= _needs(helper, depth + 1)
+                continue
             helper = _own_code(obj)
             if helper is not None and helper is not func:
                 found |= _needs(helper, depth + 1)

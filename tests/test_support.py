@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
 
 import psutil
@@ -33,3 +34,22 @@ def test_a_process_that_ignores_sigterm_is_killed():
         assert stubborn.stdout is not None and stubborn.stdout.readline() == b"ready\n"
     stubborn.stdout.close()
     assert _gone(stubborn.pid)
+
+
+class _Harness:
+    """A tests/ class that starts a process in a method, as tests/server/restarts/harness.py's do."""
+
+    def start(self) -> None:
+        subprocess.Popen(["true"]).wait()
+
+
+def _uses_a_harness() -> None:
+    _Harness().start()
+
+
+def test_a_test_that_starts_processes_through_a_tests_class_is_marked_processes(request):
+    from tests.conftest import _needs
+
+    assert "processes" in _needs(_uses_a_harness)  # so `make test-fast` leaves it out
+    restart_tests = [item for item in request.session.items if "/restarts/" in str(item.path)]
+    assert all(item.get_closest_marker("processes") for item in restart_tests), restart_tests

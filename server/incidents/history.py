@@ -12,6 +12,7 @@ from server.audit.models import AuditEvent
 from server.durations import format_duration
 from server.flags.models import FlagVersion
 from server.incidents.models import Incident, IncidentPublic, TimelineEntry
+from server.incidents.rollback import flag_outcome_words, plan_flags  # its rule decides "reverted"
 from server.loglevels.models import LogLevelOverride, service_label
 from server.models_base import as_utc
 from server.redaction import redact
@@ -216,7 +217,6 @@ def report(session: Session, *, incident: Incident) -> dict[str, Any]:
         entry["versions"].append({"version": version.version, "action": version.action, "actor": version.actor,
                                   "reason": version.reason, "what": flag_change_words(version),
                                   "at": as_utc(version.created_at).isoformat()})
-    from server.incidents.rollback import flag_outcome_words, plan_flags  # the rollback's rule decides "reverted"
 
     for item in plan_flags(session, key=key):
         if item.flag in flags:

@@ -71,6 +71,8 @@ def test_reverts_are_on_time_while_the_only_worker_slot_is_busy(settings, make_t
         assert versions[0]["action"] == "flag.expire" and versions[0]["actor"] == "system"
         api.post(f"/api/v1/runs/{run['id']}/cancel")
 
+    # Beat stopped cleanly on SIGTERM, its sweep thread with it.
+    assert procs[1].returncode == 0 and "Traceback" not in log_path.read_text(), log_path.read_text()[-3000:]
     with Session(engine) as session:
         expiry = session.exec(select(FlagExpiry).where(FlagExpiry.flag_key == key)).one()
         row = session.get(LogLevelOverride, override.json()["id"])

@@ -153,7 +153,7 @@ def worker(
 
 @app.command()
 def beat() -> None:
-    """Run Celery beat: timed reverts, the reaper of dead runs, retention. Run exactly one."""
+    """Run Celery beat: timed reverts (applied in beat itself), the reaper of dead runs, retention. Run exactly one."""
     settings = get_settings()
     settings.home.mkdir(parents=True, exist_ok=True)
     _celery_app().start(["beat", f"--loglevel={settings.log_level}",  # type: ignore[attr-defined]

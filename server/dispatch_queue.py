@@ -15,8 +15,6 @@ PING_TASK = "runbookd.ping"
 HEARTBEAT_TASK = "runbookd.beat_heartbeat"
 AUDIT_RETENTION_TASK = "runbookd.audit_retention"
 CHAT_FOLLOWUPS_TASK = "runbookd.chat.followups"
-LOGLEVEL_EXPIRE_TASK = "runbookd.loglevels.expire"
-FLAG_EXPIRE_TASK = "runbookd.flags.expire"
 RUN_EXECUTE_TASK = "runbookd.runs.execute"
 RUN_RELAY_TASK = "runbookd.runs.relay"
 RUN_REAP_TASK = "runbookd.runs.reap"
@@ -49,12 +47,8 @@ def make_celery(settings: Settings, *, include: list[str] | None = None) -> Cele
             "audit-retention": {"task": AUDIT_RETENTION_TASK, "schedule": timedelta(hours=1)},
             "chat-followups": {"task": CHAT_FOLLOWUPS_TASK, "schedule": timedelta(seconds=2),
                                "options": {"expires": 10}},
-            # Every second, so an expired log-level override is written down (and audited) at most ~2 s late;
-            # `expires` drops sweeps that waited in the queue, since the next one does the same work.
-            "loglevels-expire": {"task": LOGLEVEL_EXPIRE_TASK, "schedule": timedelta(seconds=1),
-                                 "options": {"expires": 5}},
-            # Temporary flag changes revert at most ~2 s late; same reasoning as loglevels-expire.
-            "flags-expire": {"task": FLAG_EXPIRE_TASK, "schedule": timedelta(seconds=1), "options": {"expires": 5}},
+            # Flag and log-level expiries are not here: beat runs them itself (workers/beat_sweeps.py), once a
+            # second, so a revert is at most ~2 s late even when long runs hold every worker pool slot.
             # Runs: send queued runs the api could not enqueue (Redis was down), and fail runs whose
             # worker vanished; each sweep is idempotent, so a sweep that waited too long is dropped.
             "runs-relay": {"task": RUN_RELAY_TASK, "schedule": timedelta(seconds=5), "options": {"expires": 10}},

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 from typing import Any
 
 from celery.signals import beat_init, setup_logging, task_postrun, task_prerun, worker_init
@@ -13,7 +14,7 @@ from server.logs import configure_logging
 from server.settings import get_settings
 
 settings = get_settings()
-app = make_celery(settings, include=["workers.tasks", "workers.control", "workers.flag_tasks"])
+app = make_celery(settings, include=["workers.tasks", "workers.control"])
 
 
 @setup_logging.connect
@@ -31,8 +32,13 @@ def _tracing_worker(**_: Any) -> None:
 
 
 @beat_init.connect
-def _tracing_beat(**_: Any) -> None:
+def _beat_started(**_: Any) -> None:
     tracing.setup("beat")
+    # Flag and log-level expiries run here, not on workers, whose pool slots long runs may all hold.
+    # Celery has no beat shutdown signal; beat exits through SystemExit (SIGTERM, SIGINT), so atexit stops them.
+    from workers.beat_sweeps import BeatSweeps
+
+    atexit.register(BeatSweeps(settings).start().stop)
 
 
 @task_prerun.connect

@@ -12,33 +12,19 @@ from celery.signals import worker_process_init, worker_ready, worker_shutdown
 
 from server.db import make_engine
 from server.debug.service import WORKER_HEARTBEAT_SECONDS, write_worker_heartbeat
-from server.dispatch_queue import LOGLEVEL_EXPIRE_TASK
-from server.loglevels.sync import OwnLoggerSync, sweep_expired
+from server.loglevels.sync import OwnLoggerSync
 from server.notices import NoticeBus
 from server.redis_client import key, make_redis
 from workers.artifacts import sweep_scratch
-from workers.celery_app import app, settings
+from workers.celery_app import settings
 
 log = logging.getLogger("runbookd.worker")
 _state: dict[str, Any] = {}
 
 
-@app.task(name=LOGLEVEL_EXPIRE_TASK)
-def expire_loglevels() -> int:
-    """Beat's once-a-second sweep: end, audit and announce every override whose time is up."""
-    engine = _state.get("engine")
-    if engine is None:
-        engine = _state["engine"] = make_engine(settings.effective_database_url)
-    client = _state.get("redis")
-    if client is None:
-        client = _state["redis"] = make_redis(settings)
-    return sweep_expired(engine, settings, client)
-
-
 def _start_sync(*, sweep: bool) -> None:
     # An engine of its own: one inherited through fork() must never be used by a child.
     _state["engine"] = make_engine(settings.effective_database_url)
-    _state.pop("redis", None)
     # The process's notice bus: one Redis subscription for every follower (today the log-level sync only).
     bus = _state["notices"] = NoticeBus(settings)
     _state["sync"] = OwnLoggerSync(settings, _state["engine"], sweep_at_start=sweep).start(bus)

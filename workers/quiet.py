@@ -1,5 +1,5 @@
-"""Quiet logs: the once-a-second beat tasks (flag expiry, log-level expiry, chat follow-ups, ...) log at
-DEBUG unless they did something.
+"""Quiet logs: the frequent beat tasks (chat follow-ups, relay, reap, heartbeat) log at DEBUG unless they did
+something. (Flag and log-level expiries run in beat itself, workers/beat_sweeps.py, and log only what they apply.)
 
 Celery logs every task's "Sending due task" (beat), "received" and "succeeded in" (worker) at INFO; for
 sweeps that run every second and almost always find nothing, that was nearly all of a worker's log. This
@@ -14,15 +14,12 @@ from typing import Any
 
 from server.dispatch_queue import (
     CHAT_FOLLOWUPS_TASK,
-    FLAG_EXPIRE_TASK,
     HEARTBEAT_TASK,
-    LOGLEVEL_EXPIRE_TASK,
     RUN_REAP_TASK,
     RUN_RELAY_TASK,
 )
 
-QUIET_TASKS = frozenset({FLAG_EXPIRE_TASK, LOGLEVEL_EXPIRE_TASK, CHAT_FOLLOWUPS_TASK, HEARTBEAT_TASK,
-                         RUN_RELAY_TASK, RUN_REAP_TASK})
+QUIET_TASKS = frozenset({CHAT_FOLLOWUPS_TASK, HEARTBEAT_TASK, RUN_RELAY_TASK, RUN_REAP_TASK})
 IDLE_REPRS = frozenset({"None", "0", "[]", "{}", "''", "False", ""})  # Celery logs the result's repr
 
 

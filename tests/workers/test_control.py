@@ -1,6 +1,6 @@
 """Worker and beat housekeeping with real processes: runbookd's own log levels reach the worker's pool
-process (its task logging changes and changes back), beat ends expired overrides as the system, and the
-worker's heartbeat shows in /debug/state."""
+process (its task logging changes and changes back), beat ends expired overrides as the system (in its own
+sweep thread, workers/beat_sweeps.py), and the worker's heartbeat shows in /debug/state."""
 
 from __future__ import annotations
 

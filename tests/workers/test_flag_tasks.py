@@ -1,4 +1,5 @@
-"""Temporary flag changes revert through real beat and worker processes, at most 2 s late, audited as system."""
+"""Temporary flag changes revert through a real beat process (its own sweep thread; a worker runs beside it as in
+production), at most 2 s late, audited as system."""
 
 from __future__ import annotations
 

@@ -360,8 +360,8 @@ def test_beat_sigkilled_then_restarted_applies_the_reverts_that_fell_due_once(cl
                                           "AND target_id = %s", f"{service}/app")
 
             due_at = time.monotonic() + 1
-            # Both fall due while beat is down, and stay unapplied for want of it: well past one of its
-            # once-a-second sweeps after they fell due.
+            # Both fall due while beat is down, and stay unapplied for want of it (beat sweeps them itself, no
+            # worker does): well past one of its once-a-second sweeps after they fell due.
             time.sleep(max(0.0, due_at + 1.5 - time.monotonic()))
             assert len(flag_versions()) == 2 and not expiries(), (flag_versions(), expiries())
             rb.start_beat()

@@ -42,7 +42,8 @@ TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}$")
 # Root spans not worth a trace of their own, besides client calls (see _quiet_roots): beat's periodic sweeps.
 # (Flag and log-level expiries run in beat's own thread, no task: their database and Redis calls are client roots.)
 QUIET_ROOT_PREFIXES = ("run/runbookd.chat.followups", "run/runbookd.runs.relay", "run/runbookd.runs.reap",
-                       "run/runbookd.beat_heartbeat", "run/runbookd.audit_retention", "run/runbookd.ping")
+                       "run/runbookd.beat_heartbeat", "run/runbookd.audit_retention", "run/runbookd.ping",
+                       "run/runbookd.triggers.schedules")
 
 DEFAULT_EXCLUDED_URLS = "healthz,readyz,metrics,ofrep/v1"
 _NULL = contextlib.nullcontext()

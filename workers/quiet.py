@@ -1,5 +1,6 @@
-"""Quiet logs: the frequent beat tasks (chat follow-ups, relay, reap, heartbeat) log at DEBUG unless they did
-something. (Flag and log-level expiries run in beat itself, workers/beat_sweeps.py, and log only what they apply.)
+"""Quiet logs: the frequent beat tasks (chat follow-ups, cron triggers, relay, reap, heartbeat) log at DEBUG
+unless they did something. (Flag and log-level expiries run in beat itself, workers/beat_sweeps.py, and log
+only what they apply.)
 
 Celery logs every task's "Sending due task" (beat), "received" and "succeeded in" (worker) at INFO; for
 sweeps that run every second and almost always find nothing, that was nearly all of a worker's log. This
@@ -17,9 +18,10 @@ from server.dispatch_queue import (
     HEARTBEAT_TASK,
     RUN_REAP_TASK,
     RUN_RELAY_TASK,
+    TRIGGER_SCHEDULES_TASK,
 )
 
-QUIET_TASKS = frozenset({CHAT_FOLLOWUPS_TASK, HEARTBEAT_TASK, RUN_RELAY_TASK, RUN_REAP_TASK})
+QUIET_TASKS = frozenset({CHAT_FOLLOWUPS_TASK, HEARTBEAT_TASK, RUN_RELAY_TASK, RUN_REAP_TASK, TRIGGER_SCHEDULES_TASK})
 IDLE_REPRS = frozenset({"None", "0", "[]", "{}", "''", "False", ""})  # Celery logs the result's repr
 
 

@@ -11,7 +11,7 @@ import uuid
 import pytest
 
 from server.auth.models import Role
-from server.dispatch_queue import CHAT_FOLLOWUPS_TASK
+from server.dispatch_queue import CHAT_FOLLOWUPS_TASK, TRIGGER_SCHEDULES_TASK
 from tests.conftest import subprocess_env
 from tests.server.flags.conftest import flag_body, new_key
 from tests.support import http, stop_process, wait_for
@@ -35,8 +35,9 @@ def test_idle_sweeps_are_quiet_at_info_and_a_sweep_that_acts_is_not(settings, ba
         time.sleep(5)  # about five rounds of each once-a-second sweep
         idle = logs["worker"].read_text() + logs["beat"].read_text()
         # (the start-up banner lists every task once; that is not a log line about a sweep)
-        about = [line for line in idle.splitlines() if f"{CHAT_FOLLOWUPS_TASK}[" in line
-                 or f"({CHAT_FOLLOWUPS_TASK})" in line or "expiry sweep" in line or ".expire" in line]
+        about = [line for line in idle.splitlines() if any(f"{task}[" in line or f"({task})" in line
+                                                           for task in (CHAT_FOLLOWUPS_TASK, TRIGGER_SCHEDULES_TASK))
+                 or "expiry sweep" in line or ".expire" in line]
         assert about == [], about[:5]
 
         key = new_key("quiet")

@@ -26,6 +26,7 @@ from server.migrate import upgrade
 from server.runbooks.trace_kinds import TraceGetInputs
 from server.settings import SHIPPED_RUNBOOKS_DIR, Settings
 from server.stack import die_with_parent, free_port
+from server.tracing import QUIET_ROOT_PREFIXES
 from tests.conftest import TEST_ACTOR, subprocess_env
 from tests.support import REPO, http, stop_process, wait_for, wait_run
 from tests.tracing.receiver import Received, Receiver, otlp_receiver, wait_spans
@@ -188,7 +189,7 @@ def test_a_run_is_one_trace_from_the_callers_traceparent_into_the_faulty_service
         # Background polling (the broker, caches, beat's sweeps) starts no traces of its own.
         roots = [s for s in receiver.spans if not s.parent_id]
         assert roots and all(s.span.kind != s.span.SPAN_KIND_CLIENT for s in roots), [s.name for s in roots]
-        assert not any(s.name.startswith("run/runbookd.flags.expire") for s in roots)
+        assert not any(s.name.startswith(QUIET_ROOT_PREFIXES) for s in roots), [s.name for s in roots]
 
         # The same received spans served as Tempo answers (OTLP JSON, base64 ids): trace.get names the span.
         whole = TraceGet().run(TraceGetInputs(url=f"{receiver.url}/tempo", trace_id=trace_id), make_ctx(tmp_path))

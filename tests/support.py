@@ -244,6 +244,20 @@ def celery_worker(env: dict[str, str], log_path: Path, *, name: str, concurrency
         yield log_path
 
 
+@contextmanager
+def worker_and_beat(env: dict[str, str], log_path: Path, *, name: str) -> Iterator[list[subprocess.Popen[bytes]]]:
+    """A real `runbookd worker --concurrency 1` and `runbookd beat`, both logging to log_path, yielded (worker,
+    beat) once the worker is ready, and stopped on the way out (see processes)."""
+    with log_path.open("wb") as log, processes(grace=30) as spawn:
+        procs = [spawn([sys.executable, "-m", "server.cli", *argv], env=env, stdout=log, stderr=subprocess.STDOUT)
+                 for argv in (["worker", "--concurrency", "1", "--hostname", f"{name}-{uuid.uuid4().hex[:6]}@test"],
+                              ["beat"])]
+        wait_for(lambda: b" ready." in log_path.read_bytes() or any(p.poll() is not None for p in procs), 60,
+                 "the worker to start")
+        assert all(p.poll() is None for p in procs), log_path.read_text()
+        yield procs
+
+
 def cli(args: list[str], env: dict[str, str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     """`runbookd ARGS` run in this process with Typer's CliRunner: the same commands, output and exit status as
     the subprocess, without a second of interpreter start-up. For tests about the commands; a test about the

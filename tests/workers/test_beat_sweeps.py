@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import uuid
 from datetime import timedelta
 
@@ -18,7 +16,7 @@ from server.loglevels.models import LogLevelOverride
 from server.models_base import as_utc
 from tests.conftest import subprocess_env
 from tests.server.flags.conftest import flag_body, new_key
-from tests.support import http, processes, serve, start, wait_for
+from tests.support import http, serve, start, wait_for, worker_and_beat
 
 pytestmark = pytest.mark.slow
 
@@ -37,14 +35,8 @@ def test_reverts_are_on_time_while_the_only_worker_slot_is_busy(settings, make_t
     env = subprocess_env(local, RUNBOOKD_DEFAULT_QUEUE=queue, RUNBOOKD_RUNBOOKS_DIR=str(runbooks))
     log_path = tmp_path / "processes.log"
     token = make_token(Role.operator)
-    with serve(create_app(local)) as base_url, http(base_url, token) as api, log_path.open("wb") as log, \
-            processes(grace=30) as spawn:
-        procs = [spawn([sys.executable, "-m", "server.cli", *argv], env=env, stdout=log, stderr=subprocess.STDOUT)
-                 for argv in (["worker", "--concurrency", "1", "--hostname", f"busy-{uuid.uuid4().hex[:6]}@test"],
-                              ["beat"])]
-        wait_for(lambda: b" ready." in log_path.read_bytes() or any(p.poll() is not None for p in procs), 60,
-                 "the worker to start")
-        assert all(p.poll() is None for p in procs), log_path.read_text()
+    with serve(create_app(local)) as base_url, http(base_url, token) as api, \
+            worker_and_beat(env, log_path, name="busy") as procs:
         run = start(api, "long")
         wait_for(lambda: api.get(f"/api/v1/runs/{run['id']}").json()["status"] == "running", 30,
                  "the long run to hold the worker's only pool process")

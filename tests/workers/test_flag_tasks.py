@@ -3,8 +3,6 @@ production), at most 2 s late, audited as system."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import uuid
 from datetime import timedelta
 
@@ -17,7 +15,7 @@ from server.flags.models import FlagExpiry
 from server.models_base import as_utc
 from tests.conftest import subprocess_env
 from tests.server.flags.conftest import flag_body, new_key
-from tests.support import http, processes, wait_for
+from tests.support import http, wait_for, worker_and_beat
 
 
 @pytest.fixture(scope="module")
@@ -33,19 +31,12 @@ def client_token(make_token):
 @pytest.fixture(scope="module")
 def beat_and_worker(settings, tmp_path_factory):
     log_path = tmp_path_factory.mktemp("flag-beat") / "processes.log"
-    # Beat and worker on a queue of their own: a busy worker other tests left running must not hold the
-    # revert task while this test measures how late it runs.
+    # Beat and worker on a queue of their own, apart from other tests' workers (beat itself runs the reverts).
     queue = f"flags-{uuid.uuid4().hex[:8]}"
     env = subprocess_env(settings, RUNBOOKD_DEFAULT_QUEUE=queue)
-    with log_path.open("wb") as log, processes(grace=30) as spawn:
-        procs = [spawn([sys.executable, "-m", "server.cli", *argv], env=env, stdout=log, stderr=subprocess.STDOUT)
-                 for argv in (["worker", "--concurrency", "1", "--hostname", f"flags-{uuid.uuid4().hex[:6]}@test"],
-                              ["beat"])]
-        wait_for(lambda: b" ready." in log_path.read_bytes() or any(p.poll() is not None for p in procs), 60,
-                 "the worker to start")
-        assert all(p.poll() is None for p in procs), log_path.read_text()
-        # Caught up: a ping sent now is handled after beat's first sends, whose first run is slow on a loaded
-        # machine (imports, connections). The 2 s bound below is for a running system, not a starting one.
+    with worker_and_beat(env, log_path, name="flags"):
+        # Caught up: a ping sent now is handled after beat's first sends, so the 2 s bound below is measured on
+        # a running system, not one still starting on a loaded machine.
         warm = f"warm-{uuid.uuid4().hex[:6]}"
         send(PING_TASK, warm, settings=settings, queue=queue)
         wait_for(lambda: warm.encode() in log_path.read_bytes(), 60, "the worker to catch up with beat")

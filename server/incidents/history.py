@@ -254,7 +254,7 @@ def report_markdown(data: dict[str, Any]) -> str:
     found = [(run, f) for run in runs for f in run.get("findings", [])]
     problems = [(run, f) for run, f in found if f["severity"] in findings.PROBLEM]
     lines = [f"# {inc['id']}: {inc['title']}", "",
-             f"A {inc['severity']} incident opened {inc['opened_at']} by {inc['opened_by']}"
+             f"A {inc['severity']} incident opened {_utc_words(inc['opened_at'])} by {inc['opened_by']}"
              + (f", commanded by {inc['commander']}" if inc.get("commander") else "") + f"; it is {inc['status']}. "
              f"Time to mitigate: {data['time_to_mitigate'] or 'not mitigated'}; "
              f"time to resolve: {data['time_to_resolve'] or 'not resolved'}. "

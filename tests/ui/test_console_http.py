@@ -329,6 +329,8 @@ def test_incident_page_and_undo_say_outcomes_and_runbookd_in_words(ui_url, ui_to
         done = done[done.index('id="undo-result"'):done.index("</section>")]
         assert f">{changed}</a></td><td>restored to version 1</td>" in done, done
         assert f">{created}</a></td><td>deleted (the incident created it)</td>" in done, done
+        # The new-override form does not suggest the internal name, which it refuses (422).
+        assert "_runbookd" not in client.get("/ui/loglevels").text
 
 def test_pages_leave_no_reference_cycle_holding_their_data(ui_url, ui_token):
     """A page's whole context (the flags list: every flag and its spec) must be freed when the response is sent.

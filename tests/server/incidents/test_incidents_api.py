@@ -99,6 +99,7 @@ def test_report_says_when_each_log_level_change_was_made_and_words_its_timeline_
         assert client.delete(f"/api/v1/loglevels/overrides/{raised['id']}",
                              params={"reason": "seen enough"}).status_code == 200
         report = client.get(f"/api/v1/incidents/{incident}/report").text
+    assert re.search(r"^A sev\d incident opened \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC by ", report, re.M), report[:400]
     changes = report[report.index("## Changes made"):report.index("## Timeline")]
     rows = [line for line in changes.splitlines() if f"set log level of {service}" in line]
     at = raised["created_at"][:19].replace("T", " ")

@@ -140,6 +140,12 @@ def unreachable(exc: BaseException) -> bool:
     return isinstance(exc, sa_exc.DisconnectionError | sa_exc.TimeoutError)
 
 
+def engine_of(session: Session) -> Engine:
+    """The engine a session is bound to (for work after its commit that needs a session of its own)."""
+    bind = session.get_bind()
+    return bind if isinstance(bind, Engine) else bind.engine
+
+
 def is_postgres(engine: Engine) -> bool:
     return engine.dialect.name == "postgresql"
 

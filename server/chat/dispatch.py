@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
-from sqlalchemy import Engine
 from sqlmodel import Session
 
 from server.auth.models import Actor, Role
@@ -31,7 +30,6 @@ from server.settings import Settings
 @dataclass
 class ChatContext:
     session: Session
-    engine: Engine
     settings: Settings
     runbooks: RunbookStore
     actor: Actor

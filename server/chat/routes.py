@@ -67,7 +67,7 @@ def _answer(parts: _Parts, user: ChatUser, command: g.Command | str, response_ur
             if isinstance(command, str):
                 command = g.parse(command)
             actor = authorize(settings, user)
-            ctx = ChatContext(session=session, engine=engine, settings=settings,
+            ctx = ChatContext(session=session, settings=settings,
                               runbooks=runbooks.store_for(settings.runbooks_dir), actor=actor, user=user,
                               response_url=response_url, redis=parts.client)
             reply = execute(command, ctx)

@@ -5,14 +5,13 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
-from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 from sse_starlette.sse import EventSourceResponse
 
 from server.audit import service as audit
 from server.auth.models import Actor, Role, Source
-from server.db import SessionDep
+from server.db import SessionDep, engine_of
 from server.deps import Operator, RedisDep, SettingsDep, Viewer, redis_of, settings_of, slots_of
 from server.errors import Forbidden, InvalidInput, NotFound
 from server.ids import MAX_ID, PathId, parse_id
@@ -176,11 +175,6 @@ def rerun(run_id: PathId, request: Request, settings: SettingsDep, session: Sess
     return _response(request, session, run, 202)
 
 
-def _engine_of(session: Session) -> Engine:
-    bind = session.get_bind()
-    return bind if isinstance(bind, Engine) else bind.engine
-
-
 def _check_exists(session: Session, run_id: int) -> None:
     service.get_run(session, run_id=run_id)
     # The request's session (shared with the auth dependency) would stay open, and on SQLite keep the
@@ -219,7 +213,7 @@ def download_artifact(run_id: PathId, name: str, request: Request, session: Sess
                       ) -> Response:
     service.get_run(session, run_id=run_id)
     found = artifacts.find(session, run_id, name)
-    engine = _engine_of(session)
+    engine = engine_of(session)
     # The request's session would stay open (on SQLite, holding the write lock) while the bytes stream: end it.
     session.close()
     return artifacts.respond(engine, found, request.headers.get("if-none-match"))
@@ -270,7 +264,7 @@ def _open_link(request: Request, session: Session, token: str, name: str | None)
     audit.record(session, actor=who, action="artifact.open", target_type="run", target_id=run_id,
                  after={"artifact": name, "size": found.size})
     session.commit()
-    engine = _engine_of(session)
+    engine = engine_of(session)
     session.close()
     return artifacts.respond(engine, found, request.headers.get("if-none-match"))
 

@@ -19,6 +19,7 @@ from server import tracing
 from server.aftercommit import on_commit
 from server.audit import service as audit
 from server.auth.models import Actor, Role
+from server.db import engine_of
 from server.dispatch_queue import RUN_EXECUTE_TASK, send, sender
 from server.errors import Conflict, Forbidden, InvalidInput, NotFound
 from server.incidents import service as incidents
@@ -244,9 +245,7 @@ def send_after_commit(session: Session, settings: Settings, *, run_id: int, queu
     """Send a queued run (noted as sent in this transaction) to the broker once the session commits; when the
     broker refuses, clear the note in a session of its own, so beat's relay sends it soon. Every caller that
     queues a run (API, console, chat, an approval) sends it this way; nothing is sent on a rollback."""
-    bind = session.get_bind()
-    engine = bind if isinstance(bind, Engine) else bind.engine
-    on_commit(session, partial(_send, engine, settings, run_id, queue))
+    on_commit(session, partial(_send, engine_of(session), settings, run_id, queue))
 
 
 def _send(engine: Engine, settings: Settings, run_id: int, queue: str) -> None:

@@ -22,6 +22,12 @@ def as_utc(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+def utc_words(value: datetime | str) -> str:
+    """A time as people read it everywhere we show one (console, report, CLI): "2026-01-31 12:30:00 UTC"."""
+    when = datetime.fromisoformat(value) if isinstance(value, str) else value
+    return as_utc(when).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
 UTCDateTime = Annotated[datetime, AfterValidator(as_utc)]
 """A datetime that public schemas always show in UTC with its offset, whatever the database returned."""
 

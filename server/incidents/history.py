@@ -3,7 +3,7 @@ post-incident report built on it."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from sqlmodel import Session, col, select
@@ -14,7 +14,7 @@ from server.flags.models import FlagVersion
 from server.incidents.models import Incident, IncidentPublic, TimelineEntry
 from server.incidents.rollback import flag_outcome_words, plan_flags  # its rule decides "reverted"
 from server.loglevels.models import LogLevelOverride, service_label
-from server.models_base import as_utc
+from server.models_base import as_utc, utc_words
 from server.redaction import redact
 from server.runs import findings
 from server.runs.models import Run, RunEvent, StepRun
@@ -71,11 +71,6 @@ def loglevel_change(action: str, details: Any, actor: str | None) -> dict[str, A
     }
 
 
-def _utc_words(value: str | datetime) -> str:
-    when = datetime.fromisoformat(value) if isinstance(value, str) else value
-    return as_utc(when).strftime("%Y-%m-%d %H:%M:%S UTC")
-
-
 def loglevel_words(change: dict[str, Any]) -> str:
     """A loglevel_change as one sentence, with the console's words: "Log level set: service checkout, logger
     payments.db, level DEBUG (was INFO), until 2026-01-31 12:30:00 UTC"."""
@@ -84,11 +79,11 @@ def loglevel_words(change: dict[str, Any]) -> str:
     if change["previous"]:
         text += f" (was {change['previous']})"
     if change["until"]:
-        text += f", until {_utc_words(change['until'])}"
+        text += f", until {utc_words(change['until'])}"
     elif change["raised"]:
         text += ", until someone ends it"
     if change["ended"]:
-        text += f", ended {_utc_words(change['ended'])}"
+        text += f", ended {utc_words(change['ended'])}"
     return text
 
 
@@ -254,7 +249,7 @@ def report_markdown(data: dict[str, Any]) -> str:
     found = [(run, f) for run in runs for f in run.get("findings", [])]
     problems = [(run, f) for run, f in found if f["severity"] in findings.PROBLEM]
     lines = [f"# {inc['id']}: {inc['title']}", "",
-             f"A {inc['severity']} incident opened {_utc_words(inc['opened_at'])} by {inc['opened_by']}"
+             f"A {inc['severity']} incident opened {utc_words(inc['opened_at'])} by {inc['opened_by']}"
              + (f", commanded by {inc['commander']}" if inc.get("commander") else "") + f"; it is {inc['status']}. "
              f"Time to mitigate: {data['time_to_mitigate'] or 'not mitigated'}; "
              f"time to resolve: {data['time_to_resolve'] or 'not resolved'}. "

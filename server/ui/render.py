@@ -16,7 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from server.auth.models import Actor, Role
 from server.incidents.rollback import flag_outcome_words
 from server.loglevels.models import service_label
-from server.models_base import as_utc
+from server.models_base import as_utc, utc_words
 from server.ui import assets
 
 TEMPLATES = Jinja2Templates(directory=str(Path(__file__).resolve().parent / "templates"))
@@ -33,11 +33,7 @@ SECURITY_HEADERS = {
 
 
 def _ts(value: datetime | str | None) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, str):
-        value = datetime.fromisoformat(value)
-    return as_utc(value).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return "" if value is None else utc_words(value)
 
 
 def _iso(value: datetime | str | None) -> str:

@@ -179,6 +179,7 @@ def sweep_scratch(engine: Engine, directory: Path | None, *, chunk: int = 500) -
             rows = session.exec(select(Run.id).where(col(Run.id).in_(ids[start:start + chunk]),
                                                      col(Run.status).in_(FINISHED))).all()
             finished += [run_id for run_id in rows if run_id is not None]
-    for run_id in sorted(finished):
+    finished.sort()
+    for run_id in finished:
         shutil.rmtree(found[run_id], ignore_errors=True)
-    return sorted(finished)
+    return finished
